@@ -1,0 +1,36 @@
+"""Long-horizon video world-model inference engine.
+
+Public entry points (imported lazily so that light submodules such as
+``engine.sampling`` import without pulling in the whole stack):
+
+- :func:`engine.load_model` -- a DiT from a preset name, a checkpoint file or folder.
+- :func:`engine.generate` -- a long video from a model, a prompt and options.
+- :class:`engine.Video` -- uint8 frames plus fps, ``.save(path)`` writes mp4.
+- :class:`engine.ModelConfig`, :class:`engine.SamplerConfig`, :class:`engine.EngineConfig`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "engine.loading",
+    "generate": "engine.generate",
+    "stream": "engine.generate",
+    "Video": "engine.video",
+    "ModelConfig": "engine.config",
+    "SamplerConfig": "engine.config",
+    "EngineConfig": "engine.config",
+    "PRESETS": "engine.config",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        return getattr(module, name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -1,0 +1,154 @@
+"""Fixed-capacity, frame-addressed KV cache for block-autoregressive rollout.
+
+One buffer per key and value holds every layer: [L, B, H, slots * tokens_per_frame, D],
+allocated once, so the addresses never change (CUDA-graph safe). The slots form two
+named regions:
+
+- *sink*: the first ``sink_frames`` frame positions, kept for the whole video;
+- *ring*: a circular region of ``window_frames + chunk_frames`` slots holding the most
+  recent frames. A chunk at positions [s, s+n) sees the sink frames, the ``window_frames``
+  frames before s, and itself.
+
+Frame position p lives in slot p (p < sink) or sink + (p - sink) mod ring. A forward pass
+over a chunk first writes the chunk's keys and values into its slots, then attends over
+the whole buffer with a frame-level visibility row per slot; denoising steps overwrite
+the chunk's slots, and a last pass over the clean chunk at noise level 0 leaves the clean
+entries (the "refresh"). Slot bookkeeping is host-side Python integers; the device only
+sees small index tensors built once per chunk, so the hot loop never waits on the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import FrameVisibility
+
+
+@dataclass
+class ChunkSlots:
+    """Where one chunk lives in the cache and what it may see.
+
+    positions: frame positions of the chunk, [n] Python ints.
+    token_index: long [n * tokens_per_frame] -- cache token rows the chunk writes.
+    visibility: the chunk's FrameVisibility over all cache slots ([n, slots]).
+    """
+
+    positions: list[int]
+    token_index: torch.Tensor
+    visibility: FrameVisibility
+
+
+class KVCache:
+    """Per-layer key/value buffers addressed by frame position (see module docstring).
+
+    ``window_frames=None`` means an unbounded window: the ring holds ``max_frames`` (which
+    must then be given) and nothing is ever evicted.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        batch: int,
+        num_heads: int,
+        head_dim: int,
+        tokens_per_frame: int,
+        chunk_frames: int,
+        sink_frames: int = 0,
+        window_frames: int | None = None,
+        max_frames: int | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        if sink_frames < 0:
+            raise ValueError(f"sink_frames must be >= 0, got {sink_frames}")
+        if window_frames is None:
+            if max_frames is None:
+                raise ValueError("an unbounded window (window_frames=None) needs max_frames, the video's latent frame count")
+            ring = max(max_frames - sink_frames, chunk_frames)
+        else:
+            if window_frames < 0:
+                raise ValueError(f"window_frames must be >= 0, got {window_frames}")
+            ring = window_frames + chunk_frames
+        self.num_layers = num_layers
+        self.tokens_per_frame = tokens_per_frame
+        self.chunk_frames = chunk_frames
+        self.sink_frames = sink_frames
+        self.window_frames = window_frames
+        self.ring_frames = ring
+        self.num_slots = sink_frames + ring
+        self.device = torch.device(device)
+        shape = (num_layers, batch, num_heads, self.num_slots * tokens_per_frame, head_dim)
+        self.k = torch.empty(shape, device=self.device, dtype=dtype)
+        self.v = torch.empty(shape, device=self.device, dtype=dtype)
+        self._slot_pos: list[int] = [-1] * self.num_slots
+        self._k_frame_ids = torch.arange(self.num_slots, device=self.device).repeat_interleave(tokens_per_frame)
+        self._tok = torch.arange(tokens_per_frame, device=self.device)
+
+    # -- addressing ---------------------------------------------------------------
+    def slot_of(self, position: int) -> int:
+        """The slot that frame ``position`` occupies."""
+        if position < 0:
+            raise ValueError(f"frame position must be >= 0, got {position}")
+        if position < self.sink_frames:
+            return position
+        return self.sink_frames + (position - self.sink_frames) % self.ring_frames
+
+    def slot_positions(self) -> list[int]:
+        """Frame position held by each slot (-1: empty)."""
+        return list(self._slot_pos)
+
+    def reset(self) -> None:
+        """Forget every frame (buffers are kept; contents become unreachable)."""
+        self._slot_pos = [-1] * self.num_slots
+
+    def visible(self, query_start: int, query_end: int, key_position: int) -> bool:
+        """May a chunk covering positions [query_start, query_end) see frame ``key_position``?"""
+        if key_position < 0 or key_position >= query_end:
+            return False
+        if key_position < self.sink_frames or key_position >= query_start:
+            return True
+        return self.window_frames is None or key_position >= query_start - self.window_frames
+
+    def claim(self, positions: list[int]) -> ChunkSlots:
+        """Reserve slots for a chunk of consecutive frame positions and return where it
+        writes and what it sees. Evicts the frames those slots held."""
+        positions = [int(p) for p in positions]
+        n = len(positions)
+        if n == 0 or n > self.chunk_frames:
+            raise ValueError(f"a chunk has 1..{self.chunk_frames} frames (chunk_frames), got {n}")
+        if positions != list(range(positions[0], positions[0] + n)):
+            raise ValueError(f"chunk positions must be consecutive, got {positions}")
+        if self.window_frames is None and positions[-1] >= self.sink_frames + self.ring_frames:
+            raise ValueError(
+                f"frame position {positions[-1]} exceeds the unbounded cache's capacity of "
+                f"{self.sink_frames + self.ring_frames} frames; pass a larger max_frames or set window_frames"
+            )
+        slots = [self.slot_of(p) for p in positions]
+        for s, p in zip(slots, positions):
+            self._slot_pos[s] = p
+        start, end = positions[0], positions[-1] + 1
+        vis_rows = [[self.visible(start, end, sp) for sp in self._slot_pos] for _ in positions]
+        # Within the chunk every frame sees every other frame of the chunk (bidirectional).
+        visibility = torch.tensor(vis_rows, dtype=torch.bool).to(self.device, non_blocking=True)
+        slot_t = torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True)
+        token_index = (slot_t[:, None] * self.tokens_per_frame + self._tok[None, :]).reshape(-1)
+        q_ids = torch.arange(n, device=self.device).repeat_interleave(self.tokens_per_frame)
+        return ChunkSlots(positions, token_index, FrameVisibility(q_ids, self._k_frame_ids, visibility))
+
+    # -- data ---------------------------------------------------------------------
+    def write(self, layer: int, slots: ChunkSlots, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store a chunk's k, v [B,H,n*tpf,D] for one layer; return that layer's full
+        key and value buffers [B,H,slots*tpf,D] (views, no copy)."""
+        kl, vl = self.k[layer], self.v[layer]
+        if k.shape[0] != kl.shape[0] or k.shape[1] != kl.shape[1] or k.shape[3] != kl.shape[3]:
+            raise ValueError(
+                f"cache holds [B={kl.shape[0]}, H={kl.shape[1]}, D={kl.shape[3]}] but got keys of shape {tuple(k.shape)}"
+            )
+        kl.index_copy_(2, slots.token_index, k.to(kl.dtype))
+        vl.index_copy_(2, slots.token_index, v.to(vl.dtype))
+        return kl, vl

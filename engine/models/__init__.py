@@ -1,0 +1,1 @@
+"""Model definitions: the Wan DiT, the VAE wrapper, text encoders, checkpoint formats."""
