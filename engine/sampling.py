@@ -166,7 +166,8 @@ def few_step_sigmas(
 
 def timesteps_from_sigmas(sigma: SigmaLike) -> torch.Tensor:
     """Model timestep ``t = 1000 * sigma`` (float, same shape as ``sigma``: [], [F] or [B, F])."""
-    return torch.as_tensor(sigma) * NUM_TRAIN_TIMESTEPS
+    s = sigma if isinstance(sigma, torch.Tensor) else torch.as_tensor(sigma, dtype=torch.float64)
+    return s * NUM_TRAIN_TIMESTEPS
 
 
 # --------------------------------------------------------------------------- #
@@ -185,8 +186,10 @@ def expand_sigma(sigma: SigmaLike, like: torch.Tensor) -> torch.Tensor:
     """
     if like.ndim != 5:
         raise ValueError(f"latents must be 5-D [B, C, F, H, W], got shape {tuple(like.shape)}")
-    s = torch.as_tensor(sigma, device=like.device)
-    s = s.to(dtype=like.dtype)
+    if isinstance(sigma, torch.Tensor):
+        s = sigma.to(device=like.device, dtype=like.dtype)
+    else:  # python / numpy scalars: convert straight to like's dtype (no float32 detour)
+        s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
     B, _, F = like.shape[:3]
     if s.ndim == 0:
         return s.reshape(1, 1, 1, 1, 1)
@@ -280,10 +283,10 @@ def check_sigma_table(
     if (s < 0).any() or (s > 1).any():
         raise ValueError(f"sigma values must lie in [0, 1]; got min {s.min().item()}, max {s.max().item()}")
     diff = s[1:] - s[:-1]
-    if strict and not (diff < 0).all():
-        raise ValueError("sigma table must be strictly decreasing along the step axis (dim 0) for every frame")
     if not (diff <= 0).all():
         raise ValueError("sigma table is not monotone: sigmas must be non-increasing along the step axis (dim 0)")
+    if strict and not (diff < 0).all():
+        raise ValueError("sigma table must be strictly decreasing along the step axis (dim 0) for every frame")
     if terminal_zero and not (s[-1] == 0).all():
         raise ValueError(f"sigma table must end at exactly 0; last row is {s[-1].tolist()}")
     return s
@@ -330,7 +333,7 @@ class Sampler:
         self.last_x0 = None
 
     def _check_step(self, i: int, x: torch.Tensor, v: torch.Tensor) -> None:
-        if not (isinstance(i, int) and 0 <= i < self.num_steps):
+        if isinstance(i, bool) or not hasattr(i, "__index__") or not 0 <= int(i) < self.num_steps:
             raise ValueError(f"step index must be an int in [0, {self.num_steps - 1}], got {i!r}")
         if x.shape != v.shape:
             raise ValueError(f"latents shape {tuple(x.shape)} != model output shape {tuple(v.shape)}")
@@ -389,7 +392,9 @@ class FewStepSampler(Sampler):
         sigmas: non-increasing table ``[N+1]``, ``[N+1, F]`` or ``[N+1, B, F]``
             whose last row is 0 (e.g. :func:`few_step_sigmas`).
         noise: default noise source used when ``step`` gets none: a callable
-            ``noise(like) -> tensor shaped like like`` (e.g. ``lambda t:
+            ``noise(like) -> tensor shaped like like``; ``like`` is the x0
+            prediction in the compute dtype (float32, or float64 for float64
+            latents), the result is cast to it (e.g. ``lambda t:
             torch.randn(t.shape, generator=g, dtype=t.dtype, device=t.device)``).
     """
 
@@ -504,6 +509,7 @@ class UniPCSampler(Sampler):
         """See :meth:`Sampler.step`. Steps must be called in order 0, 1, ..., N-1
         (``step(0, ...)`` restarts). [B, C, F, H, W] -> [B, C, F, H, W]."""
         self._check_step(i, x, v)
+        i = int(i)
         if i == 0:
             self.reset()
         elif i != self._next:

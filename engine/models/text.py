@@ -47,6 +47,16 @@ def prompt_clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+class _Encoding(dict):
+    """dict with attribute access (``enc.input_ids``), like transformers' BatchEncoding."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 class ByteTokenizer:
     """Dependency-free UTF-8 byte tokenizer (ByT5-style ids): ``id = byte + offset``,
     ``pad_id`` 0, ``eos_id`` 1, ``unk_id`` 2, ``offset`` 3 -> vocabulary of 259 ids.
@@ -99,7 +109,7 @@ class ByteTokenizer:
                 raise ValueError(f"prompt {i} has {len(r)} tokens > max_length={length} and truncation=False")
             input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return _Encoding(input_ids=input_ids, attention_mask=mask)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``folder/byte_tokenizer.json`` (what :meth:`TextEncoder.from_folder` looks for)."""
