@@ -17,8 +17,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": "engine.loading",
-    "generate": "engine.generate",
-    "stream": "engine.generate",
+    "generate": "engine.generation",
+    "stream": "engine.generation",
     "Video": "engine.video",
     "ModelConfig": "engine.config",
     "SamplerConfig": "engine.config",

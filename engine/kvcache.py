@@ -83,8 +83,10 @@ class KVCache:
         self.num_slots = sink_frames + ring
         self.device = torch.device(device)
         shape = (num_layers, batch, num_heads, self.num_slots * tokens_per_frame, head_dim)
-        self.k = torch.empty(shape, device=self.device, dtype=dtype)
-        self.v = torch.empty(shape, device=self.device, dtype=dtype)
+        # Zero-filled, not empty: attention backends with a dense mask multiply masked
+        # (never-written) slots by zero weights, and garbage NaNs there would poison rows.
+        self.k = torch.zeros(shape, device=self.device, dtype=dtype)
+        self.v = torch.zeros(shape, device=self.device, dtype=dtype)
         self._slot_pos: list[int] = [-1] * self.num_slots
         self._k_frame_ids = torch.arange(self.num_slots, device=self.device).repeat_interleave(tokens_per_frame)
         self._tok = torch.arange(tokens_per_frame, device=self.device)

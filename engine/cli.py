@@ -1,0 +1,104 @@
+"""Command line: ``python -m engine generate --model tiny --num-frames 33 --out video.mp4``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import PRESETS, SamplerConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine", description="Long-horizon video world-model engine")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate a video (block-autoregressive rollout)")
+    g.add_argument("--model", default="tiny", help=f"preset ({', '.join(sorted(PRESETS))}) or checkpoint path")
+    g.add_argument("--num-frames", type=int, required=True, help="video frames, 4k+1 (e.g. 33, 81, 161)")
+    g.add_argument("--out", default="video.mp4", help="output mp4 path")
+    g.add_argument("--prompt", default="", help="text prompt (needs a text encoder for real models)")
+    g.add_argument("--prompt-embeds", help="a .safetensors or .pt file holding prompt embeddings [1, L, text_dim]")
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--first-frame", help="image to start from (required for image-to-video models)")
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 when available)")
+    g.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--sampler", choices=["fewstep", "euler", "unipc"], default="fewstep")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (euler/unipc; fewstep uses --timesteps)")
+    g.add_argument("--timesteps", default="1000,750,500,250", help="few-step timesteps, comma separated")
+    g.add_argument("--shift", type=float, default=5.0)
+    g.add_argument("--guidance-scale", type=float, default=1.0)
+    g.add_argument("--chunk-frames", type=int, default=3, help="latent frames per autoregressive chunk")
+    g.add_argument("--sink-frames", type=int, default=None)
+    g.add_argument("--window-frames", type=int, default=None, help="past latent frames each chunk attends to")
+    g.add_argument("--vae", help="folder of a diffusers AutoencoderKLWan (default: from the model's pipeline)")
+    g.add_argument("--text-encoder", help="folder with a UMT5 encoder and tokenizer")
+    g.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _load_embeds(path: str):
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+        if len(tensors) != 1:
+            raise SystemExit(f"{path} must hold exactly one tensor (the prompt embeddings), found {sorted(tensors)}")
+        return next(iter(tensors.values()))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    from .generation import GenerationError, generate
+
+    timesteps = tuple(float(t) for t in args.timesteps.split(",") if t.strip())
+    sampler = SamplerConfig(
+        kind=args.sampler,
+        num_steps=args.steps or (len(timesteps) if args.sampler == "fewstep" else 30),
+        shift=args.shift,
+        timesteps=timesteps,
+        guidance_scale=args.guidance_scale,
+    )
+    try:
+        video = generate(
+            args.model,
+            num_frames=args.num_frames,
+            prompt=args.prompt,
+            prompt_embeds=_load_embeds(args.prompt_embeds) if args.prompt_embeds else None,
+            negative_prompt=args.negative_prompt,
+            first_frame=args.first_frame,
+            height=args.height,
+            width=args.width,
+            seed=args.seed,
+            devices=[args.device] if args.device else None,
+            dtype=args.dtype,
+            sampler=sampler,
+            chunk_frames=args.chunk_frames,
+            sink_frames=args.sink_frames,
+            window_frames=args.window_frames,
+            vae=args.vae,
+            text_encoder=args.text_encoder,
+            output=args.out,
+            progress=not args.no_progress,
+        )
+    except GenerationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    s = video.stats
+    print(
+        f"wrote {args.out}: {len(video)} frames {video.width}x{video.height} @ {video.fps:g} fps "
+        f"in {s.seconds:.1f} s ({s.fps:.2f} frames/s, first frame after {s.first_frame_seconds:.2f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

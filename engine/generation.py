@@ -1,0 +1,373 @@
+"""``engine.generate`` / ``engine.stream``: a long video from a model, a prompt and options.
+
+Frames stream out chunk by chunk as soon as the VAE has decoded them (``stream`` yields
+them; ``generate`` also collects them into a :class:`~engine.video.Video`, writes the mp4
+as it goes, calls ``on_frames`` and shows a progress bar). If anything fails mid-run, the
+frames already produced are kept: the mp4 is finalised and the error
+(:class:`GenerationError`) carries the partial video.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import SamplerConfig
+from .models.wan import WanDiT
+from .rollout import RolloutPlan, ar_rollout
+from .video import Mp4Writer, Video, to_uint8_frames
+
+STRATEGIES = ("ar",)
+# Total latent frames one chunk may attend to (Self-Forcing trains on 21): longer videos
+# get a bounded window with the first chunk as sink frames.
+DEFAULT_ATTENTION_FRAMES = 21
+TINY_SIZE = (128, 128)
+WAN_SIZE = (480, 832)
+
+
+class GenerationError(RuntimeError):
+    """Generation failed part-way; ``.video`` holds every frame produced before the failure
+    (and ``.output`` the finalised mp4 path, if one was being written)."""
+
+    def __init__(self, message: str, video: Video, output: str | None):
+        super().__init__(message)
+        self.video = video
+        self.output = output
+
+
+@dataclass
+class Components:
+    """Everything besides the DiT that a run needs: the VAE (decode / first-frame encode)
+    and, optionally, a text encoder. ``random_weights``: the DiT is an untrained preset."""
+
+    vae: torch.nn.Module
+    text_encoder: object | None
+    random_weights: bool
+
+
+@dataclass
+class RunStats:
+    """Timing of one generate() call: wall seconds, time to first frame, frames."""
+
+    frames: int = 0
+    seconds: float = 0.0
+    video_fps: float = 16.0
+    first_frame_seconds: float | None = None
+    chunks: list[dict] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------
+# resolving inputs
+# ----------------------------------------------------------------------------------
+def _resolve_model(model, dtype, device) -> WanDiT:
+    if isinstance(model, WanDiT):
+        return model
+    from .loading import load_model
+
+    return load_model(model, dtype=dtype, device=device)
+
+
+def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0) -> Components:
+    """Find the VAE and text encoder for a model: given objects or folders win; a
+    ``tiny`` preset gets its embedded random ones; a model loaded from a diffusers
+    pipeline root uses the root's ``vae/`` and ``text_encoder/``."""
+    from .models.text import TextEncoder, make_tiny_text_encoder
+    from .models.vae import load_vae, make_tiny_vae
+
+    cfg = model.config
+    source = getattr(model, "source", None)
+    random_weights = source is None
+    dev = model.device
+    root = None
+    if source is not None:
+        for cand in (Path(source), Path(source).parent):
+            if (cand / "model_index.json").exists():
+                root = cand
+                break
+    if isinstance(vae, (str, Path)):
+        vae = load_vae(vae, dtype=torch.float32, device=dev)
+    if vae is None:
+        if random_weights and cfg.name.startswith("tiny"):
+            vae = make_tiny_vae(seed=seed, device=dev)
+        elif root is not None and (root / "vae").is_dir():
+            vae = load_vae(root / "vae", dtype=torch.float32, device=dev)
+        elif random_weights:
+            from diffusers import AutoencoderKLWan
+
+            vae = AutoencoderKLWan().to(dev).eval().requires_grad_(False)  # Wan2.1 VAE shape, random weights
+        else:
+            raise ValueError(
+                f"no VAE for model loaded from {source}: pass vae=<folder of a diffusers AutoencoderKLWan> "
+                f"(e.g. Wan2.1-T2V-1.3B-Diffusers/vae) or load the model from a diffusers pipeline root"
+            )
+    if isinstance(text_encoder, (str, Path)):
+        text_encoder = TextEncoder.from_folder(text_encoder, dtype=model.dtype, device=dev)
+    if text_encoder is None:
+        if random_weights and cfg.name.startswith("tiny"):
+            text_encoder = make_tiny_text_encoder(seed=seed, dim=cfg.text_dim, device=dev)
+        elif root is not None and (root / "text_encoder").is_dir():
+            text_encoder = TextEncoder.from_folder(root, dtype=model.dtype, device=dev)
+    return Components(vae=vae, text_encoder=text_encoder, random_weights=random_weights)
+
+
+def check_frames(num_frames: int, height: int, width: int, model: WanDiT) -> tuple[int, int, int]:
+    """Validate the requested video size; return latent (frames, height, width)."""
+    cfg = model.config
+    st, sh, sw = cfg.vae_stride
+    _, ph, pw = cfg.patch_size
+    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % st:
+        lo = max(1, ((max(num_frames, 1) - 1) // st) * st + 1)
+        raise ValueError(
+            f"num_frames={num_frames} does not fit the VAE's {st}x temporal compression: "
+            f"use {st}k+1 frames, e.g. {lo} or {lo + st}"
+        )
+    mh, mw = sh * ph, sw * pw
+    if height % mh or width % mw or height <= 0 or width <= 0:
+        raise ValueError(
+            f"height x width = {height}x{width} must be positive multiples of {mh}x{mw} "
+            f"(VAE stride x patch size), e.g. {max(mh, height // mh * mh)}x{max(mw, width // mw * mw)}"
+        )
+    return (num_frames - 1) // st + 1, height // sh, width // sw
+
+
+def _prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds, seed):
+    from .models.text import resolve_prompt_embeds
+
+    cfg = model.config
+    dev, dt = model.device, model.dtype
+    enc = comps.text_encoder
+    max_len = cfg.text_len
+    if prompt_embeds is None and enc is None and comps.random_weights:
+        # Untrained preset without a text encoder: deterministic random text tokens.
+        g = torch.Generator().manual_seed(seed)
+        prompt_embeds = torch.randn(1, max_len, cfg.text_dim, generator=g)
+    text = resolve_prompt_embeds(prompt, prompt_embeds, enc, 1, text_dim=cfg.text_dim, max_length=max_len)
+    rows = [text.to(dev, dt)]
+    if guidance != 1.0:
+        if negative_prompt_embeds is None and enc is None and comps.random_weights:
+            negative_prompt_embeds = torch.zeros(1, max_len, cfg.text_dim)
+        neg = resolve_prompt_embeds(negative_prompt or "", negative_prompt_embeds, enc, 1, text_dim=cfg.text_dim,
+                                    max_length=max_len)
+        neg = neg.to(dev, dt)
+        if neg.shape[1] != text.shape[1]:  # pad/crop the negative to the positive's length
+            pad = neg.new_zeros(1, text.shape[1], neg.shape[2])
+            n = min(neg.shape[1], text.shape[1])
+            pad[:, :n] = neg[:, :n]
+            neg = pad
+        rows.append(neg)
+    text = torch.cat(rows, 0)
+    img = None
+    if cfg.is_i2v:
+        if image_embeds is None and comps.random_weights:
+            g = torch.Generator().manual_seed(seed + 1)
+            image_embeds = torch.randn(1, 257, cfg.image_dim, generator=g)
+        if image_embeds is None:
+            raise ValueError(
+                f"model {cfg.name!r} is image-to-video: pass image_embeds=[1, 257, {cfg.image_dim}] "
+                f"(CLIP ViT-H/14 penultimate-layer tokens of the first frame)"
+            )
+        img = image_embeds.to(dev, dt).expand(text.shape[0], -1, -1)
+    return model.prepare_context(text, img)
+
+
+def _first_frame_tensor(first_frame, height: int, width: int) -> torch.Tensor:
+    """An image (path, PIL image, uint8 array [H,W,3], or float tensor [3,H,W] in [-1,1])
+    -> float tensor [1, 3, height, width] in [-1, 1], resized to the video size."""
+    from PIL import Image
+
+    if isinstance(first_frame, (str, Path)):
+        first_frame = Image.open(first_frame).convert("RGB")
+    if isinstance(first_frame, Image.Image):
+        first_frame = np.asarray(first_frame.convert("RGB").resize((width, height), Image.BICUBIC))
+    if isinstance(first_frame, np.ndarray):
+        if first_frame.ndim != 3 or first_frame.shape[2] != 3 or first_frame.dtype != np.uint8:
+            raise ValueError(f"first_frame array must be uint8 [H, W, 3]; got {first_frame.dtype} {first_frame.shape}")
+        first_frame = torch.from_numpy(first_frame.copy()).permute(2, 0, 1).float() / 127.5 - 1
+    if not isinstance(first_frame, torch.Tensor) or first_frame.dim() not in (3, 4) or first_frame.shape[-3] != 3:
+        raise ValueError("first_frame must be an image path, a PIL image, uint8 [H,W,3] or a float tensor [3,H,W] in [-1,1]")
+    x = first_frame.float().reshape(1, 3, *first_frame.shape[-2:])
+    if tuple(x.shape[-2:]) != (height, width):
+        x = torch.nn.functional.interpolate(x, size=(height, width), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return x
+
+
+# ----------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------
+def stream(
+    model,
+    *,
+    num_frames: int,
+    prompt: str | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    negative_prompt: str | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    first_frame=None,
+    image_embeds: torch.Tensor | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    strategy: str = "ar",
+    seed: int = 0,
+    devices: list[str] | None = None,
+    dtype=None,
+    sampler: SamplerConfig | None = None,
+    guidance_scale: float | None = None,
+    chunk_frames: int = 3,
+    sink_frames: int | None = None,
+    window_frames: int | None = None,
+    vae=None,
+    text_encoder=None,
+    stats: RunStats | None = None,
+) -> Iterator[np.ndarray]:
+    """Generate a video and return an iterator over its frames as they are decoded: uint8
+    arrays [t, H, W, 3] (the first chunk holds 4n-3 frames, later ones 4n). Every input is
+    checked before this returns; arguments as :func:`generate`."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; available: {STRATEGIES}")
+    if devices is not None and len(devices) > 1:
+        raise ValueError("this build runs the 'ar' strategy on one device; pass a single device (multi-device runs come with the runtime)")
+    device = devices[0] if devices else None
+    model = _resolve_model(model, dtype, device)
+    cfg = model.config
+    if stats is not None:
+        stats.video_fps = float(cfg.fps)
+    default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
+    height, width = height or default_h, width or default_w
+    F_lat, h, w = check_frames(num_frames, height, width, model)
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    sampler = sampler or SamplerConfig()
+    if guidance_scale is not None:
+        sampler = sampler.replace(guidance_scale=float(guidance_scale))
+
+    first_given = first_frame is not None and not cfg.is_i2v
+    if cfg.is_i2v and first_frame is None:
+        raise ValueError(f"model {cfg.name!r} is image-to-video: pass first_frame (an image path, PIL image or array)")
+    if window_frames is None and sink_frames is None and F_lat > DEFAULT_ATTENTION_FRAMES:
+        sink_frames = chunk_frames + (1 if first_given else 0)
+        window_frames = DEFAULT_ATTENTION_FRAMES - sink_frames - chunk_frames
+    plan = RolloutPlan(F_lat, chunk_frames, sink_frames or 0, window_frames, first_given)
+
+    comps = resolve_components(model, vae, text_encoder, seed=seed)
+    from .models.vae import StreamingDecoder, encode_frames, i2v_condition
+
+    context = _prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
+                              sampler.guidance_scale, image_embeds, seed)
+    first_latent = condition = None
+    if first_frame is not None:
+        img = _first_frame_tensor(first_frame, height, width).to(model.device)
+        if cfg.is_i2v:
+            condition = i2v_condition(comps.vae, img, num_frames, height, width)
+        else:
+            first_latent = encode_frames(comps.vae, img[:, :, None])
+
+    decoder = StreamingDecoder(comps.vae)
+    rollout = ar_rollout(model, context, plan, latent_hw=(h, w), sampler=sampler, seed=seed,
+                         first_latent=first_latent, condition=condition)
+    return _decoded_frames(rollout, decoder, stats)
+
+
+def _decoded_frames(rollout, decoder, stats: RunStats | None) -> Iterator[np.ndarray]:
+    t0 = time.perf_counter()
+    for positions, x0 in rollout:
+        video = decoder.decode_chunk(x0.float())
+        frames = to_uint8_frames(video)[0]
+        if stats is not None:
+            now = time.perf_counter() - t0
+            if stats.first_frame_seconds is None:
+                stats.first_frame_seconds = now
+            stats.chunks.append({"positions": positions, "frames": len(frames), "seconds": now})
+        yield frames
+
+
+def generate(
+    model,
+    *,
+    num_frames: int,
+    prompt: str | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    first_frame=None,
+    height: int | None = None,
+    width: int | None = None,
+    strategy: str = "ar",
+    seed: int = 0,
+    devices: list[str] | None = None,
+    output: str | Path | None = None,
+    on_frames: Callable[[np.ndarray, int], None] | None = None,
+    progress: bool = True,
+    **options,
+) -> Video:
+    """Generate a video with a block-autoregressive rollout and return it.
+
+    model: a preset name (``tiny``: the embedded default), a checkpoint path, or a model
+    from :func:`engine.load_model`. prompt / prompt_embeds [1, L, text_dim]: text
+    conditioning (a real model needs embeddings or a text encoder). first_frame: an image
+    to start from (image path, PIL image, uint8 [H,W,3]); required by I2V models.
+    num_frames: 4k+1 video frames; height / width: multiples of 16 (default 128x128 for
+    tiny, 480x832 otherwise). output: an mp4 path written while frames arrive.
+    on_frames(frames uint8 [t,H,W,3], first_index): called for every decoded chunk.
+    Options: negative_prompt, negative_prompt_embeds, image_embeds, dtype, sampler
+    (:class:`SamplerConfig`), guidance_scale, chunk_frames (3), sink_frames,
+    window_frames (attention window in latent frames; default bounded at 21 in total),
+    vae, text_encoder (objects or local folders).
+    Returns a :class:`Video` (frames uint8 [T,H,W,3], fps) with ``.stats``.
+    """
+    stats = RunStats()
+    collected: list[np.ndarray] = []
+    writer = None
+    fps = 16
+    bar = None
+    t0 = time.perf_counter()
+    try:
+        it = stream(model, num_frames=num_frames, prompt=prompt, prompt_embeds=prompt_embeds, first_frame=first_frame,
+                    height=height, width=width, strategy=strategy, seed=seed, devices=devices, stats=stats, **options)
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=num_frames, unit="frame", desc="generate", file=sys.stderr, dynamic_ncols=True)
+        for frames in it:
+            fps = stats.video_fps
+            if output is not None and writer is None:
+                writer = Mp4Writer(output, fps, frames.shape[2], frames.shape[1])
+            if writer is not None:
+                writer.write(frames)
+            start = stats.frames
+            collected.append(frames)
+            stats.frames += len(frames)
+            stats.seconds = time.perf_counter() - t0
+            if bar is not None:
+                bar.update(len(frames))
+                bar.set_postfix(fps=f"{stats.fps:.2f}")
+            if on_frames is not None:
+                on_frames(frames, start)
+    except BaseException as exc:
+        partial = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)
+        if writer is not None:
+            writer.close()
+        if isinstance(exc, (KeyboardInterrupt, ValueError, TypeError, FileNotFoundError)) and not collected:
+            raise
+        what = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else f"{type(exc).__name__}: {exc}"
+        hint = (" -- lower the resolution, chunk_frames or window_frames, or use dtype='bf16'"
+                if isinstance(exc, torch.OutOfMemoryError) else "")
+        kept = f"; the {len(partial)} frames already generated are in err.video" + (
+            f" and saved to {output}" if writer is not None else "")
+        raise GenerationError(f"generation failed after {len(partial)} of {num_frames} frames: {what}{hint}{kept}",
+                              partial, str(output) if writer is not None else None) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    if writer is not None:
+        writer.close()
+    video = Video(np.concatenate(collected), fps)
+    video.stats = stats
+    return video
