@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole GPU lane in one call: GPU tests and benchmarks, results under $OUT (and
+# bench/results/ in the working copy). Usage on the device machine, from the repo root:
+#   pip install -q --no-index --no-deps .whl/*.whl && pip install -q --no-deps --no-build-isolation -e . && bash bench/gpu_lane.sh
+set -uo pipefail
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+status=0
+python -m pytest -m gpu -q -rs tests 2>&1 | tee "$OUT/gpu_tests.log" || status=1
+python bench/kernels.py --out "$OUT" 2>&1 | tee "$OUT/bench_kernels.log" || status=1
+if [ -f bench/throughput.py ]; then
+  python bench/throughput.py --json "$OUT/throughput.json" 2>&1 | tee "$OUT/bench_throughput.log" || status=1
+fi
+exit $status
