@@ -9,6 +9,10 @@ the chosen backend over it:
   boolean mask (or none, for full visibility).
 - ``triton``    -- our block-sparse kernel (``kernels.block_attention``), which visits only
   visible key tiles; used when the ``kernels`` package and a CUDA device are present.
+- ``flex``      -- torch FlexAttention with a BlockMask built from the same pattern
+  (compiled on CUDA; eager on CPU, for tests).
+- ``flash-attn`` -- flash-attn's ``flash_attn_func``; full visibility only.
+- ``xformers``  -- ``xformers.ops.memory_efficient_attention`` with an additive mask.
 
 ``auto`` picks the fastest available for the tensors' device. Asking for a backend that
 is not available raises :class:`BackendUnavailable` saying why and how to get it.
@@ -49,6 +53,7 @@ class FrameVisibility:
         self.k_frame_ids = k_frame_ids
         self.visibility = visibility
         self._dense: torch.Tensor | None = None
+        self._flex = None
 
     @classmethod
     def uniform(cls, visibility: torch.Tensor, q_tokens_per_frame: int, k_tokens_per_frame: int | None = None):
@@ -72,6 +77,21 @@ class FrameVisibility:
             rows = self.visibility.index_select(0, self.q_frame_ids)
             self._dense = rows.index_select(1, self.k_frame_ids)
         return self._dense
+
+    def flex_block_mask(self):
+        """torch FlexAttention BlockMask of this pattern (built once, then reused)."""
+        if self._flex is None:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            vis, qf, kf = self.visibility, self.q_frame_ids, self.k_frame_ids
+
+            def mask_mod(b, h, q_idx, kv_idx):
+                return vis[qf[q_idx], kf[kv_idx]]
+
+            self._flex = create_block_mask(
+                mask_mod, None, None, qf.numel(), kf.numel(), device=str(vis.device)
+            )
+        return self._flex
 
     def to(self, device: torch.device) -> "FrameVisibility":
         """The same pattern with its tensors on ``device``."""
@@ -102,6 +122,51 @@ def _triton(q, k, v, vis: FrameVisibility | None, scale: float | None) -> torch.
     )
 
 
+_FLEX_COMPILED = None
+
+
+def _flex(q, k, v, vis: FrameVisibility | None, scale: float | None) -> torch.Tensor:
+    global _FLEX_COMPILED
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if vis is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    fn = flex_attention
+    if q.is_cuda:  # fused kernel; eager flex materialises the scores (fine for CPU tests only)
+        if _FLEX_COMPILED is None:
+            _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+        fn = _FLEX_COMPILED
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        return fn(q, k, v, block_mask=vis.flex_block_mask(), scale=scale)
+
+
+def _flash_attn(q, k, v, vis: FrameVisibility | None, scale: float | None) -> torch.Tensor:
+    if vis is not None and not vis.is_full():
+        raise BackendUnavailable(
+            "flash-attn takes no frame-visibility mask; use the 'triton' or 'flex' backend for masked patterns"
+        )
+    from flash_attn import flash_attn_func  # layout [B, S, H, D]
+
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale)
+    return out.transpose(1, 2)
+
+
+def _xformers(q, k, v, vis: FrameVisibility | None, scale: float | None) -> torch.Tensor:
+    import xformers.ops as xops  # layout [B, S, H, D]; an additive float bias carries the mask
+
+    bias = None
+    if vis is not None:
+        bias = torch.zeros(vis.dense_mask().shape, dtype=q.dtype, device=q.device)
+        bias = bias.masked_fill(~vis.dense_mask(), float("-inf")).expand(q.shape[0], q.shape[1], -1, -1)
+    out = xops.memory_efficient_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, scale=scale
+    )
+    return out.transpose(1, 2)
+
+
 def backend_status(name: str, device: torch.device | str = "cpu") -> tuple[bool, str]:
     """(available, reason) for an attention backend on a device; the reason says how to
     get it when it is missing."""
@@ -118,8 +183,24 @@ def backend_status(name: str, device: torch.device | str = "cpu") -> tuple[bool,
         except (ImportError, AttributeError) as exc:
             return False, f"the project's 'kernels' package cannot provide block_attention: {exc}"
         return True, "triton block-sparse kernel"
-    if name in ("flex", "flash-attn", "xformers"):
-        return False, f"backend {name!r} is not wired into this build yet; use 'sdpa', 'triton' or 'reference'"
+    if name == "flex":
+        try:
+            from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+        except ImportError:
+            return False, "torch FlexAttention needs torch >= 2.5"
+        return True, "torch FlexAttention with a BlockMask (compiled on CUDA)"
+    if name == "flash-attn":
+        if dev.type != "cuda":
+            return False, "flash-attn needs a CUDA device"
+        if importlib.util.find_spec("flash_attn") is None:
+            return False, "the 'flash-attn' package is not installed (pip install flash-attn --no-build-isolation)"
+        return True, "flash-attn (full visibility only)"
+    if name == "xformers":
+        if dev.type != "cuda":
+            return False, "xformers' memory-efficient attention needs a CUDA device"
+        if importlib.util.find_spec("xformers") is None:
+            return False, "the 'xformers' package is not installed (pip install xformers)"
+        return True, "xformers memory_efficient_attention"
     return False, f"unknown backend {name!r}; choose one of {BACKENDS}"
 
 
@@ -137,7 +218,14 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
     return name
 
 
-_IMPLS = {"reference": attention_reference, "sdpa": _sdpa, "triton": _triton}
+_IMPLS = {
+    "reference": attention_reference,
+    "sdpa": _sdpa,
+    "triton": _triton,
+    "flex": _flex,
+    "flash-attn": _flash_attn,
+    "xformers": _xformers,
+}
 
 
 def attention(

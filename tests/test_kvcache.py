@@ -91,3 +91,14 @@ def test_claim_rejects_bad_chunks():
         cache.claim([0, 1, 2])
     with pytest.raises(ValueError, match="capacity"):
         cache.claim([4, 5])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("backend", ["reference", "flex"])
+def test_other_backends_in_cached_rollout(backend):
+    m = build_model(engine.PRESETS["tiny"].replace(num_layers=2), seed=8, attention_backend=backend).eval()
+    x, t, text = _inputs(8, seed=99)
+    got, _ = chunked_forward(m, x, t, text, chunk=2, window=2, sink=2)
+    m.attention_backend = "sdpa"
+    want = m(x, t, text, visibility=block_causal_window(8, 2, 2, 2))
+    assert rel_err(got, want) <= 1e-5
