@@ -43,6 +43,32 @@ from kernels._triton import interpreting, triton_available  # noqa: E402
 from kernels import patterns  # noqa: E402
 from kernels.block_mask import BlockMask, build_block_mask, clear_block_mask_cache  # noqa: E402
 from kernels.block_attention import block_attention, block_attention_reference  # noqa: E402
+from kernels.spectral import (  # noqa: E402
+    circulant_filter_matrix,
+    frequency_response,
+    highfreq_energy,
+    highfreq_energy_reference,
+    highpass,
+    highpass_reference,
+    lowpass,
+    lowpass_reference,
+    spectral_mix,
+    spectral_mix_reference,
+)
+from kernels.noise import (  # noqa: E402
+    frame_noise,
+    frame_seed,
+    interpolation_weights,
+    noise_init,
+    noise_init_reference,
+)
+from kernels.fused import (  # noqa: E402
+    layernorm_modulate,
+    layernorm_modulate_reference,
+    qk_rmsnorm_rope,
+    qk_rmsnorm_rope_reference,
+)
+
 __all__ = [
     "BlockMask",
     "block_attention",

@@ -17,7 +17,7 @@ The 2-D response is separable, ``G(fy, fx) = g(fy) * g(fx)``, hence
     H(x) = x - L(x)
 
 with periodic boundary handling (the filter wraps around the frame edges, exactly like
-the FFT references).  The Triton kernel computes both matmuls (and the subtraction,
+the FFT references).  Because ``g`` is real and even, ``A`` is also symmetric.  The Triton kernel computes both matmuls (and the subtraction,
 mix or energy reduction) in one pass per slice; ``A`` is built in float64, cast to the
 compute dtype and cached per ``(n, cutoff, kind, dtype, device)``.
 """
@@ -218,14 +218,20 @@ def _launch(mode: int, x: torch.Tensor, y: torch.Tensor | None, cutoff: float, k
 
 def lowpass(x: torch.Tensor, cutoff: float, kind: str = "gaussian", *,
             out: torch.Tensor | None = None) -> torch.Tensor:
-    """Low-pass ``L(x) = A_h @ X @ A_w^T`` of ``x`` ``[..., h, w]`` (h, w <= 256), in ``x.dtype``."""
+    """Low-pass ``L(x) = A_h @ X @ A_w^T`` of ``x`` ``[..., h, w]`` (h, w <= 256), in ``x.dtype``.
+
+    ``x`` may have any strides (it is reshaped to ``[N, h, w]``, copying only when a view is
+    impossible); ``out``: optional contiguous ``[..., h, w]`` buffer of ``x.dtype``.
+    float32 runs both matmuls in IEEE float32; float16 / bfloat16 use tensor-core dots with
+    float32 accumulation (``A`` cast to ``x.dtype``).
+    """
     _check_x(x)
     return _launch(_MODE_LOW, x, None, cutoff, kind, out)
 
 
 def highpass(x: torch.Tensor, cutoff: float, kind: str = "gaussian", *,
              out: torch.Tensor | None = None) -> torch.Tensor:
-    """High-pass ``H(x) = x - L(x)`` of ``x`` ``[..., h, w]``, in ``x.dtype``."""
+    """High-pass ``H(x) = x - L(x)`` of ``x`` ``[..., h, w]``, in ``x.dtype`` (``out`` as in :func:`lowpass`)."""
     _check_x(x)
     return _launch(_MODE_HIGH, x, None, cutoff, kind, out)
 
@@ -243,7 +249,8 @@ def spectral_mix(a: torch.Tensor, b: torch.Tensor, cutoff: float, kind: str = "g
 
 def highfreq_energy(x: torch.Tensor, cutoff: float, kind: str = "gaussian", *,
                     out: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-slice mean of ``H(x)**2`` over ``(h, w)``: float32 of shape ``x.shape[:-2]``."""
+    """Per-slice mean of ``H(x)**2`` over ``(h, w)``: float32 of shape ``x.shape[:-2]``
+    (sharpness-drift telemetry); ``out``: optional contiguous float32 buffer of that shape."""
     _check_x(x)
     return _launch(_MODE_ENERGY, x, None, cutoff, kind, out)
 
