@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 status=0
 python -m pytest -m gpu -q -rs tests 2>&1 | tee "$OUT/gpu_tests.log" || status=1
-python bench/kernels.py --out "$OUT" 2>&1 | tee "$OUT/bench_kernels.log" || status=1
+python bench/kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" || status=1
 if [ -f bench/throughput.py ]; then
   python bench/throughput.py --json "$OUT/throughput.json" 2>&1 | tee "$OUT/bench_throughput.log" || status=1
 fi

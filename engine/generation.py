@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import SamplerConfig
+from .config import EngineConfig, SamplerConfig
 from .models.wan import WanDiT
 from .rollout import RolloutPlan, ar_rollout
 from .video import Mp4Writer, Video, to_uint8_frames
@@ -69,12 +69,25 @@ class RunStats:
 # ----------------------------------------------------------------------------------
 # resolving inputs
 # ----------------------------------------------------------------------------------
-def _resolve_model(model, dtype, device) -> WanDiT:
-    if isinstance(model, WanDiT):
-        return model
-    from .loading import load_model
+def _resolve_model(model, dtype, device, engine_config: EngineConfig | None = None) -> WanDiT:
+    """A loaded model; an EngineConfig sets its device, dtype, attention backend and fused ops."""
+    ec = engine_config
+    if ec is not None:
+        device = device or ec.devices[0]
+        dtype = dtype or ec.dtype
+    if not isinstance(model, WanDiT):
+        from .loading import load_model
 
-    return load_model(model, dtype=dtype, device=device)
+        kw = {} if ec is None else dict(attention_backend=ec.attention_backend, fused_ops=ec.fused_ops)
+        return load_model(model, dtype=dtype, device=device, **kw)
+    if ec is not None:
+        model.attention_backend, model.fused_ops = ec.attention_backend, ec.fused_ops
+    if device is not None or dtype is not None:
+        from .config import parse_dtype
+
+        dev = torch.device(device) if device is not None else model.device
+        model = model.to(device=dev, dtype=parse_dtype(dtype, dev) if dtype is not None else model.dtype)
+    return model
 
 
 def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0) -> Components:
@@ -227,6 +240,7 @@ def stream(
     window_frames: int | None = None,
     vae=None,
     text_encoder=None,
+    engine_config: EngineConfig | None = None,
     stats: RunStats | None = None,
 ) -> Iterator[np.ndarray]:
     """Generate a video and return an iterator over its frames as they are decoded: uint8
@@ -237,7 +251,7 @@ def stream(
     if devices is not None and len(devices) > 1:
         raise ValueError("this build runs the 'ar' strategy on one device; pass a single device (multi-device runs come with the runtime)")
     device = devices[0] if devices else None
-    model = _resolve_model(model, dtype, device)
+    model = _resolve_model(model, dtype, device, engine_config)
     cfg = model.config
     if stats is not None:
         stats.video_fps = float(cfg.fps)
@@ -319,7 +333,8 @@ def generate(
     Options: negative_prompt, negative_prompt_embeds, image_embeds, dtype, sampler
     (:class:`SamplerConfig`), guidance_scale, chunk_frames (3), sink_frames,
     window_frames (attention window in latent frames; default bounded at 21 in total),
-    vae, text_encoder (objects or local folders).
+    vae, text_encoder (objects or local folders), engine_config (:class:`EngineConfig`:
+    device, dtype, attention backend, fused ops).
     Returns a :class:`Video` (frames uint8 [T,H,W,3], fps) with ``.stats``.
     """
     stats = RunStats()

@@ -18,9 +18,9 @@ from .models.weights import (
 )
 
 
-def build_model(config: ModelConfig, *, seed: int = 0, attention_backend: str = "auto") -> WanDiT:
+def build_model(config: ModelConfig, *, seed: int = 0, attention_backend: str = "auto", fused_ops: bool = False) -> WanDiT:
     """A DiT with seeded random weights (float32, CPU)."""
-    return init_random_weights(WanDiT(config, attention_backend=attention_backend), seed=seed)
+    return init_random_weights(WanDiT(config, attention_backend=attention_backend, fused_ops=fused_ops), seed=seed)
 
 
 def load_model(
@@ -30,6 +30,7 @@ def load_model(
     device: str | torch.device | None = None,
     config: ModelConfig | None = None,
     attention_backend: str = "auto",
+    fused_ops: bool = False,
     seed: int = 0,
     prefer_ema: bool = True,
 ) -> WanDiT:
@@ -39,6 +40,8 @@ def load_model(
     from ``seed``), a diffusers folder or pipeline root, an original-Wan folder or file,
     sharded safetensors with an index, or a Self-Forcing / CausVid ``.pt`` file (its EMA
     generator when ``prefer_ema``). ``config`` overrides the inferred architecture.
+    attention_backend: see :mod:`engine.attention` (``auto`` picks the fastest available);
+    fused_ops: use the fused Triton LayerNorm+AdaLN and QK-norm+RoPE kernels.
     device: default cuda:0 when available, else cpu; dtype: default bfloat16 on CUDA,
     float32 on CPU. The returned model has ``.source`` (the path, or None for presets).
     """
@@ -46,7 +49,7 @@ def load_model(
     dt = parse_dtype(dtype, device)
     key = str(path_or_preset)
     if key.lower() in PRESETS and not Path(key).exists():
-        model = build_model(config or get_preset(key), seed=seed, attention_backend=attention_backend)
+        model = build_model(config or get_preset(key), seed=seed, attention_backend=attention_backend, fused_ops=fused_ops)
         model.source = None
         return model.to(device=device, dtype=dt).eval().requires_grad_(False)
 
@@ -60,7 +63,7 @@ def load_model(
     if config is None:
         config = infer_config(state, config_from_json(cfg_json) if cfg_json else None)
     with torch.device("meta"):
-        model = WanDiT(config, attention_backend=attention_backend)
+        model = WanDiT(config, attention_backend=attention_backend, fused_ops=fused_ops)
     check_state_dict(model, state, source=str(path))
     try:
         model.load_state_dict(state, strict=True, assign=True)

@@ -96,6 +96,17 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, :, None]) + shift[:, :, None]
 
 
+def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, fused: bool) -> torch.Tensor:
+    """LayerNorm (no affine, float32) then per-frame AdaLN: x [B,F,T,D], shift/scale
+    [B,F,D] -> [B,F,T,D] in x's dtype; ``fused`` runs it as one Triton kernel."""
+    if fused:
+        from kernels import layernorm_modulate
+
+        B, nf, T, D = x.shape
+        return layernorm_modulate(x.reshape(B, nf * T, D), shift, scale, T, norm.eps).view(B, nf, T, D)
+    return modulate(norm(x.float()), shift, scale).to(x.dtype)
+
+
 # ----------------------------------------------------------------------------------
 # attention layers
 # ----------------------------------------------------------------------------------
@@ -114,6 +125,7 @@ class SelfAttnContext:
     backend: str
     cache: KVCache | None = None
     slots: ChunkSlots | None = None
+    fused: bool = False
 
 
 class SelfAttention(nn.Module):
@@ -132,8 +144,14 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: SelfAttnContext, layer: int) -> torch.Tensor:
         """x [B,S,D] -> [B,S,D]."""
         h = self.num_heads
-        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (h, -1)), ctx.cos, ctx.sin).transpose(1, 2)
-        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (h, -1)), ctx.cos, ctx.sin).transpose(1, 2)
+        if ctx.fused:  # one Triton pass: RMSNorm over the full hidden dim + RoPE
+            from kernels import qk_rmsnorm_rope
+
+            q = qk_rmsnorm_rope(self.q(x), self.norm_q.weight, ctx.cos, ctx.sin, h, self.norm_q.eps).transpose(1, 2)
+            k = qk_rmsnorm_rope(self.k(x), self.norm_k.weight, ctx.cos, ctx.sin, h, self.norm_k.eps).transpose(1, 2)
+        else:
+            q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (h, -1)), ctx.cos, ctx.sin).transpose(1, 2)
+            k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (h, -1)), ctx.cos, ctx.sin).transpose(1, 2)
         v = self.v(x).unflatten(-1, (h, -1)).transpose(1, 2)
         if ctx.cache is not None:
             k, v = ctx.cache.write(layer, ctx.slots, k, v)
@@ -201,12 +219,12 @@ class WanBlock(nn.Module):
         B, nf, T, D = x.shape
         mod = self.modulation[None].float() + e  # [B,F,6,D]
         shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(2)
-        h = modulate(self.norm1(x.float()), shift, scale).to(x.dtype)
+        h = norm_modulate(self.norm1, x, shift, scale, ctx.fused)
         y = self.self_attn(h.view(B, nf * T, D), ctx, layer).view(B, nf, T, D)
         x = (x.float() + y.float() * gate[:, :, None]).to(x.dtype)
         y = self.cross_attn(self.norm3(x.float()).to(x.dtype).view(B, nf * T, D), cross_kv).view(B, nf, T, D)
         x = x + y
-        h = modulate(self.norm2(x.float()), c_shift, c_scale).to(x.dtype)
+        h = norm_modulate(self.norm2, x, c_shift, c_scale, ctx.fused)
         y = self.ffn(h)
         return (x.float() + y.float() * c_gate[:, :, None]).to(x.dtype)
 
@@ -260,10 +278,11 @@ class Context:
 class WanDiT(nn.Module):
     """Wan2.1 diffusion transformer (see module docstring for the call convention)."""
 
-    def __init__(self, cfg: ModelConfig, attention_backend: str = "auto"):
+    def __init__(self, cfg: ModelConfig, attention_backend: str = "auto", fused_ops: bool = False):
         super().__init__()
         self.config = cfg
         self.attention_backend = attention_backend
+        self.fused_ops = fused_ops  # fused Triton LayerNorm+AdaLN and QK-norm+RoPE
         dim = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
@@ -405,7 +424,7 @@ class WanDiT(nn.Module):
             vis = FrameVisibility.uniform(visibility, tpf)
         else:
             vis = None
-        actx = SelfAttnContext(cos, sin, vis, backend, kv_cache, cache_slots)
+        actx = SelfAttnContext(cos, sin, vis, backend, kv_cache, cache_slots, fused=self.fused_ops)
 
         t = self._time(timesteps, B, nf)[:, ::pt]  # [B, gf]
         e = self.time_embedding(timestep_embedding(t.reshape(-1), cfg.freq_dim).to(self.dtype))
