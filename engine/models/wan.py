@@ -128,8 +128,9 @@ class SelfAttnContext:
     fused: bool = False
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with QK RMSNorm over the full hidden dim and 3-D RoPE."""
+class AttentionProjections(nn.Module):
+    """The q, k, v, o projections and the QK RMSNorms (over the full hidden dim) shared by
+    Wan's self- and cross-attention; parameter names follow the original Wan layout."""
 
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
@@ -140,6 +141,10 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+
+
+class SelfAttention(AttentionProjections):
+    """Self-attention with QK RMSNorm over the full hidden dim and 3-D RoPE."""
 
     def forward(self, x: torch.Tensor, ctx: SelfAttnContext, layer: int) -> torch.Tensor:
         """x [B,S,D] -> [B,S,D]."""
@@ -160,18 +165,11 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(AttentionProjections):
     """Cross-attention from video tokens to text tokens (and CLIP image tokens for I2V)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float, with_image: bool):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+        super().__init__(dim, num_heads, eps)
         if with_image:
             self.k_img = nn.Linear(dim, dim)
             self.v_img = nn.Linear(dim, dim)
