@@ -6,12 +6,33 @@ import argparse
 import sys
 
 from .config import PRESETS, SamplerConfig
+from .plans import STRATEGIES, STRATEGY_OPTIONS
+
+_STRATEGY_ARGS = [
+    ("context", str, "ar: 'cache' (KV cache) or 'history' (history frames in the sequence)"),
+    ("history_frames", int, "ar (history) / mila: clean history frames each clip reads"),
+    ("unified_noise", bool, "ar: one noise tensor shared by all clips"),
+    ("segment_frames", int, "mmpl: latent frames per segment (8)"),
+    ("anchor_frames", int, "mmpl: latent frames per keyframe bundle (1)"),
+    ("midpoint", int, "mmpl: midpoint offset in a segment (default (L+b)//2)"),
+    ("schedule", str, "mmpl: max_throughput or min_memory"),
+    ("noise_rho", float, "mmpl: share of fresh noise in the interpolated content noise"),
+    ("keyframes", int, "longdwm: keyframes per coarse rollout (5)"),
+    ("fps_ratio", int, "longdwm: latent frames between keyframes (3)"),
+    ("coarse_rope", str, "longdwm: keyframe or absolute RoPE positions for the coarse pass"),
+    ("anchor_stride", int, "mila: latent frames between anchors (4)"),
+    ("anchors_per_rollout", int, "mila: anchors per coarse job (5)"),
+    ("clip_frames", int, "mila: latent frames per fine clip (4)"),
+    ("jdc_sigma", float, "mila: sigma anchors are re-noised to (0.5)"),
+    ("tpd", float, "mila: TPD strength, 0 = one schedule for all frames (1.0)"),
+    ("lookahead", int, "mila: anchors after a clip read as context (1)"),
+]
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Long-horizon video world-model engine")
     sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate a video (block-autoregressive rollout)")
+    g = sub.add_parser("generate", help="generate a video (strategies: ar, mmpl, longdwm, mila)")
     g.add_argument("--model", default="tiny", help=f"preset ({', '.join(sorted(PRESETS))}) or checkpoint path")
     g.add_argument("--num-frames", type=int, required=True, help="video frames, 4k+1 (e.g. 33, 81, 161)")
     g.add_argument("--out", default="video.mp4", help="output mp4 path")
@@ -32,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk-frames", type=int, default=3, help="latent frames per autoregressive chunk")
     g.add_argument("--sink-frames", type=int, default=None)
     g.add_argument("--window-frames", type=int, default=None, help="past latent frames each chunk attends to")
+    g.add_argument("--strategy", choices=list(STRATEGIES), default="ar")
+    g.add_argument("--devices", help="comma-separated devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
+                   "(overrides --device)")
+    g.add_argument("--cpu-threads", type=int, default=1, help="torch threads while the runtime runs (pinned)")
+    g.add_argument("--coarse-model", help="longdwm/mila: coarse model (default: --model)")
+    g.add_argument("--fine-model", help="longdwm/mila: fine model (default: --model)")
+    g.add_argument("--stats", help="write per-run statistics (jobs, critical path, idle, memory) as JSON here")
+    s_ = g.add_argument_group("strategy options (each belongs to the strategies named)")
+    for name, typ, what in _STRATEGY_ARGS:
+        if typ is bool:
+            s_.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=what)
+        else:
+            s_.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=what)
     g.add_argument("--vae", help="folder of a diffusers AutoencoderKLWan (default: from the model's pipeline)")
     g.add_argument("--text-encoder", help="folder with a UMT5 encoder and tokenizer")
     g.add_argument("--no-progress", action="store_true")
@@ -64,6 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         timesteps=timesteps,
         guidance_scale=args.guidance_scale,
     )
+    chosen = {name: getattr(args, name) for name, _, _ in _STRATEGY_ARGS if getattr(args, name) is not None}
+    wrong = sorted(k for k in chosen if k not in STRATEGY_OPTIONS[args.strategy])
+    if wrong:
+        print(f"error: --{', --'.join(w.replace('_', '-') for w in wrong)} do not apply to strategy "
+              f"{args.strategy!r} (its options: {', '.join(STRATEGY_OPTIONS[args.strategy])})", file=sys.stderr)
+        return 2
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else (
+        [args.device] if args.device else None)
+    extra = {}
+    if args.coarse_model:
+        extra["coarse_model"] = args.coarse_model
+    if args.fine_model:
+        extra["fine_model"] = args.fine_model
     try:
         video = generate(
             args.model,
@@ -75,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             height=args.height,
             width=args.width,
             seed=args.seed,
-            devices=[args.device] if args.device else None,
+            devices=devices,
+            strategy=args.strategy,
+            cpu_threads=args.cpu_threads,
             dtype=args.dtype,
             sampler=sampler,
             chunk_frames=args.chunk_frames,
@@ -85,17 +134,26 @@ def main(argv: list[str] | None = None) -> int:
             text_encoder=args.text_encoder,
             output=args.out,
             progress=not args.no_progress,
+            **extra,
+            **chosen,
         )
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     s = video.stats
+    if args.stats:
+        import json
+
+        with open(args.stats, "w") as f:
+            json.dump({"frames": len(video), "seconds": s.seconds, "first_frame_seconds": s.first_frame_seconds,
+                       **s.runtime.to_dict()}, f, indent=1)
     print(
         f"wrote {args.out}: {len(video)} frames {video.width}x{video.height} @ {video.fps:g} fps "
-        f"in {s.seconds:.1f} s ({s.fps:.2f} frames/s, first frame after {s.first_frame_seconds:.2f} s)"
+        f"in {s.seconds:.1f} s ({s.fps:.2f} frames/s, first frame after {s.first_frame_seconds:.2f} s; "
+        f"strategy {args.strategy}, critical path {s.critical_path_passes} DiT passes)"
     )
     return 0
 

@@ -20,10 +20,12 @@ import torch
 
 from .config import EngineConfig, SamplerConfig
 from .models.wan import WanDiT
+from .plans import STRATEGIES, STRATEGY_OPTIONS, build_plan
 from .rollout import RolloutPlan, ar_rollout
+from .runtime import RuntimeStats, execute
 from .video import Mp4Writer, Video, to_uint8_frames
 
-STRATEGIES = ("ar",)
+TWO_MODEL_STRATEGIES = ("longdwm", "mila")
 # Total latent frames one chunk may attend to (Self-Forcing trains on 21): longer videos
 # get a bounded window with the first chunk as sink frames.
 DEFAULT_ATTENTION_FRAMES = 21
@@ -53,28 +55,58 @@ class Components:
 
 @dataclass
 class RunStats:
-    """Timing of one generate() call: wall seconds, time to first frame, frames."""
+    """Statistics of one generate() call: wall seconds, time to first frame, frames, the
+    decoded chunks, and ``runtime`` (:class:`~engine.runtime.RuntimeStats`): per-job
+    start/end and worker, critical path in DiT passes, idle fraction per worker, peak
+    memory per device (also reachable as ``stats.jobs``, ``stats.critical_path_passes``,
+    ``stats.idle_fraction``, ``stats.peak_memory``)."""
 
     frames: int = 0
     seconds: float = 0.0
     video_fps: float = 16.0
     first_frame_seconds: float | None = None
     chunks: list[dict] = field(default_factory=list)
+    runtime: RuntimeStats = field(default_factory=RuntimeStats)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def jobs(self) -> list[dict]:
+        return self.runtime.jobs
+
+    @property
+    def critical_path_passes(self) -> int:
+        return self.runtime.critical_path_passes
+
+    @property
+    def idle_fraction(self) -> dict[str, float]:
+        return self.runtime.idle_fraction
+
+    @property
+    def peak_memory(self) -> dict[str, int]:
+        return self.runtime.peak_memory
 
 
 # ----------------------------------------------------------------------------------
 # resolving inputs
 # ----------------------------------------------------------------------------------
 def _resolve_model(model, dtype, device, engine_config: EngineConfig | None = None) -> WanDiT:
-    """A loaded model; an EngineConfig sets its device, dtype, attention backend and fused ops."""
+    """A loaded model; an EngineConfig sets its device, dtype, attention backend and fused ops.
+    Any other module with the Wan call convention (``config``, ``device``, ``dtype``; e.g.
+    a CogVideoX DiT) is used as given, moved to ``device`` / ``dtype`` when asked."""
     ec = engine_config
     if ec is not None:
         device = device or ec.devices[0]
         dtype = dtype or ec.dtype
+    if isinstance(model, torch.nn.Module) and not isinstance(model, WanDiT):
+        if device is not None or dtype is not None:
+            from .config import parse_dtype
+
+            dev = torch.device(device) if device is not None else model.device
+            model = model.to(device=dev, dtype=parse_dtype(dtype, dev) if dtype is not None else model.dtype)
+        return model
     if not isinstance(model, WanDiT):
         from .loading import load_model
 
@@ -190,6 +222,8 @@ def _prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negati
                 f"(CLIP ViT-H/14 penultimate-layer tokens of the first frame)"
             )
         img = image_embeds.to(dev, dt).expand(text.shape[0], -1, -1)
+    if not hasattr(model, "prepare_context"):  # a DiT that embeds its text on every call
+        return text
     return model.prepare_context(text, img)
 
 
@@ -238,18 +272,29 @@ def stream(
     chunk_frames: int = 3,
     sink_frames: int | None = None,
     window_frames: int | None = None,
+    coarse_model=None,
+    fine_model=None,
     vae=None,
     text_encoder=None,
     engine_config: EngineConfig | None = None,
+    cpu_threads: int = 1,
+    shuffle: int | None = None,
     stats: RunStats | None = None,
+    **strategy_options,
 ) -> Iterator[np.ndarray]:
     """Generate a video and return an iterator over its frames as they are decoded: uint8
-    arrays [t, H, W, 3] (the first chunk holds 4n-3 frames, later ones 4n). Every input is
-    checked before this returns; arguments as :func:`generate`."""
+    arrays [t, H, W, 3], strictly in order. Every input is checked before this returns;
+    arguments as :func:`generate`."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; available: {STRATEGIES}")
-    if devices is not None and len(devices) > 1:
-        raise ValueError("this build runs the 'ar' strategy on one device; pass a single device (multi-device runs come with the runtime)")
+    if devices is not None and (isinstance(devices, str) or len(devices) == 0):
+        raise ValueError(f"devices must be a non-empty list such as ['cpu', 'cpu'] or ['cuda:0', 'cuda:1'], got {devices!r}")
+    unknown = sorted(k for k in strategy_options if k not in STRATEGY_OPTIONS[strategy])
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for strategy {strategy!r}; its own options are "
+                        f"{list(STRATEGY_OPTIONS[strategy])}")
+    if strategy not in TWO_MODEL_STRATEGIES and (coarse_model is not None or fine_model is not None):
+        raise ValueError(f"strategy {strategy!r} uses one model; coarse_model / fine_model are for {TWO_MODEL_STRATEGIES}")
     device = devices[0] if devices else None
     model = _resolve_model(model, dtype, device, engine_config)
     cfg = model.config
@@ -267,16 +312,34 @@ def stream(
     first_given = first_frame is not None and not cfg.is_i2v
     if cfg.is_i2v and first_frame is None:
         raise ValueError(f"model {cfg.name!r} is image-to-video: pass first_frame (an image path, PIL image or array)")
-    if window_frames is None and sink_frames is None and F_lat > DEFAULT_ATTENTION_FRAMES:
+    ar_cache = strategy == "ar" and strategy_options.get("context", "cache") in (None, "cache")
+    if strategy == "ar" and ar_cache and window_frames is None and sink_frames is None and F_lat > DEFAULT_ATTENTION_FRAMES:
         sink_frames = chunk_frames + (1 if first_given else 0)
         window_frames = DEFAULT_ATTENTION_FRAMES - sink_frames - chunk_frames
-    plan = RolloutPlan(F_lat, chunk_frames, sink_frames or 0, window_frames, first_given)
+    if strategy == "ar":
+        strategy_options = dict(strategy_options, chunk_frames=chunk_frames, sink_frames=sink_frames,
+                                window_frames=window_frames)
+    base = _base_sigmas(sampler)
+    plan = build_plan(strategy, F_lat, sigmas=base, first_given=first_given, **strategy_options)
 
-    comps = resolve_components(model, vae, text_encoder, seed=seed)
+    # models: one per role the plan uses; a strategy wanting two gets the one given for both
+    roles = {"main": model}
+    if strategy in TWO_MODEL_STRATEGIES:
+        roles["coarse"] = model if coarse_model is None else _resolve_model(coarse_model, dtype, device, engine_config)
+        roles["fine"] = model if fine_model is None else _resolve_model(fine_model, dtype, device, engine_config)
+        for role in ("coarse", "fine"):
+            m = roles[role]
+            if m.config.out_channels != cfg.out_channels:
+                raise ValueError(f"{role} model has {m.config.out_channels} latent channels, the main model "
+                                 f"{cfg.out_channels}: coarse and fine models must share the VAE's latent space")
+
+    comps = resolve_components(model, vae, text_encoder, seed=seed)  # the VAE of the model given first
     from .models.vae import StreamingDecoder, encode_frames, i2v_condition
 
-    context = _prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
-                              sampler.guidance_scale, image_embeds, seed)
+    def make_context(role, m):
+        return _prompt_context(m, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
+                               sampler.guidance_scale, image_embeds, seed)
+
     first_latent = condition = None
     if first_frame is not None:
         img = _first_frame_tensor(first_frame, height, width).to(model.device)
@@ -286,22 +349,77 @@ def stream(
             first_latent = encode_frames(comps.vae, img[:, :, None])
 
     decoder = StreamingDecoder(comps.vae)
-    rollout = ar_rollout(model, context, plan, latent_hw=(h, w), sampler=sampler, seed=seed,
-                         first_latent=first_latent, condition=condition)
-    return _decoded_frames(rollout, decoder, stats)
+    run_stats = stats.runtime if stats is not None else RuntimeStats()
+    if ar_cache:  # the KV-cache fast path: one sequential chain on the first device
+        context = make_context("main", model)
+        rplan = RolloutPlan(F_lat, chunk_frames, sink_frames or 0, window_frames, first_given)
+        rollout = ar_rollout(model, context, rplan, latent_hw=(h, w), sampler=sampler, seed=seed,
+                             first_latent=first_latent, condition=condition,
+                             unified_noise=bool(strategy_options.get("unified_noise")))
+        run_stats.strategy = "ar"
+        run_stats.workers = [f"w0:{model.device}"]
+        run_stats.critical_path_passes, run_stats.critical_path = plan.critical_path()
+        run_stats.total_passes = plan.total_passes()
+        return _decoded_frames(rollout, decoder, stats, plan=plan, run_stats=run_stats)
+    it = execute(plan, roles, devices=list(devices) if devices else [str(model.device)], make_context=make_context,
+                 seed=seed, sampler=sampler, latent_hw=(h, w), inputs={0: first_latent} if first_given else {},
+                 condition=condition, decoder=decoder, to_frames=lambda v: to_uint8_frames(v)[0], shuffle=shuffle,
+                 cpu_threads=cpu_threads, stats=run_stats)
+    return _runtime_frames(it, stats)
 
 
-def _decoded_frames(rollout, decoder, stats: RunStats | None) -> Iterator[np.ndarray]:
+def _base_sigmas(sampler: SamplerConfig) -> list[float]:
+    from .sampling import few_step_sigmas, flow_sigmas
+
+    if sampler.kind == "fewstep":
+        return few_step_sigmas(sampler.timesteps or (1000.0, 750.0, 500.0, 250.0), sampler.shift).tolist()
+    return flow_sigmas(sampler.num_steps, sampler.shift).tolist()
+
+
+def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
     t0 = time.perf_counter()
-    for positions, x0 in rollout:
-        video = decoder.decode_chunk(x0.float())
-        frames = to_uint8_frames(video)[0]
+    for positions, frames in it:
         if stats is not None:
             now = time.perf_counter() - t0
             if stats.first_frame_seconds is None:
                 stats.first_frame_seconds = now
             stats.chunks.append({"positions": positions, "frames": len(frames), "seconds": now})
         yield frames
+
+
+def _decoded_frames(rollout, decoder, stats: RunStats | None, *, plan=None, run_stats=None) -> Iterator[np.ndarray]:
+    t0 = time.perf_counter()
+    last = 0.0
+    owner = plan.output_map() if plan is not None else {}
+    for positions, x0 in rollout:
+        done = time.perf_counter() - t0
+        if run_stats is not None and positions and owner.get(positions[0], "@input") != "@input":
+            job = plan.job(owner[positions[0]])
+            run_stats.jobs.append({"id": job.id, "model": job.model, "worker": run_stats.workers[0],
+                                   "device": str(x0.device), "start": last, "end": done, "passes": job.passes})
+        video = decoder.decode_chunk(x0.float())
+        frames = to_uint8_frames(video)[0]
+        last = time.perf_counter() - t0
+        if stats is not None:
+            now = last
+            if stats.first_frame_seconds is None:
+                stats.first_frame_seconds = now
+            stats.chunks.append({"positions": positions, "frames": len(frames), "seconds": now})
+        if run_stats is not None:
+            run_stats.wall_seconds = last
+            busy = sum(j["end"] - j["start"] for j in run_stats.jobs)
+            run_stats.idle_fraction = {run_stats.workers[0]: max(0.0, 1 - busy / last) if last > 0 else 0.0}
+            if run_stats.first_output_seconds is None:
+                run_stats.first_output_seconds = last
+        yield frames
+    if run_stats is not None:
+        import resource
+
+        dev = run_stats.workers[0].split(":", 1)[1]
+        if dev.startswith("cuda"):
+            run_stats.peak_memory[dev] = int(torch.cuda.max_memory_allocated(torch.device(dev)))
+        else:
+            run_stats.peak_memory[dev] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def generate(
@@ -321,7 +439,7 @@ def generate(
     progress: bool = True,
     **options,
 ) -> Video:
-    """Generate a video with a block-autoregressive rollout and return it.
+    """Generate a video with any strategy and return it.
 
     model: a preset name (``tiny``: the embedded default), a checkpoint path, or a model
     from :func:`engine.load_model`. prompt / prompt_embeds [1, L, text_dim]: text
@@ -335,7 +453,20 @@ def generate(
     window_frames (attention window in latent frames; default bounded at 21 in total),
     vae, text_encoder (objects or local folders), engine_config (:class:`EngineConfig`:
     device, dtype, attention backend, fused ops).
-    Returns a :class:`Video` (frames uint8 [T,H,W,3], fps) with ``.stats``.
+
+    strategy: ``ar`` (default; ``context="cache"`` runs the KV-cache rollout on the first
+    device, ``context="history"`` feeds ``history_frames`` in the sequence through the
+    runtime; ``unified_noise``), ``mmpl`` (segment_frames, anchor_frames, midpoint,
+    schedule="max_throughput"|"min_memory", noise_rho), ``longdwm`` (keyframes,
+    fps_ratio, coarse_rope), ``mila`` (anchor_stride, anchors_per_rollout, clip_frames,
+    history_frames, jdc_sigma, tpd, lookahead) -- see :mod:`engine.plans`. longdwm and mila
+    take ``coarse_model`` / ``fine_model`` (default: ``model`` for both).
+    devices: one worker per entry (``["cuda:0", "cuda:1"]``, or CPU threads ``["cpu", "cpu"]``);
+    cpu_threads: torch intra-op threads while the runtime runs (pinned so results do not
+    depend on the worker count); shuffle: a seed to pick ready jobs at random (tests).
+    Returns a :class:`Video` (frames uint8 [T,H,W,3], fps) with ``.stats`` (:class:`RunStats`,
+    whose ``.runtime`` holds per-job times and workers, the critical path in DiT passes,
+    idle fraction per worker and peak memory per device).
     """
     stats = RunStats()
     collected: list[np.ndarray] = []

@@ -44,7 +44,15 @@ def load_model(
     fused_ops: use the fused Triton LayerNorm+AdaLN and QK-norm+RoPE kernels.
     device: default cuda:0 when available, else cpu; dtype: default bfloat16 on CUDA,
     float32 on CPU. The returned model has ``.source`` (the path, or None for presets).
+    An export folder (one holding ``manifest.json``, from ``python -m export onnx``) gives an
+    :class:`engine.models.exported.ExportedDiT` that runs the exported graphs instead.
     """
+    if getattr(path_or_preset, "is_exported", False):  # an ExportedDiT handed back in (e.g. by generate)
+        return path_or_preset.to(device=device, dtype=dtype)
+    if (Path(str(path_or_preset)).expanduser() / "manifest.json").is_file():  # an export folder
+        from .models.exported import load_exported
+
+        return load_exported(Path(str(path_or_preset)).expanduser(), dtype=dtype, device=device)
     device = torch.device(device) if device is not None else torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype, device)
     key = str(path_or_preset)

@@ -22,6 +22,7 @@ from .sampling import FewStepSampler, cfg, make_sampler
 # Noise streams: 0 is the initial noise of a frame; 1 + i the fresh noise of few-step
 # re-noising after step i.
 INITIAL_NOISE_STREAM = 0
+UNIFIED_STREAM = 999  # same as engine.plans.core.UNIFIED_STREAM (block 0)
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,15 @@ def ar_rollout(
     seed: int,
     first_latent: torch.Tensor | None = None,
     condition: torch.Tensor | None = None,
+    unified_noise: bool = False,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (positions, clean latents [1, C, n, h, w]) chunk by chunk, in frame order.
 
     context: prepared text context with batch 1, or 2 for classifier-free guidance
     (row 0 conditional, row 1 unconditional). first_latent [1,C,1,h,w]: the clean latent
     of frame 0 when ``plan.first_given`` (yielded first). condition [1,20,F,h,w]: I2V
-    channels, sliced per chunk.
+    channels, sliced per chunk. unified_noise: every chunk starts from the same noise
+    (frame k of a chunk gets noise (seed, UNIFIED_STREAM, k); LongVie 2).
     """
     h, w = latent_hw
     batch = context.batch
@@ -126,7 +129,10 @@ def ar_rollout(
         n = len(positions)
         slots = cache.claim(positions)
         steps = _sampler_for(sampler)
-        x = frame_noise(seed, positions, (1, C, h, w), INITIAL_NOISE_STREAM, dev, torch.float32)
+        if unified_noise:
+            x = frame_noise(seed, list(range(n)), (1, C, h, w), UNIFIED_STREAM, dev, torch.float32)
+        else:
+            x = frame_noise(seed, positions, (1, C, h, w), INITIAL_NOISE_STREAM, dev, torch.float32)
         for i in range(steps.num_steps):
             t = steps.timestep(i).expand(n) if steps.timestep(i).dim() == 0 else steps.timestep(i)
             v = forward(x.to(dt), t, positions, slots)

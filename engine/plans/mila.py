@@ -1,0 +1,77 @@
+"""``mila``: coarse anchors, then recurrent (re)fine clips with JDC and TPD.
+
+- coarse rollouts (role ``coarse``) generate anchors every r = ``anchor_stride`` latent
+  positions, ``anchors_per_rollout`` per joint job, each rollout starting from the
+  previous one's last anchor (as in ``longdwm``);
+- fine clips (role ``fine``) of ``clip_frames`` positions run in order. Clip [s, s+n)
+  reads the last ``history_frames`` fine frames before s and the next ``lookahead``
+  anchors after the clip as clean context; anchors inside the clip are re-noised to
+  ``jdc_sigma`` from their coarse latent and denoised jointly with the clip (JDC: their
+  schedules start at jdc_sigma and end at 0 with the rest), so the anchors' final frames
+  come from the fine pass;
+- TPD (``tpd`` > 0): every frame of a clip gets its own sigma sequence; earlier frames
+  reach low sigma sooner and all reach 0 at the last step (:func:`tpd_table`).
+
+Coarse jobs draw their noise from stream block 1, fine jobs from block 0, so an anchor's
+coarse and fine noise differ.
+"""
+
+from __future__ import annotations
+
+from .core import INPUT, Plan, PlanError, make_job
+
+OPTIONS = ("anchor_stride", "anchors_per_rollout", "clip_frames", "history_frames", "jdc_sigma", "tpd", "lookahead")
+
+
+def build_mila(num_frames: int, *, base: list[float], first_given: bool = False, anchor_stride: int = 4,
+               anchors_per_rollout: int = 5, clip_frames: int = 4, history_frames: int = 2, jdc_sigma: float = 0.5,
+               tpd: float = 1.0, lookahead: int = 1) -> Plan:
+    r, K, n = int(anchor_stride), int(anchors_per_rollout), int(clip_frames)
+    if r < 1 or K < 2 or n < 1:
+        raise PlanError(f"mila needs anchor_stride >= 1, anchors_per_rollout >= 2, clip_frames >= 1; got {r}, {K}, {n}")
+    if not 0.0 < jdc_sigma <= 1.0:
+        raise PlanError(f"jdc_sigma must lie in (0, 1], got {jdc_sigma}")
+    if history_frames < 0 or lookahead < 0 or tpd < 0:
+        raise PlanError("history_frames, lookahead and tpd must be >= 0")
+    anchors = list(range(0, num_frames, r))
+    coarse_of: dict[int, str] = {0: INPUT} if first_given else {}
+    jobs = []
+    j, i = 0, 0
+    while True:
+        ctx = [anchors[i]] if anchors[i] in coarse_of else []
+        gen = [p for p in anchors[i:i + K] if p not in coarse_of]
+        if not gen:
+            break
+        jid = f"mila/coarse{j}"
+        frames = {p: (False, coarse_of[p]) for p in ctx}
+        frames.update({p: (True, None) for p in gen})
+        jobs.append(make_job(jid, "coarse", frames, base=base, outputs=(), kind="plan", noise_stream=1))
+        for p in gen:
+            coarse_of[p] = jid
+        i = anchors.index(gen[-1])
+        j += 1
+        if i == len(anchors) - 1:
+            break
+    fine_of: dict[int, str] = {0: INPUT} if first_given else {}
+    start = 1 if first_given else 0
+    anchor_set = set(anchors)
+    for ci, s in enumerate(range(start, num_frames, n)):
+        clip = list(range(s, min(s + n, num_frames)))
+        hist = [p for p in range(max(0, s - history_frames), s)]
+        ahead = [p for p in anchors if p > clip[-1]][:lookahead]
+        frames = {p: (False, fine_of[p]) for p in hist}
+        frames.update({p: (False, coarse_of[p]) for p in ahead})
+        jdc = {}
+        for p in clip:
+            if p in anchor_set and coarse_of.get(p) not in (None, INPUT):
+                frames[p] = (True, coarse_of[p])
+                jdc[p] = jdc_sigma
+            else:
+                frames[p] = (True, None)
+        jid = f"mila/fine{ci}"
+        jobs.append(make_job(jid, "fine", frames, base=base, outputs=clip, start=jdc, tpd=tpd))
+        for p in clip:
+            fine_of[p] = jid
+    opts = dict(anchor_stride=r, anchors_per_rollout=K, clip_frames=n, history_frames=history_frames,
+                jdc_sigma=jdc_sigma, tpd=tpd, lookahead=lookahead)
+    return Plan("mila", num_frames, jobs, inputs=(0,) if first_given else (), options=opts)
