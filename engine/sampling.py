@@ -34,6 +34,7 @@ used as a numerical reference in the tests.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Callable, Sequence, Union
 
@@ -300,7 +301,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 # --------------------------------------------------------------------------- #
 # Samplers
 # --------------------------------------------------------------------------- #
-class Sampler:
+class Sampler(abc.ABC):
     """Common stepper interface.
 
     Attributes:
@@ -339,6 +340,7 @@ class Sampler:
             raise ValueError(f"latents shape {tuple(x.shape)} != model output shape {tuple(v.shape)}")
         expand_sigma(self.sigmas[i], x)  # validates latent rank and per-frame shape
 
+    @abc.abstractmethod
     def step(self, i: int, x: torch.Tensor, v: torch.Tensor, noise: NoiseLike = None) -> torch.Tensor:
         """Advance from sigma(i) to sigma(i+1).
 
@@ -351,7 +353,6 @@ class Sampler:
         Returns:
             latents at sigma(i+1), same shape and dtype as ``x``.
         """
-        raise NotImplementedError
 
 
 class EulerSampler(Sampler):
