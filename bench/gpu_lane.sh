@@ -12,6 +12,12 @@ status=0
 python -m pytest -m gpu -q -rs tests 2>&1 | tee "$OUT/gpu_tests.log" || status=1
 python bench/kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" || status=1
 if [ -f bench/throughput.py ]; then
+  # everything side by side: baseline, every attention backend, every strategy at 1..N GPUs, scaling report
   python bench/throughput.py --json "$OUT/throughput.json" 2>&1 | tee "$OUT/bench_throughput.log" || status=1
+  # the issue-6 bar configuration: Wan-1.3B shape, 480x832, 81 frames, 4-step causal rollout, bfloat16,
+  # compile and CUDA graphs on and off (bars: >= 35 frames/s, >= 1.5x baseline, time to first frame <= 0.5 s)
+  python bench/throughput.py --model wan2.1-t2v-1.3b --height 480 --width 832 --frames 81 --steps 4 --dtype bf16 \
+    --strategy ar --compile --cuda-graphs --no-scaling --json "$OUT/throughput-bar.json" 2>&1 \
+    | tee "$OUT/bench_throughput_bar.log" || status=1
 fi
 exit $status

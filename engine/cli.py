@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import PRESETS, SamplerConfig
@@ -66,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
             s_.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=what)
         else:
             s_.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=what)
+    c_ = g.add_argument_group("controls (engine.control; arrays as .npy files)")
+    c_.add_argument("--trajectory", help="LongDWM trajectory: ego points 'x,z;x,z;...' or a .npy/.json file of [N, 2] "
+                    "(needs --first-frame)")
+    c_.add_argument("--intrinsics", help="camera intrinsics 'fx,fy,cx,cy' (default: focal = width, centred)")
+    c_.add_argument("--warp-depth", type=float, help="constant depth of the depth-free warp (10)")
+    c_.add_argument("--save-warped", help="write the warped, inpainted trajectory frames to this mp4")
+    c_.add_argument("--waypoints", help="MiLA waypoints .npy [T, N_w, 2] per video frame")
+    c_.add_argument("--cameras", help="MiLA cameras .npy [V, 16] or [T, V, 16]")
+    c_.add_argument("--views", type=int, help="MiLA: camera views generated together (output: a 1 x V grid)")
+    c_.add_argument("--view-outputs", help="also write one mp4 per view: a pattern with {view}, e.g. out_{view}.mp4")
+    c_.add_argument("--depth", help="LongVie 2 dense control: depth video .npy [T, H, W]")
+    c_.add_argument("--point-map", help="LongVie 2 sparse control: point-map video .npy [T, H, W, 3] in [0, 1]")
+    c_.add_argument("--control-branches", help="LongVie 2 control-branch weights (.safetensors)")
     g.add_argument("--vae", help="folder of a diffusers AutoencoderKLWan (default: from the model's pipeline)")
     g.add_argument("--text-encoder", help="folder with a UMT5 encoder and tokenizer")
     g.add_argument("--no-progress", action="store_true")
@@ -83,6 +97,33 @@ def _load_embeds(path: str):
             raise SystemExit(f"{path} must hold exactly one tensor (the prompt embeddings), found {sorted(tensors)}")
         return next(iter(tensors.values()))
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_array(text: str):
+    """A control array from a .npy / .json file, or inline numbers 'a,b;c,d' (rows by ';')."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    if text.endswith(".npy"):
+        return np.load(text, allow_pickle=False)
+    if text.endswith(".json"):
+        return np.asarray(json.loads(Path(text).read_text()), dtype=np.float64)
+    rows = [r for r in text.split(";") if r.strip()]
+    vals = [[float(x) for x in r.split(",")] for r in rows]
+    return np.asarray(vals[0] if len(vals) == 1 and ";" not in text else vals, dtype=np.float64)
+
+
+def _control_args(args) -> dict:
+    out = {}
+    for name in ("trajectory", "intrinsics", "waypoints", "cameras", "depth", "point_map"):
+        if getattr(args, name):
+            out[name] = _load_array(getattr(args, name))
+    for name in ("warp_depth", "save_warped", "views", "control_branches"):
+        if getattr(args, name) is not None:
+            out[name] = getattr(args, name)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         extra["coarse_model"] = args.coarse_model
     if args.fine_model:
         extra["fine_model"] = args.fine_model
+    rank = 0
+    import torch
+
+    from .distributed import init_distributed, launched_by_torchrun
+
+    if launched_by_torchrun():  # torchrun: one process per rank; the plan's jobs are spread over the ranks
+        rank, _ = init_distributed(timeout_s=float(os.environ.get("ENGINE_DIST_TIMEOUT", "1800")))
+        if devices is None and torch.cuda.is_available():
+            devices = [f"cuda:{os.environ.get('LOCAL_RANK', '0')}"]
     try:
+        extra.update(_control_args(args))
         video = generate(
             args.model,
             num_frames=args.num_frames,
@@ -133,10 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             vae=args.vae,
             text_encoder=args.text_encoder,
             output=args.out,
-            progress=not args.no_progress,
+            progress=not args.no_progress and rank == 0,
             **extra,
             **chosen,
         )
+        if args.view_outputs:
+            from .control import save_views
+
+            save_views(video, args.views or 1, args.view_outputs)
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -144,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     s = video.stats
+    if rank != 0:  # rank 0 decodes and writes the video
+        return 0
     if args.stats:
         import json
 

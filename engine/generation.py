@@ -122,6 +122,18 @@ def _resolve_model(model, dtype, device, engine_config: EngineConfig | None = No
     return model
 
 
+def _resolve_role_model(model, dtype, device, engine_config: EngineConfig | None = None):
+    """A coarse / fine model: as :func:`_resolve_model`, but a CogVideoX preset name or DiT
+    (v-prediction on a DDPM schedule) is loaded and wrapped as a flow-velocity predictor
+    (:class:`~engine.models.adapters.VPredictionAdapter`)."""
+    from .models.adapters import as_flow_model
+    from .models.cogvideox import COGVIDEOX_PRESETS, load_cogvideox
+
+    if isinstance(model, str) and model.lower() in COGVIDEOX_PRESETS and not Path(model).exists():
+        model = load_cogvideox(model, dtype=dtype, device=device or (engine_config.devices[0] if engine_config else None))
+    return as_flow_model(_resolve_model(model, dtype, device, engine_config))
+
+
 def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0) -> Components:
     """Find the VAE and text encoder for a model: given objects or folders win; a
     ``tiny`` preset gets its embedded random ones; a model loaded from a diffusers
@@ -289,6 +301,9 @@ def stream(
         raise ValueError(f"unknown strategy {strategy!r}; available: {STRATEGIES}")
     if devices is not None and (isinstance(devices, str) or len(devices) == 0):
         raise ValueError(f"devices must be a non-empty list such as ['cpu', 'cpu'] or ['cuda:0', 'cuda:1'], got {devices!r}")
+    from .control.setup import CONTROL_OPTIONS  # control inputs (issue 7) travel beside the strategy options
+
+    control_opts = {k: strategy_options.pop(k) for k in CONTROL_OPTIONS if k in strategy_options}
     unknown = sorted(k for k in strategy_options if k not in STRATEGY_OPTIONS[strategy])
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for strategy {strategy!r}; its own options are "
@@ -313,6 +328,14 @@ def stream(
     if cfg.is_i2v and first_frame is None:
         raise ValueError(f"model {cfg.name!r} is image-to-video: pass first_frame (an image path, PIL image or array)")
     ar_cache = strategy == "ar" and strategy_options.get("context", "cache") in (None, "cache")
+    ctl = None
+    if control_opts:  # validated now; control branches / multi-view run ar through the runtime (history)
+        from .control.setup import ControlSetup
+
+        ctl = ControlSetup(control_opts, model=model, num_frames=num_frames, height=height, width=width,
+                           latent_frames=F_lat, first_frame_given=first_frame is not None)
+        ar_cache, strategy_options = ctl.route(strategy, ar_cache, strategy_options)
+        w = ctl.latent_width(w)  # multi-view: views side by side in the latent width
     if strategy == "ar" and ar_cache and window_frames is None and sink_frames is None and F_lat > DEFAULT_ATTENTION_FRAMES:
         sink_frames = chunk_frames + (1 if first_given else 0)
         window_frames = DEFAULT_ATTENTION_FRAMES - sink_frames - chunk_frames
@@ -325,8 +348,8 @@ def stream(
     # models: one per role the plan uses; a strategy wanting two gets the one given for both
     roles = {"main": model}
     if strategy in TWO_MODEL_STRATEGIES:
-        roles["coarse"] = model if coarse_model is None else _resolve_model(coarse_model, dtype, device, engine_config)
-        roles["fine"] = model if fine_model is None else _resolve_model(fine_model, dtype, device, engine_config)
+        roles["coarse"] = model if coarse_model is None else _resolve_role_model(coarse_model, dtype, device, engine_config)
+        roles["fine"] = model if fine_model is None else _resolve_role_model(fine_model, dtype, device, engine_config)
         for role in ("coarse", "fine"):
             m = roles[role]
             if m.config.out_channels != cfg.out_channels:
@@ -337,6 +360,9 @@ def stream(
     from .models.vae import StreamingDecoder, encode_frames, i2v_condition
 
     def make_context(role, m):
+        if m.config.text_dim != cfg.text_dim:  # its own text space (e.g. a CogVideoX coarse model beside Wan)
+            own = Components(comps.vae, None, getattr(m, "source", None) is None)
+            return _prompt_context(m, own, prompt, None, negative_prompt, None, sampler.guidance_scale, image_embeds, seed)
         return _prompt_context(m, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
                                sampler.guidance_scale, image_embeds, seed)
 
@@ -348,8 +374,19 @@ def stream(
         else:
             first_latent = encode_frames(comps.vae, img[:, :, None])
 
-    decoder = StreamingDecoder(comps.vae)
+    if ctl is not None:  # whole-timeline controls beside each DiT; every pass takes its positions' slice
+        condition = ctl.build(comps.vae, img if first_frame is not None else None, condition, (h, w))
+        roles = {r: ctl.wrap(m) for r, m in roles.items()}
+        model = roles["main"]
+    decoder = ctl.decoder(comps.vae) if ctl is not None else StreamingDecoder(comps.vae)
     run_stats = stats.runtime if stats is not None else RuntimeStats()
+    from .distributed import distributed_active, run_distributed
+
+    if ar_cache and distributed_active():  # one sequential chain: rank 0 runs it, the other ranks idle
+        import torch.distributed as dist
+
+        if dist.get_rank() != 0:
+            return iter(())
     if ar_cache:  # the KV-cache fast path: one sequential chain on the first device
         context = make_context("main", model)
         rplan = RolloutPlan(F_lat, chunk_frames, sink_frames or 0, window_frames, first_given)
@@ -361,7 +398,8 @@ def stream(
         run_stats.critical_path_passes, run_stats.critical_path = plan.critical_path()
         run_stats.total_passes = plan.total_passes()
         return _decoded_frames(rollout, decoder, stats, plan=plan, run_stats=run_stats)
-    it = execute(plan, roles, devices=list(devices) if devices else [str(model.device)], make_context=make_context,
+    run = run_distributed if distributed_active() else execute  # under torchrun: this rank's share of the plan
+    it = run(plan, roles, devices=list(devices) if devices else [str(model.device)], make_context=make_context,
                  seed=seed, sampler=sampler, latent_hw=(h, w), inputs={0: first_latent} if first_given else {},
                  condition=condition, decoder=decoder, to_frames=lambda v: to_uint8_frames(v)[0], shuffle=shuffle,
                  cpu_threads=cpu_threads, stats=run_stats)
@@ -452,7 +490,10 @@ def generate(
     (:class:`SamplerConfig`), guidance_scale, chunk_frames (3), sink_frames,
     window_frames (attention window in latent frames; default bounded at 21 in total),
     vae, text_encoder (objects or local folders), engine_config (:class:`EngineConfig`:
-    device, dtype, attention backend, fused ops).
+    device, dtype, attention backend, fused ops). Controls (:mod:`engine.control`, any
+    strategy): trajectory, intrinsics, warp_depth, save_warped (LongDWM); waypoints,
+    cameras, views, cross_view (MiLA); depth, point_map, control_branches, control_blocks
+    (LongVie 2).
 
     strategy: ``ar`` (default; ``context="cache"`` runs the KV-cache rollout on the first
     device, ``context="history"`` feeds ``history_frames`` in the sequence through the
@@ -514,6 +555,6 @@ def generate(
             bar.close()
     if writer is not None:
         writer.close()
-    video = Video(np.concatenate(collected), fps)
+    video = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)  # ranks > 0: none
     video.stats = stats
     return video

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, ModelConfig, get_preset, parse_dtype
-from .models.wan import WanDiT, init_random_weights
+from .models.wan import WanDiT, init_random_weights, split_control_state
 from .models.weights import (
     CheckpointError,
     check_state_dict,
@@ -68,6 +68,7 @@ def load_model(
         )
     raw, cfg_json = read_state_dict(path, prefer_ema=prefer_ema)
     state = normalise_state_dict(raw)
+    state, control_state = split_control_state(state)  # control layers (issue 7), when the checkpoint has them
     if config is None:
         config = infer_config(state, config_from_json(cfg_json) if cfg_json else None)
     with torch.device("meta"):
@@ -77,5 +78,11 @@ def load_model(
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:  # dtype or storage problems not caught by the shape check
         raise CheckpointError(f"cannot load {path}: {exc}") from exc
+    model = model.to(device=device, dtype=dt)
+    if control_state:
+        try:
+            model.load_control_state(control_state, source=str(path))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from exc
     model.source = path
     return model.to(device=device, dtype=dt).eval().requires_grad_(False)

@@ -273,24 +273,33 @@ class _Run:
         self.error: JobError | None = None
         self.cancelled = False
         self.outputs = plan.output_map()
-        # readers of every (producer, position)
-        self.refs: dict[tuple[str, int], int] = {}
-        for j in plan.jobs:
-            for p, s in j.reads:
-                self.refs[(s, p)] = self.refs.get((s, p), 0) + 1
-        for p, s in self.outputs.items():
-            self.refs[(s, p)] = self.refs.get((s, p), 0) + 1
+        self.n_jobs = len(plan.jobs)  # jobs this run issues (a distributed rank: its own)
+        self.refs = self._reader_counts()  # readers of every (producer, position)
         self.store: dict[tuple[str, int], _Entry] = {}
         self.latent_bytes: dict[str, int] = {}
         self.latent_peak: dict[str, int] = {}
         home = str(self.devices[0])
         for p, t in inputs.items():
             self._put((INPUT, p), t.to(self.devices[0]), None, home)
-        for j in plan.jobs:
-            if not j.deps:
-                self._push(j.id)
+        for jid in self._initial_ready():
+            self._push(jid)
         self.t0 = time.perf_counter()
         self.busy = [0.0] * len(self.devices)
+
+    # -- hooks (engine.distributed narrows them to one rank's jobs) ----------------------
+    def _reader_counts(self) -> dict[tuple[str, int], int]:
+        """How many times each (producer, position) latent will be read: by jobs, and by the
+        emitter for final frames. An entry is freed after its last read."""
+        refs: dict[tuple[str, int], int] = {}
+        for j in self.plan.jobs:
+            for p, s in j.reads:
+                refs[(s, p)] = refs.get((s, p), 0) + 1
+        for p, s in self.outputs.items():
+            refs[(s, p)] = refs.get((s, p), 0) + 1
+        return refs
+
+    def _initial_ready(self) -> list[str]:
+        return [j.id for j in self.plan.jobs if not j.deps]
 
     # -- bookkeeping (callers hold self.cond) -----------------------------------------
     def _push(self, jid: str):
@@ -332,7 +341,7 @@ class _Run:
         with torch.no_grad():
             while True:
                 with self.cond:
-                    while not self.ready and self.issued < len(self.plan.jobs) and not (self.error or self.cancelled):
+                    while not self.ready and self.issued < self.n_jobs and not (self.error or self.cancelled):
                         self.cond.wait()
                     if self.error or self.cancelled or not self.ready:
                         return

@@ -1,0 +1,361 @@
+"""Controls through ``engine.generate``: validated once, held for the whole timeline, sliced
+per job by position.
+
+:class:`ControlSetup` checks every control option of a run, builds the whole-video
+control tensors (warped-frame latents, normalised depth / point-map latents, waypoint and
+camera vectors) and wraps each DiT in a :class:`ControlledDiT`.
+
+How a job finds its slice: the runtime and the KV-cache rollout already slice the
+``condition`` tensor by a job's timeline positions (``condition[:, :, job.positions]``) and
+hand it to the model. The setup appends two *position tag* channels to it (p // 256 and
+p % 256, exact in bfloat16); :class:`ControlledDiT` reads the positions of the pass from
+them, takes the controls at those positions (kept in float32 beside the model) and calls
+the DiT with ``control=ControlPass(...)``. So every strategy (ar with or without KV cache,
+mmpl, longdwm, mila) and any worker count get the same control for the same frame, and the
+runtime needs no knowledge of controls.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .layers import CAMERA_FEATURES, ControlPass, default_branch_blocks
+from .longvie import MAX_HISTORY_FRAMES, load_control_branches, normalize_depth
+from .multiview import CROSS_VIEW, MultiViewDecoder, frames_to_views, multiview_visibility, views_to_frames
+from .trajectory import DEFAULT_DEPTH, check_intrinsics, check_trajectory, warp_video
+from .validate import ControlError, as_float_tensor, check_frames, check_range, video_tensor
+
+CONTROL_OPTIONS = ("trajectory", "intrinsics", "warp_depth", "save_warped", "waypoints", "cameras", "views",
+                   "cross_view", "depth", "point_map", "control_branches", "control_blocks")
+TAG_CHANNELS = 2
+_TAG_BASE = 256
+
+
+def latent_frame_index(num_video_frames: int) -> list[int]:
+    """The video frame that represents latent frame p (0 for p = 0, else 4p: the last of
+    its 4 frames)."""
+    return [0] + [4 * p for p in range(1, (num_video_frames - 1) // 4 + 1)]
+
+
+def position_tags(num_frames: int, h: int, w: int) -> torch.Tensor:
+    """[1, 2, F, h, w] float32: channel 0 = p // 256, channel 1 = p % 256 (exact in bf16)."""
+    p = torch.arange(num_frames)
+    tags = torch.stack([(p // _TAG_BASE).float(), (p % _TAG_BASE).float()], 0)
+    return tags.view(1, 2, num_frames, 1, 1).expand(1, 2, num_frames, h, w).contiguous()
+
+
+def read_tags(condition: torch.Tensor) -> list[int]:
+    """Positions of a pass from the last two condition channels."""
+    t = condition[0, -TAG_CHANNELS:, :, 0, 0].float().round().long()
+    return (t[0] * _TAG_BASE + t[1]).tolist()
+
+
+class ControlSetup:
+    """Validated control options of one run (see :data:`CONTROL_OPTIONS`).
+
+    trajectory [N, 2] (x, z) ego points + intrinsics (3x3 K or fx, fy, cx, cy; default:
+    focal = width, centred) + warp_depth (constant depth d, default 10) + save_warped (an
+    mp4 path for the warped, inpainted frames): LongDWM warp control, needs first_frame.
+    waypoints [T, N_w, 2] (or [T, 2 N_w]) per video frame; cameras [16], [V, 16] or
+    [T, V, 16] (fx/W, fy/H, cx/W, cy/H, R row-major, t); views V (multi-view, latents packed
+    side by side; output a 1 x V grid); cross_view ("same_frame" | "all"): MiLA.
+    depth [T, H, W] (any positive unit; normalised over the whole video) and point_map
+    [T, H, W, 3] / [T, 3, H, W] in [0, 1] (uint8: 0..255); control_branches: a safetensors
+    file (or state dict) of dense/sparse branches; control_blocks: blocks per branch when
+    no file is given (default: 12/40 of the layers): LongVie 2.
+    """
+
+    def __init__(self, options: dict, *, model, num_frames: int, height: int, width: int, latent_frames: int,
+                 first_frame_given: bool):
+        unknown = sorted(set(options) - set(CONTROL_OPTIONS))
+        if unknown:
+            raise ControlError(f"unknown control option(s) {unknown}; known: {list(CONTROL_OPTIONS)}")
+        o = {k: v for k, v in options.items() if v is not None}
+        self.num_frames, self.height, self.width, self.latent_frames = num_frames, height, width, latent_frames
+        cfg = model.config
+        if not hasattr(model, "enable_control"):
+            raise ControlError(f"model {type(model).__name__} ({cfg.name}) takes no control inputs; controls need a Wan DiT")
+        # -- multi-view
+        views = o.get("views", 1)
+        if not isinstance(views, (int, np.integer)) or isinstance(views, bool) or views < 1:
+            raise ControlError(f"views must be an int >= 1, got {views!r}")
+        self.views = int(views)
+        self.cross_view = o.get("cross_view", "same_frame")
+        if self.cross_view not in CROSS_VIEW:
+            raise ControlError(f"cross_view must be one of {CROSS_VIEW}, got {self.cross_view!r}")
+        # -- LongDWM trajectory
+        self.trajectory = self.intrinsics = None
+        self.warp_depth = float(o.get("warp_depth", DEFAULT_DEPTH))
+        self.save_warped = o.get("save_warped")
+        if "trajectory" in o:
+            self.trajectory = check_trajectory(o["trajectory"])
+            self.intrinsics = check_intrinsics(o.get("intrinsics"), height, width)
+            if not math.isfinite(self.warp_depth) or self.warp_depth <= 0:
+                raise ControlError(f"warp_depth must be a positive finite number, got {o.get('warp_depth')!r}")
+            if not first_frame_given:
+                raise ControlError("trajectory control warps the first frame: pass first_frame (an image)")
+        else:
+            for k in ("intrinsics", "warp_depth", "save_warped"):
+                if k in o:
+                    raise ControlError(f"{k} belongs to trajectory control: pass trajectory= as well")
+        # -- MiLA vectors
+        idx = latent_frame_index(num_frames)
+        self.waypoints = self.cameras = None
+        if "waypoints" in o:
+            wp = as_float_tensor("waypoints", o["waypoints"], ndim=(2, 3))
+            if wp.dim() == 3:
+                if wp.shape[2] != 2:
+                    raise ControlError(f"waypoints must be [T, N_w, 2] (x, z per waypoint); got {tuple(wp.shape)}")
+                wp = wp.flatten(1)
+            elif wp.shape[1] % 2:
+                raise ControlError(f"waypoints [T, 2*N_w] need an even feature count; got {tuple(wp.shape)}")
+            check_frames("waypoints", wp.shape[0], num_frames)
+            self.waypoints = wp[idx].float()  # [F, 2 N_w]
+        if "cameras" in o:
+            cam = as_float_tensor("cameras", o["cameras"], ndim=(1, 2, 3))
+            if cam.shape[-1] != CAMERA_FEATURES:
+                raise ControlError(f"cameras need {CAMERA_FEATURES} numbers per view (fx/W, fy/H, cx/W, cy/H, R 3x3, t 3); "
+                                   f"got shape {tuple(cam.shape)}")
+            if cam.dim() == 1:
+                cam = cam[None]
+            if cam.dim() == 2:  # [V, 16]: a fixed rig
+                cam = cam[None].expand(num_frames, -1, -1)
+            check_frames("cameras", cam.shape[0], num_frames)
+            if cam.shape[1] != self.views:
+                raise ControlError(f"cameras describe {cam.shape[1]} view(s) but views={self.views}")
+            check_range("cameras' focal lengths (fx/W, fy/H)", cam[..., :2], 1e-6, None)
+            self.cameras = cam[idx].float()  # [F, V, 16]
+        # -- LongVie 2 maps
+        self.depth = self.point_map = None
+        self.depth_scale = None
+        if "depth" in o:
+            d = video_tensor("depth", o["depth"], num_frames, height, width, channels=1, value_range=(0.0, None))
+            self.depth, self.depth_scale = normalize_depth(d)  # ONE scale over the whole video, before clips
+        if "point_map" in o:
+            self.point_map = video_tensor("point_map", o["point_map"], num_frames, height, width, channels=3,
+                                          value_range=(0.0, 1.0))
+        self.branch_source = o.get("control_branches")
+        self.branch_blocks = o.get("control_blocks")
+        if self.branch_source is not None and self.depth is None and self.point_map is None:
+            raise ControlError("control_branches given without a control video: pass depth= and/or point_map=")
+        if self.branch_blocks is not None and (not isinstance(self.branch_blocks, int) or
+                                               not 1 <= self.branch_blocks <= cfg.num_layers):
+            raise ControlError(f"control_blocks must be an int in 1..{cfg.num_layers}, got {self.branch_blocks!r}")
+        if self.views > 1 and (self.trajectory is not None or self.depth is not None or self.point_map is not None):
+            raise ControlError("multi-view generation takes waypoints and cameras only (no trajectory / depth / "
+                               "point_map control per view yet)")
+        if self.views > 1 and first_frame_given:
+            raise ControlError("multi-view generation starts from noise: first_frame is not supported with views > 1")
+        if not self.kinds():
+            raise ControlError("no control given: pass trajectory, waypoints, cameras, depth or point_map")
+        self.warped: torch.Tensor | None = None
+        self._wrapped: dict[int, ControlledDiT] = {}
+        self._built: dict | None = None
+
+    # -- queries -----------------------------------------------------------------------
+    def kinds(self) -> tuple[str, ...]:
+        k = []
+        if self.trajectory is not None:
+            k.append("warp")
+        if self.waypoints is not None:
+            k.append("waypoints")
+        if self.cameras is not None:
+            k.append("camera")
+        if self.depth is not None:
+            k.append("dense")
+        if self.point_map is not None:
+            k.append("sparse")
+        if self.views > 1 and "camera" not in k:
+            k.append("multiview")
+        return tuple(k)
+
+    @property
+    def uses_branches(self) -> bool:
+        return self.depth is not None or self.point_map is not None
+
+    @property
+    def supports_kv_cache(self) -> bool:
+        """Warp and waypoint/camera controls run on the KV-cache rollout; control branches
+        (their blocks keep no cache) and multi-view (V frames per position) run through the
+        runtime with history frames in the sequence."""
+        return not self.uses_branches and self.views == 1
+
+    def route(self, strategy: str, ar_cache: bool, strategy_options: dict) -> tuple[bool, dict]:
+        """(ar_cache, strategy_options) after routing: ar with branches or views > 1 runs as
+        ``context="history"`` (LongVie 2: N_H in 0..16 history frames, default 16)."""
+        opts = dict(strategy_options)
+        if strategy == "ar" and ar_cache and not self.supports_kv_cache:
+            ar_cache = False
+            opts["context"] = "history"
+            if opts.get("history_frames") is None:
+                opts["history_frames"] = MAX_HISTORY_FRAMES
+        if strategy == "ar" and self.uses_branches and opts.get("context") == "history":
+            nh = opts.get("history_frames")
+            if nh is not None and not 0 <= nh <= MAX_HISTORY_FRAMES:
+                raise ControlError(f"LongVie 2 history context takes 0..{MAX_HISTORY_FRAMES} frames, got {nh}")
+        return ar_cache, opts
+
+    def latent_width(self, w: int) -> int:
+        return w * self.views
+
+    # -- building ------------------------------------------------------------------------
+    def build(self, vae, first_frame: torch.Tensor | None, condition: torch.Tensor | None, latent_hw: tuple[int, int]
+              ) -> torch.Tensor:
+        """Encode the control videos, keep the timeline controls, and return the condition
+        tensor for the run: the I2V condition (if any) plus the position tags."""
+        from ..models.vae import encode_frames
+
+        h, w = latent_hw
+        built: dict = {}
+        if self.trajectory is not None:
+            video, _ = warp_video(first_frame[0].cpu(), self.trajectory, self.num_frames, self.intrinsics, self.warp_depth)
+            self.warped = video
+            if self.save_warped:
+                from ..video import Video
+
+                Video.from_tensor(video).save(str(Path(self.save_warped)))
+            built["warp"] = encode_frames(vae, video.to(_vae_device(vae)))
+        if self.depth is not None:  # [T, 1, H, W] in [0, 1] -> 3 channels in [-1, 1]
+            v = (self.depth * 2 - 1).expand(-1, 3, -1, -1).permute(1, 0, 2, 3)[None]
+            built["dense"] = encode_frames(vae, v.to(_vae_device(vae)))
+        if self.point_map is not None:
+            v = (self.point_map * 2 - 1).permute(1, 0, 2, 3)[None]
+            built["sparse"] = encode_frames(vae, v.to(_vae_device(vae)))
+        for k, z in built.items():
+            if z.shape[2] != self.latent_frames:
+                raise ControlError(f"the {k} control encodes to {z.shape[2]} latent frames, the video has {self.latent_frames}")
+        if self.waypoints is not None:
+            built["waypoints"] = self.waypoints
+        if self.cameras is not None:
+            built["camera"] = self.cameras
+        self._built = built
+        tags = position_tags(self.latent_frames, h, w)
+        if condition is None:
+            return tags
+        return torch.cat([condition.float().cpu(), tags], 1)
+
+    def wrap(self, model) -> "ControlledDiT":
+        """The model with its control layers enabled (zero-initialised where absent;
+        branches loaded from ``control_branches``) and the timeline controls attached."""
+        if self._built is None:
+            raise RuntimeError("ControlSetup.build() must run before wrap()")
+        key = id(model)
+        if key not in self._wrapped:
+            if self.branch_source is not None:
+                load_control_branches(model, self.branch_source)
+            for kind, z in self._built.items():
+                kw = {}
+                if kind == "waypoints":
+                    kw["in_features"] = z.shape[-1]
+                elif kind in ("dense", "sparse"):
+                    kw["num_blocks"] = self.branch_blocks or default_branch_blocks(model.config.num_layers)
+                layer = model.enable_control(kind, **kw)
+                if kind == "waypoints" and layer.in_features != z.shape[-1]:
+                    raise ControlError(f"the model's waypoint embedding takes {layer.in_features // 2} waypoints per "
+                                       f"frame, the control has {z.shape[-1] // 2}")
+            self._wrapped[key] = ControlledDiT(model, self._built, views=self.views, cross_view=self.cross_view)
+        return self._wrapped[key]
+
+    def decoder(self, vae):
+        from ..models.vae import StreamingDecoder
+
+        return MultiViewDecoder(vae, self.views) if self.views > 1 else StreamingDecoder(vae)
+
+
+def _vae_device(vae) -> torch.device:
+    return next(vae.parameters()).device
+
+
+class ControlledDiT(nn.Module):
+    """A Wan DiT plus the whole-timeline controls of a run: same call convention as the DiT
+    (``model(latents, timesteps, context, condition=..., frame_positions=..., ...)``); the
+    condition's last two channels are position tags (see the module docstring)."""
+
+    def __init__(self, base: nn.Module, controls: dict[str, torch.Tensor], *, views: int = 1,
+                 cross_view: str = "same_frame"):
+        super().__init__()
+        self.base = base
+        self.views = views
+        self.cross_view = cross_view
+        self.kinds = tuple(controls)
+        for k, v in controls.items():
+            self.register_buffer(f"timeline_{k}", v.float().to(base.device), persistent=False)
+
+    # delegation -------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.base.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    @property
+    def source(self):
+        return getattr(self.base, "source", None)
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        return self.base.tokens_per_frame(height, width)
+
+    def prepare_context(self, *a, **kw):
+        return self.base.prepare_context(*a, **kw)
+
+    def control_pass(self, positions: list[int], batch: int) -> ControlPass:
+        """The controls of timeline ``positions`` (views unfolded to (frame, view) order)."""
+        idx = torch.as_tensor(positions, device=self.device)
+        kw = {}
+        for k in self.kinds:
+            full = getattr(self, f"timeline_{k}")
+            if k in ("warp", "dense", "sparse"):
+                kw[k] = full.index_select(2, idx).expand(batch, -1, -1, -1, -1)
+            elif k == "waypoints":
+                v = full.index_select(0, idx).repeat_interleave(self.views, 0)
+                kw[k] = v[None].expand(batch, -1, -1)
+            else:  # camera [F, V, 16] -> (frame, view) rows
+                kw[k] = full.index_select(0, idx).reshape(-1, full.shape[-1])[None].expand(batch, -1, -1)
+        return ControlPass(**kw)
+
+    def forward(self, latents, timesteps, text_embeds, *, condition=None, frame_positions=None, visibility=None,
+                kv_cache=None, cache_slots=None, image_embeds=None):
+        if condition is None or condition.shape[1] < TAG_CHANNELS:
+            raise ControlError("a controlled model needs the run's condition tensor (with position tags); "
+                               "use engine.generate / ControlSetup.build")
+        positions = read_tags(condition)
+        cond = condition[:, :-TAG_CHANNELS] if condition.shape[1] > TAG_CHANNELS else None
+        B, n = latents.shape[0], latents.shape[2]
+        if len(positions) != n:
+            raise ControlError(f"condition covers {len(positions)} frames, latents {n}")
+        V = self.views
+        ctl = self.control_pass(positions, B)
+        if V == 1:
+            return self.base(latents, timesteps, text_embeds, image_embeds=image_embeds, condition=cond,
+                             frame_positions=frame_positions, visibility=visibility, kv_cache=kv_cache,
+                             cache_slots=cache_slots, control=ctl)
+        if kv_cache is not None:
+            raise ControlError("multi-view generation runs through the runtime (ar with context='history'), "
+                               "not over a KV cache")
+        x = views_to_frames(latents, V)
+        if cond is not None:
+            cond = views_to_frames(cond, V)
+        t = torch.as_tensor(timesteps, device=self.device)
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.dim() == 1:
+            t = t[:, None].expand(B, n)
+        t = t.repeat_interleave(V, 1)
+        fp = torch.as_tensor(frame_positions if frame_positions is not None else list(range(n)), device=self.device)
+        fp = fp.repeat_interleave(V)
+        vis = torch.ones(n, n, dtype=torch.bool) if visibility is None else torch.as_tensor(visibility)
+        vis = multiview_visibility(vis.cpu(), V, self.cross_view).to(self.device)
+        out = self.base(x, t, text_embeds, image_embeds=image_embeds, condition=cond, frame_positions=fp,
+                        visibility=vis, control=ctl)
+        return frames_to_views(out, V)

@@ -1,0 +1,418 @@
+"""Multi-node execution: the same plan and runtime over ``torch.distributed`` ranks.
+
+Started by ``torchrun`` (or any launcher that initialises a process group: gloo on CPU,
+NCCL on GPUs). Every rank builds the same :class:`~engine.plans.Plan` (plans are pure and
+deterministic) and then:
+
+1. **Assignment** -- :func:`assign_jobs`: a static list schedule computed identically on
+   every rank (no communication): jobs in critical-path-first order (longest chain of
+   estimated cost ``passes x frames in the pass`` to the end of the plan), each placed on
+   the rank where it would finish earliest given that rank's ``workers`` slots, its
+   dependencies' finish times, and a small penalty per latent that would have to cross
+   ranks. Ties go to the lower rank.
+2. **Transfers** -- every latent a job reads from a job on another rank, and every final
+   frame produced off rank 0, is one transfer (producer, position, from, to), sent with
+   ``torch.distributed.send`` / ``recv`` (tensors only). All transfers run on one
+   communication thread per rank, in one global order (the producers' simulated finish
+   times), which both ends of a transfer agree on; since a producer's inputs are always
+   earlier in that order, the blocking point-to-point sequence cannot deadlock.
+3. **Execution** -- each rank runs its own jobs with the runtime's per-device workers
+   (:class:`engine.runtime._Run`: streams, events, critical-path-first queue), a job
+   becoming ready when its local dependencies are done and its remote latents arrived.
+   ``after`` (scheduling-only) edges to jobs on other ranks are not enforced.
+4. **Output** -- rank 0 decodes the final latents in frame order and yields them, exactly
+   like :func:`engine.runtime.execute`; other ranks yield nothing.
+
+The video is bit-identical to the single-process run: a job's result depends only on its
+inputs (noise is addressed by (seed, stream, position)) and latents cross ranks exactly.
+
+Failure: every transfer carries a status word. A rank whose job fails (or that learns of a
+failure) stops issuing jobs, and its communication thread still walks its whole transfer
+list, sending "failed: job X" instead of latents it does not have and receiving what it is
+owed -- so every rank finishes promptly and raises :class:`~engine.runtime.JobError`
+naming the failed job and rank; rank 0 first hands out every frame that was complete. A
+rank that dies outright surfaces as the process group's error (connection closed) or its
+timeout (``init_distributed(timeout_s=...)``), reported as a JobError that names the peer.
+
+Entry points: :func:`run_distributed` (same arguments as ``execute``; used by
+``engine.generate`` / ``engine.stream`` whenever a process group with more than one rank is
+initialised -- set ``ENGINE_DISTRIBUTED=0`` to opt out), :func:`init_distributed` (reads
+torchrun's ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT``; used by
+``python -m engine generate`` under torchrun).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .config import SamplerConfig
+from .plans import INPUT, Plan
+from .runtime import JobError, RuntimeStats, _Run
+
+COMM_COST = 0.5  # estimated cost of moving one latent frame between ranks, in frame-passes
+OK, FAILED = 0.0, 1.0
+
+
+# ----------------------------------------------------------------------------------
+# process group
+# ----------------------------------------------------------------------------------
+def distributed_active(group=None) -> bool:
+    """A process group with more than one rank is initialised (and ``ENGINE_DISTRIBUTED``
+    is not ``0``)."""
+    if os.environ.get("ENGINE_DISTRIBUTED", "1") == "0":
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> tuple[int, int]:
+    """Initialise the default process group from torchrun's environment (``env://``) unless
+    one exists; backend ``nccl`` when CUDA is available else ``gloo``. On CUDA each rank
+    uses ``cuda:LOCAL_RANK``. ``timeout_s`` bounds every collective and point-to-point
+    operation, so a rank that dies cannot hang the others forever. Returns (rank, world)."""
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+# ----------------------------------------------------------------------------------
+# static assignment
+# ----------------------------------------------------------------------------------
+def job_cost(job) -> float:
+    """Estimated cost of a job: DiT passes x frames in each pass."""
+    return float(job.passes * len(job.positions))
+
+
+@dataclass
+class Assignment:
+    """rank of every job, the simulated finish times, and the ordered transfers
+    (producer, position, src rank, dst rank)."""
+
+    rank: dict[str, int]
+    finish: dict[str, float]
+    transfers: list[tuple[str, int, int, int]]
+    world_size: int
+
+    def jobs_of(self, r: int) -> list[str]:
+        return [j for j, k in self.rank.items() if k == r]
+
+    @property
+    def makespan(self) -> float:
+        return max(self.finish.values(), default=0.0)
+
+
+def assign_jobs(plan: Plan, world_size: int, workers: int = 1, comm_cost: float = COMM_COST) -> Assignment:
+    """Critical-path-first list scheduling of ``plan`` on ``world_size`` ranks with
+    ``workers`` slots each (pure and deterministic: every rank computes the same)."""
+    if world_size < 1 or workers < 1:
+        raise ValueError(f"world_size and workers must be >= 1, got {world_size}, {workers}")
+    index = {j.id: i for i, j in enumerate(plan.jobs)}
+    children = plan.children()
+    bottom: dict[str, float] = {}
+    for jid in reversed(plan.topo_order()):
+        bottom[jid] = job_cost(plan.job(jid)) + max((bottom[c] for c in children[jid]), default=0.0)
+    free = [[0.0] * workers for _ in range(world_size)]
+    rank: dict[str, int] = {}
+    finish: dict[str, float] = {}
+    waiting = {j.id: len(j.deps) for j in plan.jobs}
+    ready = [j.id for j in plan.jobs if not j.deps]
+    while ready:
+        ready.sort(key=lambda j: (-bottom[j], index[j]))
+        jid = ready.pop(0)
+        job = plan.job(jid)
+        reads: dict[str, int] = {}
+        for _, s in job.reads:
+            if s != INPUT:
+                reads[s] = reads.get(s, 0) + 1
+        best = None
+        for r in range(world_size):
+            data = 0.0
+            for d in job.deps:
+                t = finish[d] + (comm_cost * reads.get(d, 0) if rank[d] != r else 0.0)
+                data = max(data, t)
+            slot = min(range(workers), key=lambda k: free[r][k])
+            end = max(free[r][slot], data) + job_cost(job)
+            if best is None or end < best[0]:
+                best = (end, r, slot)
+        end, r, slot = best
+        rank[jid], finish[jid] = r, end
+        free[r][slot] = end
+        for c in children[jid]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                ready.append(c)
+    transfers = set()
+    for job in plan.jobs:
+        for p, s in job.reads:
+            if s != INPUT and rank[s] != rank[job.id]:
+                transfers.add((s, p, rank[s], rank[job.id]))
+    for p, s in plan.output_map().items():
+        if s != INPUT and rank[s] != 0:
+            transfers.add((s, p, rank[s], 0))
+    order = sorted(transfers, key=lambda t: (finish[t[0]], index[t[0]], t[1], t[3]))
+    return Assignment(rank, finish, order, world_size)
+
+
+def plan_fingerprint(plan: Plan, *extra) -> int:
+    """A 31-bit checksum of a plan's jobs (and ``extra`` values): ranks compare them."""
+    text = repr((plan.strategy, plan.num_frames, plan.inputs, [j.describe() for j in plan.jobs],
+                 [(j.sigmas, j.visibility, j.sources, j.rope, j.noise_stream, j.noise_rho) for j in plan.jobs], extra))
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------------
+# one rank's run
+# ----------------------------------------------------------------------------------
+class _RankRun(_Run):
+    """The runtime's run, narrowed to one rank's jobs, plus a communication thread."""
+
+    def __init__(self, plan: Plan, assignment: Assignment, rank: int, group, comm_device: torch.device,
+                 latent_shape: tuple[int, ...], **kw):
+        self.assignment = assignment
+        self.rank = rank
+        self.group = group
+        self.comm_device = comm_device
+        self.latent_shape = latent_shape
+        self.local = {j for j, r in assignment.rank.items() if r == rank}
+        self.index = {j.id: i for i, j in enumerate(plan.jobs)}
+        self.transfers = [t for t in assignment.transfers if rank in (t[2], t[3])]
+        self.comm_error: BaseException | None = None
+        self.fail_index = -1.0
+        super().__init__(plan, **kw)
+        self.n_jobs = len(self.local)
+        self.names = [f"r{rank}/w{i}:{d}" for i, d in enumerate(self.devices)]
+
+    # -- hooks --------------------------------------------------------------------------
+    def _reader_counts(self):
+        refs: dict[tuple[str, int], int] = {}
+
+        def add(key):
+            refs[key] = refs.get(key, 0) + 1
+
+        for j in self.plan.jobs:
+            if j.id in self.local:
+                for p, s in j.reads:
+                    add((s, p))
+        if self.rank == 0:
+            for p, s in self.outputs.items():
+                add((s, p))
+        for s, p, src, _ in self.transfers:
+            if src == self.rank:
+                add((s, p))
+        return refs
+
+    def _initial_ready(self):
+        # local jobs wait for local dependencies and for every remote latent they read
+        self.waiting = {}
+        self.children = {j: [] for j in self.local}
+        self.remote_readers: dict[tuple[str, int], list[str]] = {}
+        for j in self.plan.jobs:
+            if j.id not in self.local:
+                continue
+            n = 0
+            for d in j.deps:
+                if d in self.local:
+                    self.children[d].append(j.id)
+                    n += 1
+            for p, s in j.reads:
+                if s != INPUT and s not in self.local:
+                    self.remote_readers.setdefault((s, p), []).append(j.id)
+                    n += 1
+            self.waiting[j.id] = n
+        return [j for j in (x.id for x in self.plan.jobs) if j in self.local and self.waiting[j] == 0]
+
+    # -- communication ------------------------------------------------------------------
+    def _payload(self, tensor: torch.Tensor | None) -> torch.Tensor:
+        n = 1
+        for d in self.latent_shape:
+            n *= d
+        buf = torch.zeros(n + 2, dtype=torch.float32, device=self.comm_device)
+        if tensor is None:
+            buf[n] = FAILED
+            buf[n + 1] = self.fail_index
+        else:
+            buf[:n] = tensor.reshape(-1).to(self.comm_device, torch.float32)
+        return buf
+
+    def _fail(self, err: JobError):
+        if self.error is None:
+            self.error = err
+        self.cond.notify_all()
+
+    def communicator(self):
+        """Walk this rank's transfers in the global order (see the module docstring)."""
+        dev = self.comm_device
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        n = len(self._payload(None)) - 2
+        for s, p, src, dst in self.transfers:
+            key = (s, p)
+            try:
+                if src == self.rank:
+                    with self.cond:
+                        while key not in self.store and self.error is None and not self.cancelled:
+                            self.cond.wait()
+                        entry = self.store.get(key)
+                        if entry is None and self.error is not None:
+                            self.fail_index = float(self.index.get(self.error.job, -1))
+                    if entry is not None and entry.event is not None:
+                        entry.event.synchronize()
+                    dist.send(self._payload(entry.tensor if entry is not None else None), dst, group=self.group)
+                    if entry is not None:
+                        with self.cond:
+                            self._release(key)
+                else:
+                    buf = torch.empty(n + 2, dtype=torch.float32, device=dev)
+                    dist.recv(buf, src, group=self.group)
+                    status = float(buf[n])
+                    with self.cond:
+                        if status == FAILED:
+                            k = int(buf[n + 1])
+                            name = self.plan.jobs[k].id if 0 <= k < len(self.plan.jobs) else "?"
+                            self.fail_index = float(k)
+                            why = (f"job {name!r} failed on rank {src} (its own error says why)" if k >= 0 else
+                                   f"rank {src} stopped before producing latent frame {p} of job {s!r}")
+                            self._fail(JobError(f"{why}; rank {self.rank} stopped", name if k >= 0 else s,
+                                                f"rank{src}"))
+                            continue
+                        home = str(self.devices[0])
+                        lat = buf[:n].reshape(self.latent_shape).to(self.devices[0])
+                        self._put(key, lat, None, home)
+                        for c in self.remote_readers.get(key, []):
+                            self.waiting[c] -= 1
+                            if self.waiting[c] == 0 and self.error is None:
+                                self._push(c)
+                        self.cond.notify_all()
+            except BaseException as exc:  # noqa: BLE001 -- a dead peer or a timeout: cannot continue
+                peer = dst if src == self.rank else src
+                what = "sending" if src == self.rank else "receiving"
+                self.comm_error = exc
+                with self.cond:
+                    err = JobError(f"lost contact with rank {peer} while {what} latent frame {p} of job {s!r}: "
+                                   f"{type(exc).__name__}: {exc}", s, f"rank{peer}")
+                    err.__cause__ = exc
+                    self._fail(err)
+                return
+
+
+def run_distributed(plan: Plan, models: dict, *, devices: list[str], make_context: Callable, seed: int = 0,
+                    sampler: SamplerConfig | None = None, latent_hw: tuple[int, int],
+                    inputs: dict[int, torch.Tensor] | None = None, condition: torch.Tensor | None = None,
+                    decoder=None, to_frames: Callable | None = None, shuffle: int | None = None,
+                    cpu_threads: int = 1, stats: RuntimeStats | None = None, group=None
+                    ) -> Iterator[tuple[list[int], object]]:
+    """:func:`engine.runtime.execute` over the ranks of ``group`` (default: the world).
+
+    Every rank calls it with the same plan, seed, sizes and models; ``devices`` are this
+    rank's own workers (the same count on every rank). Rank 0's iterator yields (positions,
+    frames or latents) in timeline order; the others' yield nothing and return when their
+    jobs and transfers are done. Raises :class:`JobError` on every rank if any job fails.
+    ``shuffle`` is accepted for signature parity and ignored (the assignment is static).
+    """
+    plan.validate()
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("run_distributed needs an initialised torch.distributed process group "
+                           "(torchrun + engine.distributed.init_distributed())")
+    if not devices:
+        raise ValueError("devices must name at least one device of this rank, e.g. ['cpu'] or ['cuda:0']")
+    missing = [r for r in plan.roles if r not in models]
+    if missing:
+        raise ValueError(f"plan {plan.strategy!r} needs model role(s) {missing}; got {sorted(models)}")
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    backend = dist.get_backend(group)
+    comm_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    sampler = sampler or SamplerConfig()
+    C = next(iter(models[r] for r in plan.roles)).config.out_channels
+    latent_shape = (1, C, 1, *latent_hw)
+    # every rank must run the same plan with the same worker count: compare once
+    mine = torch.tensor([len(devices), plan_fingerprint(plan, seed, tuple(latent_hw), C, repr(sampler))],
+                        dtype=torch.int64, device=comm_device)
+    seen = [torch.zeros_like(mine) for _ in range(world)]
+    try:
+        dist.all_gather(seen, mine, group=group)
+    except Exception as exc:  # noqa: BLE001 -- a missing or dead rank, or the group's timeout
+        raise RuntimeError(f"rank {rank}: could not reach every rank of the process group before the run (a rank "
+                           f"died, was never started, or is stuck elsewhere): {type(exc).__name__}: {exc}") from exc
+    seen = [tuple(int(v) for v in t.cpu()) for t in seen]
+    if len(set(seen)) != 1:
+        raise ValueError(f"ranks disagree on (workers per rank, plan/seed/size fingerprint): {seen}; every rank must "
+                         f"call generate/run_distributed with the same arguments and the same number of devices")
+    assignment = assign_jobs(plan, world, workers=len(devices))
+    stats = stats if stats is not None else RuntimeStats()
+    stats.strategy = plan.strategy
+    stats.workers = [f"r{rank}/w{i}:{d}" for i, d in enumerate(devices)]
+    stats.critical_path_passes, stats.critical_path = plan.critical_path()
+    stats.total_passes = plan.total_passes()
+    return _run(plan, models, devices, make_context, seed, sampler, latent_hw, inputs or {}, condition, decoder,
+                to_frames, cpu_threads, stats, assignment, rank, group, comm_device, latent_shape)
+
+
+def _run(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, condition, decoder, to_frames,
+         cpu_threads, stats, assignment, rank, group, comm_device, latent_shape):
+    old_threads = torch.get_num_threads()
+    use_cpu = any(torch.device(d).type == "cpu" for d in devices)
+    if use_cpu:
+        torch.set_num_threads(cpu_threads)
+    run = None
+    threads: list[threading.Thread] = []
+    comm = None
+    try:
+        run = _RankRun(plan, assignment, rank, group, comm_device, latent_shape, models=models, devices=devices,
+                       make_context=make_context, seed=seed, sampler=sampler, latent_hw=latent_hw, inputs=inputs,
+                       condition=condition, decoder=decoder, shuffle=None, cpu_threads=cpu_threads, stats=stats,
+                       to_frames=to_frames)
+        out: queue.Queue = queue.Queue()
+        threads = [threading.Thread(target=run.worker, args=(w,), name=f"engine-r{rank}-worker-{w}", daemon=True)
+                   for w in range(len(devices))]
+        comm = threading.Thread(target=run.communicator, name=f"engine-r{rank}-comm", daemon=True)
+        if rank == 0:
+            threads.append(threading.Thread(target=run.emitter, args=(out,), name="engine-decode", daemon=True))
+        for t in threads + [comm]:
+            t.start()
+        if rank == 0:
+            while True:
+                kind, positions, item = out.get()
+                if kind == "data":
+                    yield positions, item
+                    continue
+                if kind == "error":
+                    raise item
+                break
+        for t in threads:
+            t.join()
+        comm.join()
+        if run.error is not None:
+            raise run.error
+    finally:
+        if run is not None:
+            with run.cond:
+                run.cancelled = True
+                run.cond.notify_all()
+            for t in threads:
+                t.join()
+            if comm is not None and comm.is_alive():
+                comm.join()  # still owes its peers matched sends/receives (poisoned after cancel)
+            wall = time.perf_counter() - run.t0
+            stats.wall_seconds = wall
+            stats.jobs.sort(key=lambda r: r["start"])
+            stats.idle_fraction = {n: max(0.0, 1.0 - b / wall) if wall > 0 else 0.0
+                                   for n, b in zip(run.names, run.busy)}
+            stats.latent_peak_bytes = dict(run.latent_peak)
+        if use_cpu:
+            torch.set_num_threads(old_threads)
