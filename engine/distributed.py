@@ -47,7 +47,6 @@ import datetime
 import os
 import queue
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ import torch.distributed as dist
 
 from .config import SamplerConfig
 from .plans import INPUT, Plan
-from .runtime import JobError, RuntimeStats, _Run
+from .runtime import JobError, RuntimeStats, _Run, cancel, drain, finish_stats
 
 COMM_COST = 0.5  # estimated cost of moving one latent frame between ranks, in frame-passes
 OK, FAILED = 0.0, 1.0
@@ -386,14 +385,7 @@ def _run(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, 
         for t in threads + [comm]:
             t.start()
         if rank == 0:
-            while True:
-                kind, positions, item = out.get()
-                if kind == "data":
-                    yield positions, item
-                    continue
-                if kind == "error":
-                    raise item
-                break
+            yield from drain(out)
         for t in threads:
             t.join()
         comm.join()
@@ -401,18 +393,9 @@ def _run(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, 
             raise run.error
     finally:
         if run is not None:
-            with run.cond:
-                run.cancelled = True
-                run.cond.notify_all()
-            for t in threads:
-                t.join()
+            cancel(run, threads)
             if comm is not None and comm.is_alive():
                 comm.join()  # still owes its peers matched sends/receives (poisoned after cancel)
-            wall = time.perf_counter() - run.t0
-            stats.wall_seconds = wall
-            stats.jobs.sort(key=lambda r: r["start"])
-            stats.idle_fraction = {n: max(0.0, 1.0 - b / wall) if wall > 0 else 0.0
-                                   for n, b in zip(run.names, run.busy)}
-            stats.latent_peak_bytes = dict(run.latent_peak)
+            finish_stats(run, stats)
         if use_cpu:
             torch.set_num_threads(old_threads)

@@ -444,6 +444,37 @@ class _Run:
         return t
 
 
+def drain(out: queue.Queue):
+    """Yield (positions, frames) from the emitter's queue until it says done; re-raise
+    an error it reports."""
+    while True:
+        kind, positions, item = out.get()
+        if kind == "data":
+            yield positions, item
+        elif kind == "error":
+            raise item
+        else:
+            return
+
+
+def cancel(run, threads) -> None:
+    """Tell a run's threads to stop and wait for them."""
+    with run.cond:
+        run.cancelled = True
+        run.cond.notify_all()
+    for t in threads:
+        t.join()
+
+
+def finish_stats(run, stats: RuntimeStats) -> None:
+    """Fill wall time, job order, idle fractions and latent peaks of a finished run."""
+    wall = time.perf_counter() - run.t0
+    stats.wall_seconds = wall
+    stats.jobs.sort(key=lambda r: r["start"])
+    stats.idle_fraction = {n: max(0.0, 1.0 - b / wall) if wall > 0 else 0.0 for n, b in zip(run.names, run.busy)}
+    stats.latent_peak_bytes = dict(run.latent_peak)
+
+
 def _copy_to(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     import copy
 
@@ -503,31 +534,15 @@ def _execute(plan, models, devices, make_context, seed, sampler, latent_hw, inpu
         threads.append(threading.Thread(target=run.emitter, args=(out,), name="engine-decode", daemon=True))
         for t in threads:
             t.start()
-        while True:
-            kind, positions, item = out.get()
-            if kind == "data":
-                yield positions, item
-                continue
-            if kind == "error":
-                raise item
-            break
+        yield from drain(out)
         for t in threads:
             t.join()
         if run.error is not None:
             raise run.error
     finally:
         if run is not None:
-            with run.cond:
-                run.cancelled = True
-                run.cond.notify_all()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - run.t0
-            stats.wall_seconds = wall
-            stats.jobs.sort(key=lambda r: r["start"])
-            stats.idle_fraction = {n: max(0.0, 1.0 - b / wall) if wall > 0 else 0.0
-                                   for n, b in zip(run.names, run.busy)}
-            stats.latent_peak_bytes = dict(run.latent_peak)
+            cancel(run, threads)
+            finish_stats(run, stats)
             for d in dict.fromkeys(devices):
                 dev = torch.device(d)
                 if dev.type == "cuda":
