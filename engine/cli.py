@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     c_.add_argument("--point-map", help="LongVie 2 sparse control: point-map video .npy [T, H, W, 3] in [0, 1]")
     c_.add_argument("--control-branches", help="LongVie 2 control-branch weights (.safetensors)")
     g.add_argument("--vae", help="folder of a diffusers AutoencoderKLWan (default: from the model's pipeline)")
+    g.add_argument("--vae-dtype", default=None, help="VAE precision: fp32 (default), bf16 or fp16")
     g.add_argument("--text-encoder", help="folder with a UMT5 encoder and tokenizer")
     g.add_argument("--no-progress", action="store_true")
     return p
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             sink_frames=args.sink_frames,
             window_frames=args.window_frames,
             vae=args.vae,
+            vae_dtype=args.vae_dtype,
             text_encoder=args.text_encoder,
             output=args.out,
             progress=not args.no_progress and rank == 0,

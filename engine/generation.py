@@ -134,10 +134,12 @@ def _resolve_role_model(model, dtype, device, engine_config: EngineConfig | None
     return as_flow_model(_resolve_model(model, dtype, device, engine_config))
 
 
-def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0) -> Components:
+def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0,
+                       vae_dtype: torch.dtype = torch.float32) -> Components:
     """Find the VAE and text encoder for a model: given objects or folders win; a
     ``tiny`` preset gets its embedded random ones; a model loaded from a diffusers
-    pipeline root uses the root's ``vae/`` and ``text_encoder/``."""
+    pipeline root uses the root's ``vae/`` and ``text_encoder/``. A VAE the engine builds
+    or loads runs in ``vae_dtype`` (float32 by default: Wan's VAE degrades in bf16)."""
     from .models.text import TextEncoder, make_tiny_text_encoder
     from .models.vae import load_vae, make_tiny_vae
 
@@ -152,16 +154,16 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
                 root = cand
                 break
     if isinstance(vae, (str, Path)):
-        vae = load_vae(vae, dtype=torch.float32, device=dev)
+        vae = load_vae(vae, dtype=vae_dtype, device=dev)
     if vae is None:
         if random_weights and cfg.name.startswith("tiny"):
-            vae = make_tiny_vae(seed=seed, device=dev)
+            vae = make_tiny_vae(seed=seed, device=dev, dtype=vae_dtype)
         elif root is not None and (root / "vae").is_dir():
-            vae = load_vae(root / "vae", dtype=torch.float32, device=dev)
+            vae = load_vae(root / "vae", dtype=vae_dtype, device=dev)
         elif random_weights:
             from diffusers import AutoencoderKLWan
 
-            vae = AutoencoderKLWan().to(dev).eval().requires_grad_(False)  # Wan2.1 VAE shape, random weights
+            vae = AutoencoderKLWan().to(dev, vae_dtype).eval().requires_grad_(False)  # Wan2.1 VAE shape, random weights
         else:
             raise ValueError(
                 f"no VAE for model loaded from {source}: pass vae=<folder of a diffusers AutoencoderKLWan> "
@@ -287,6 +289,7 @@ def stream(
     coarse_model=None,
     fine_model=None,
     vae=None,
+    vae_dtype=None,
     text_encoder=None,
     engine_config: EngineConfig | None = None,
     cpu_threads: int = 1,
@@ -356,7 +359,10 @@ def stream(
                 raise ValueError(f"{role} model has {m.config.out_channels} latent channels, the main model "
                                  f"{cfg.out_channels}: coarse and fine models must share the VAE's latent space")
 
-    comps = resolve_components(model, vae, text_encoder, seed=seed)  # the VAE of the model given first
+    from .config import parse_dtype
+
+    comps = resolve_components(model, vae, text_encoder, seed=seed,  # the VAE of the model given first
+                               vae_dtype=parse_dtype(vae_dtype or "float32"))
     from .models.vae import StreamingDecoder, encode_frames, i2v_condition
 
     def make_context(role, m):
@@ -489,7 +495,7 @@ def generate(
     Options: negative_prompt, negative_prompt_embeds, image_embeds, dtype, sampler
     (:class:`SamplerConfig`), guidance_scale, chunk_frames (3), sink_frames,
     window_frames (attention window in latent frames; default bounded at 21 in total),
-    vae, text_encoder (objects or local folders), engine_config (:class:`EngineConfig`:
+    vae, text_encoder (objects or local folders), vae_dtype (float32 by default), engine_config (:class:`EngineConfig`:
     device, dtype, attention backend, fused ops). Controls (:mod:`engine.control`, any
     strategy): trajectory, intrinsics, warp_depth, save_warped (LongDWM); waypoints,
     cameras, views, cross_view (MiLA); depth, point_map, control_branches, control_blocks
