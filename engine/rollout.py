@@ -112,7 +112,8 @@ def ar_rollout(
         xb = x.expand(batch, -1, -1, -1, -1)
         c = None if cond is None else cond[:, :, positions]
         tb = t.to(dev).float().reshape(1, -1).expand(batch, len(positions))
-        v = model(xb, tb, context, condition=c, frame_positions=positions, kv_cache=cache, cache_slots=slots)
+        kw = {"timeline_positions": positions} if getattr(model, "takes_timeline_positions", False) else {}
+        v = model(xb, tb, context, condition=c, frame_positions=positions, kv_cache=cache, cache_slots=slots, **kw)
         if guided:
             return cfg(v[:1], v[1:], sampler.guidance_scale)
         return v

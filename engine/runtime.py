@@ -159,6 +159,8 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
         kw = dict(frame_positions=rope, visibility=vis)
         if cond is not None:
             kw["condition"] = cond
+        if getattr(model, "takes_timeline_positions", False):
+            kw["timeline_positions"] = list(job.positions)
         v = model(full.to(dt).expand(batch, -1, -1, -1, -1), tb, context, **kw)
         if guided:
             v = apply_cfg(v[:1], v[1:], sampler.guidance_scale)

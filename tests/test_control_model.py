@@ -10,7 +10,7 @@ from engine.attention import FrameVisibility, attention, attention_reference
 from engine.control import (ControlError, ControlPass, branch_state_dict, load_control_branches,
                             multiview_visibility)
 from engine.control.multiview import frames_to_views, views_to_frames
-from engine.control.setup import ControlledDiT, position_tags
+from engine.control.setup import ControlledDiT
 from engine.kvcache import KVCache
 from engine.loading import build_model
 from engine.models.weights import CheckpointError, save_original_layout
@@ -208,9 +208,8 @@ def test_multiview_model_pass_equals_the_flattened_dense_pattern():
     t = torch.rand(1, n, generator=g) * 1000
     text = torch.randn(1, 5, 32, generator=g)
     positions = [2, 3, 4]
-    cond = position_tags(n + 2, h, V * w)[:, :, positions]
     vis = patterns.block_causal(n, 1)
-    got = wrapped(x, t, text, condition=cond, frame_positions=[0, 1, 2], visibility=vis)
+    got = wrapped(x, t, text, timeline_positions=positions, frame_positions=[0, 1, 2], visibility=vis)
     # the same pass by hand: (frame, view) frames, repeated RoPE time, the explicit pattern
     mv = torch.zeros(n * V, n * V, dtype=torch.bool)
     for a in range(n * V):

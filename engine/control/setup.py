@@ -5,14 +5,14 @@ per job by position.
 control tensors (warped-frame latents, normalised depth / point-map latents, waypoint and
 camera vectors) and wraps each DiT in a :class:`ControlledDiT`.
 
-How a job finds its slice: the runtime and the KV-cache rollout already slice the
-``condition`` tensor by a job's timeline positions (``condition[:, :, job.positions]``) and
-hand it to the model. The setup appends two *position tag* channels to it (p // 256 and
-p % 256, exact in bfloat16); :class:`ControlledDiT` reads the positions of the pass from
-them, takes the controls at those positions (kept in float32 beside the model) and calls
-the DiT with ``control=ControlPass(...)``. So every strategy (ar with or without KV cache,
-mmpl, longdwm, mila) and any worker count get the same control for the same frame, and the
-runtime needs no knowledge of controls.
+How a job finds its slice: a model that declares ``takes_timeline_positions = True`` is
+called by the runtime and the KV-cache rollout with ``timeline_positions=`` (the pass's
+absolute latent positions on the video timeline, which may differ from its RoPE
+``frame_positions``, e.g. longdwm's coarse pass). :class:`ControlledDiT` declares it,
+takes the controls at those positions (kept in float32 beside the model) and calls the DiT
+with ``control=ControlPass(...)``. So every strategy (ar with or without KV cache, mmpl,
+longdwm, mila) and any worker count get the same control for the same frame, and the
+runtime knows nothing of controls.
 """
 
 from __future__ import annotations
@@ -32,27 +32,12 @@ from .validate import ControlError, as_float_tensor, check_frames, check_range, 
 
 CONTROL_OPTIONS = ("trajectory", "intrinsics", "warp_depth", "save_warped", "waypoints", "cameras", "views",
                    "cross_view", "depth", "point_map", "control_branches", "control_blocks")
-TAG_CHANNELS = 2
-_TAG_BASE = 256
 
 
 def latent_frame_index(num_video_frames: int) -> list[int]:
     """The video frame that represents latent frame p (0 for p = 0, else 4p: the last of
     its 4 frames)."""
     return [0] + [4 * p for p in range(1, (num_video_frames - 1) // 4 + 1)]
-
-
-def position_tags(num_frames: int, h: int, w: int) -> torch.Tensor:
-    """[1, 2, F, h, w] float32: channel 0 = p // 256, channel 1 = p % 256 (exact in bf16)."""
-    p = torch.arange(num_frames)
-    tags = torch.stack([(p // _TAG_BASE).float(), (p % _TAG_BASE).float()], 0)
-    return tags.view(1, 2, num_frames, 1, 1).expand(1, 2, num_frames, h, w).contiguous()
-
-
-def read_tags(condition: torch.Tensor) -> list[int]:
-    """Positions of a pass from the last two condition channels."""
-    t = condition[0, -TAG_CHANNELS:, :, 0, 0].float().round().long()
-    return (t[0] * _TAG_BASE + t[1]).tolist()
 
 
 class ControlSetup:
@@ -206,11 +191,10 @@ class ControlSetup:
     # -- building ------------------------------------------------------------------------
     def build(self, vae, first_frame: torch.Tensor | None, condition: torch.Tensor | None, latent_hw: tuple[int, int]
               ) -> torch.Tensor:
-        """Encode the control videos, keep the timeline controls, and return the condition
-        tensor for the run: the I2V condition (if any) plus the position tags."""
+        """Encode the control videos and keep the timeline controls; returns the run's
+        condition tensor (the I2V condition, or None) unchanged."""
         from ..models.vae import encode_frames
 
-        h, w = latent_hw
         built: dict = {}
         if self.trajectory is not None:
             video, _ = warp_video(first_frame[0].cpu(), self.trajectory, self.num_frames, self.intrinsics, self.warp_depth)
@@ -234,10 +218,7 @@ class ControlSetup:
         if self.cameras is not None:
             built["camera"] = self.cameras
         self._built = built
-        tags = position_tags(self.latent_frames, h, w)
-        if condition is None:
-            return tags
-        return torch.cat([condition.float().cpu(), tags], 1)
+        return condition
 
     def wrap(self, model) -> "ControlledDiT":
         """The model with its control layers enabled (zero-initialised where absent;
@@ -272,9 +253,10 @@ def _vae_device(vae) -> torch.device:
 
 
 class ControlledDiT(nn.Module):
-    """A Wan DiT plus the whole-timeline controls of a run: same call convention as the DiT
-    (``model(latents, timesteps, context, condition=..., frame_positions=..., ...)``); the
-    condition's last two channels are position tags (see the module docstring)."""
+    """A Wan DiT plus the whole-timeline controls of a run: the DiT's call convention plus
+    ``timeline_positions=`` (see the module docstring)."""
+
+    takes_timeline_positions = True
 
     def __init__(self, base: nn.Module, controls: dict[str, torch.Tensor], *, views: int = 1,
                  cross_view: str = "same_frame"):
@@ -324,16 +306,18 @@ class ControlledDiT(nn.Module):
                 kw[k] = full.index_select(0, idx).reshape(-1, full.shape[-1])[None].expand(batch, -1, -1)
         return ControlPass(**kw)
 
-    def forward(self, latents, timesteps, text_embeds, *, condition=None, frame_positions=None, visibility=None,
-                kv_cache=None, cache_slots=None, image_embeds=None):
-        if condition is None or condition.shape[1] < TAG_CHANNELS:
-            raise ControlError("a controlled model needs the run's condition tensor (with position tags); "
-                               "use engine.generate / ControlSetup.build")
-        positions = read_tags(condition)
-        cond = condition[:, :-TAG_CHANNELS] if condition.shape[1] > TAG_CHANNELS else None
+    def forward(self, latents, timesteps, text_embeds, *, timeline_positions=None, condition=None,
+                frame_positions=None, visibility=None, kv_cache=None, cache_slots=None, image_embeds=None):
+        """As the DiT's forward; ``timeline_positions`` (list of ints, one per latent frame of
+        the pass) says which frames of the video's controls apply."""
+        if timeline_positions is None:
+            raise ControlError("a controlled model needs timeline_positions= (the pass's latent positions on the "
+                               "video timeline); engine.generate and the runtime pass them")
+        positions = [int(p) for p in timeline_positions]
+        cond = condition
         B, n = latents.shape[0], latents.shape[2]
         if len(positions) != n:
-            raise ControlError(f"condition covers {len(positions)} frames, latents {n}")
+            raise ControlError(f"timeline_positions covers {len(positions)} frames, latents {n}")
         V = self.views
         ctl = self.control_pass(positions, B)
         if V == 1:
