@@ -301,7 +301,7 @@ def compiled_blocks(model, mode: str):
     def pre(mod, args, kwargs):
         slots = kwargs.get("cache_slots")
         if slots is not None and resolve_backend(model.attention_backend, model.device) == "sdpa":
-            slots.visibility.dense_mask()
+            slots.attend.dense_mask()
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
 

@@ -33,11 +33,16 @@ class ChunkSlots:
     positions: frame positions of the chunk, [n] Python ints.
     token_index: long [n * tokens_per_frame] -- cache token rows the chunk writes.
     visibility: the chunk's FrameVisibility over all cache slots ([n, slots]).
+    key_slots: attention reads only slots [0, key_slots) -- every visible slot lies there
+      (early in a rollout, and for unbounded windows, most of the cache is still empty).
+    attend: ``visibility`` cut to those slots (what attention uses).
     """
 
     positions: list[int]
     token_index: torch.Tensor
     visibility: FrameVisibility
+    key_slots: int
+    attend: FrameVisibility
 
 
 class KVCache:
@@ -134,18 +139,25 @@ class KVCache:
         for s, p in zip(slots, positions):
             self._slot_pos[s] = p
         start, end = positions[0], positions[-1] + 1
-        vis_rows = [[self.visible(start, end, sp) for sp in self._slot_pos] for _ in positions]
+        row = [self.visible(start, end, sp) for sp in self._slot_pos]
         # Within the chunk every frame sees every other frame of the chunk (bidirectional).
-        visibility = torch.tensor(vis_rows, dtype=torch.bool).to(self.device, non_blocking=True)
+        visibility = torch.tensor([row] * n, dtype=torch.bool).to(self.device, non_blocking=True)
+        key_slots = 1 + max(i for i, seen in enumerate(row) if seen)
         slot_t = torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True)
         token_index = (slot_t[:, None] * self.tokens_per_frame + self._tok[None, :]).reshape(-1)
         q_ids = torch.arange(n, device=self.device).repeat_interleave(self.tokens_per_frame)
-        return ChunkSlots(positions, token_index, FrameVisibility(q_ids, self._k_frame_ids, visibility))
+        full = FrameVisibility(q_ids, self._k_frame_ids, visibility)
+        if key_slots == self.num_slots:
+            attend = full
+        else:
+            attend = FrameVisibility(q_ids, self._k_frame_ids[: key_slots * self.tokens_per_frame],
+                                     visibility[:, :key_slots])
+        return ChunkSlots(positions, token_index, full, key_slots, attend)
 
     # -- data ---------------------------------------------------------------------
     def write(self, layer: int, slots: ChunkSlots, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store a chunk's k, v [B,H,n*tpf,D] for one layer; return that layer's full
-        key and value buffers [B,H,slots*tpf,D] (views, no copy)."""
+        """Store a chunk's k, v [B,H,n*tpf,D] for one layer; return that layer's key and
+        value buffers over the slots attention reads, [B,H,key_slots*tpf,D] (views, no copy)."""
         kl, vl = self.k[layer], self.v[layer]
         if k.shape[0] != kl.shape[0] or k.shape[1] != kl.shape[1] or k.shape[3] != kl.shape[3]:
             raise ValueError(
@@ -153,4 +165,5 @@ class KVCache:
             )
         kl.index_copy_(2, slots.token_index, k.to(kl.dtype))
         vl.index_copy_(2, slots.token_index, v.to(vl.dtype))
-        return kl, vl
+        used = slots.key_slots * self.tokens_per_frame
+        return kl[:, :, :used], vl[:, :, :used]

@@ -102,3 +102,16 @@ def test_other_backends_in_cached_rollout(backend):
     m.attention_backend = "sdpa"
     want = m(x, t, text, visibility=block_causal_window(8, 2, 2, 2))
     assert rel_err(got, want) <= 1e-5
+
+
+def test_attention_reads_only_the_slots_in_use():
+    cache = KVCache(num_layers=1, batch=1, num_heads=1, head_dim=4, tokens_per_frame=3, chunk_frames=2,
+                    window_frames=None, max_frames=6)
+    k = torch.randn(1, 1, 6, 4)
+    used = []
+    for s in (0, 2, 4):
+        slots = cache.claim([s, s + 1])
+        kk, vv = cache.write(0, slots, k, k)
+        used.append((slots.key_slots, kk.shape[2], slots.attend.visibility.shape))
+        assert kk.data_ptr() == cache.k[0].data_ptr()  # a view of the fixed buffer
+    assert used == [(2, 6, (2, 2)), (4, 12, (2, 4)), (6, 18, (2, 6))]

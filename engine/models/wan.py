@@ -465,7 +465,7 @@ class WanDiT(nn.Module):
                 raise ValueError("with kv_cache the visibility comes from cache_slots; do not pass visibility")
             if kv_cache.tokens_per_frame != tpf:
                 raise ValueError(f"cache holds {kv_cache.tokens_per_frame} tokens per frame, this chunk has {tpf}")
-            vis = cache_slots.visibility
+            vis = cache_slots.attend
         elif visibility is not None:
             visibility = torch.as_tensor(visibility, device=self.device)
             if visibility.shape != (gf, gf) or visibility.dtype != torch.bool:
