@@ -44,7 +44,6 @@ matplotlib is installed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -65,6 +64,7 @@ if str(ROOT / "bench") not in sys.path:
 
 import engine  # noqa: E402
 from engine.attention import BACKENDS, backend_status, resolve_backend  # noqa: E402
+from engine.compile import compiled_blocks  # noqa: E402
 from engine.config import EngineConfig, SamplerConfig, parse_dtype  # noqa: E402
 from engine.generation import DEFAULT_ATTENTION_FRAMES, RunStats, resolve_components  # noqa: E402
 from engine.plans import build_plan  # noqa: E402
@@ -279,54 +279,6 @@ def strategy_options(strategy: str, latent_frames: int) -> dict:
 # ----------------------------------------------------------------------------------
 # torch.compile / CUDA graphs for the per-chunk DiT step
 # ----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def compiled_blocks(model, mode: str):
-    """Run the model's DiT blocks under ``torch.compile(mode=mode)`` (restored after).
-
-    Blocks, not the whole forward: the per-chunk host work (RoPE tables for the chunk's
-    positions, slot bookkeeping) stays eager and every block of every pass reuses one
-    graph (the layer index turns symbolic after the first recompile). The dense attention
-    mask is built eagerly before the blocks run. ``reduce-overhead`` (CUDA graphs): each
-    forward starts a new cudagraph step, and the KV cache's buffers are marked static so
-    the in-place cache writes can live inside the graphs (they are allocated once)."""
-    import torch._dynamo as dynamo
-
-    import engine.rollout as rollout_mod
-
-    graphs = mode == "reduce-overhead"
-    dynamo.reset()
-    old_limit = dynamo.config.cache_size_limit
-    dynamo.config.cache_size_limit = max(old_limit, 64)
-
-    def pre(mod, args, kwargs):
-        slots = kwargs.get("cache_slots")
-        if slots is not None and resolve_backend(model.attention_backend, model.device) == "sdpa":
-            slots.attend.dense_mask()
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-
-    handle = model.register_forward_pre_hook(pre, with_kwargs=True)
-    orig_make_cache = rollout_mod.make_cache
-    if graphs:
-        def make_cache(*a, **kw):
-            cache = orig_make_cache(*a, **kw)
-            dynamo.mark_static_address(cache.k)
-            dynamo.mark_static_address(cache.v)
-            return cache
-        rollout_mod.make_cache = make_cache  # hook: ar_rollout builds its cache through this name
-    for blk in model.blocks:
-        blk.compile(mode=mode)
-    try:
-        yield
-    finally:
-        for blk in model.blocks:
-            blk._compiled_call_impl = None
-        handle.remove()
-        rollout_mod.make_cache = orig_make_cache
-        dynamo.config.cache_size_limit = old_limit
-        dynamo.reset()
-
-
 # ----------------------------------------------------------------------------------
 # one measured run
 # ----------------------------------------------------------------------------------

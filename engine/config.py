@@ -165,7 +165,9 @@ class EngineConfig:
 
     ``attention_backend``: ``"auto"`` picks the fastest available for the device (see
     :mod:`engine.attention`); ``fused_ops`` uses the fused Triton AdaLN / QK-norm+RoPE
-    kernels where available.
+    kernels where available; ``compile`` runs the DiT blocks under torch.compile and
+    ``cuda_graphs`` additionally captures them in CUDA graphs (both for the ``ar`` KV-cache
+    rollout; see :mod:`engine.compile`).
     """
 
     devices: list[str] = field(default_factory=lambda: [str(default_device())])

@@ -399,6 +399,10 @@ def stream(
         rollout = ar_rollout(model, context, rplan, latent_hw=(h, w), sampler=sampler, seed=seed,
                              first_latent=first_latent, condition=condition,
                              unified_noise=bool(strategy_options.get("unified_noise")))
+        if engine_config is not None:
+            from .compile import compile_mode, compiled_iter
+
+            rollout = compiled_iter(rollout, model, compile_mode(engine_config.compile, engine_config.cuda_graphs))
         run_stats.strategy = "ar"
         run_stats.workers = [f"w0:{model.device}"]
         run_stats.critical_path_passes, run_stats.critical_path = plan.critical_path()

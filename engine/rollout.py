@@ -56,7 +56,7 @@ def frame_noise(seed: int, positions: list[int], shape_bchw: tuple[int, ...], st
 def make_cache(model: WanDiT, plan: RolloutPlan, batch: int, h: int, w: int) -> KVCache:
     """A KV cache sized for ``plan`` (latent size h x w, ``batch`` rows incl. CFG)."""
     cfg_ = model.config
-    return KVCache(
+    cache = KVCache(
         num_layers=cfg_.num_layers,
         batch=batch,
         num_heads=cfg_.num_heads,
@@ -69,6 +69,12 @@ def make_cache(model: WanDiT, plan: RolloutPlan, batch: int, h: int, w: int) -> 
         device=model.device,
         dtype=model.dtype,
     )
+    if getattr(model, "static_cache", False):  # CUDA graphs (engine.compile): the buffers never move
+        import torch._dynamo as dynamo
+
+        dynamo.mark_static_address(cache.k)
+        dynamo.mark_static_address(cache.v)
+    return cache
 
 
 def _sampler_for(sampler: SamplerConfig):
