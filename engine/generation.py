@@ -394,6 +394,12 @@ def stream(
         if dist.get_rank() != 0:
             return iter(())
     if ar_cache:  # the KV-cache fast path: one sequential chain on the first device
+        if devices is not None and len(devices) > 1:
+            import warnings
+
+            warnings.warn(f"strategy 'ar' with the KV cache is one sequential chain: it runs on {devices[0]} only; "
+                          f"use context='history' or a planning strategy (mmpl, longdwm, mila) to use {list(devices)}",
+                          stacklevel=3)
         context = make_context("main", model)
         rplan = RolloutPlan(F_lat, chunk_frames, sink_frames or 0, window_frames, first_given)
         rollout = ar_rollout(model, context, rplan, latent_hw=(h, w), sampler=sampler, seed=seed,
