@@ -1,0 +1,198 @@
+"""Inputs of a generation run: the model(s), the VAE and text encoder, the text/image
+context, the first frame, and the checks that the requested video fits the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import EngineConfig
+from .models.wan import WanDiT
+
+
+@dataclass
+class Components:
+    """Everything besides the DiT that a run needs: the VAE (decode / first-frame encode)
+    and, optionally, a text encoder. ``random_weights``: the DiT is an untrained preset."""
+
+    vae: torch.nn.Module
+    text_encoder: object | None
+    random_weights: bool
+
+
+def _resolve_model(model, dtype, device, engine_config: EngineConfig | None = None) -> WanDiT:
+    """A loaded model; an EngineConfig sets its device, dtype, attention backend and fused ops.
+    Any other module with the Wan call convention (``config``, ``device``, ``dtype``; e.g.
+    a CogVideoX DiT) is used as given, moved to ``device`` / ``dtype`` when asked."""
+    ec = engine_config
+    if ec is not None:
+        device = device or ec.devices[0]
+        dtype = dtype or ec.dtype
+    if isinstance(model, torch.nn.Module) and not isinstance(model, WanDiT):
+        if device is not None or dtype is not None:
+            from .config import parse_dtype
+
+            dev = torch.device(device) if device is not None else model.device
+            model = model.to(device=dev, dtype=parse_dtype(dtype, dev) if dtype is not None else model.dtype)
+        return model
+    if not isinstance(model, WanDiT):
+        from .loading import load_model
+
+        kw = {} if ec is None else dict(attention_backend=ec.attention_backend, fused_ops=ec.fused_ops)
+        return load_model(model, dtype=dtype, device=device, **kw)
+    if ec is not None:
+        model.attention_backend, model.fused_ops = ec.attention_backend, ec.fused_ops
+    if device is not None or dtype is not None:
+        from .config import parse_dtype
+
+        dev = torch.device(device) if device is not None else model.device
+        model = model.to(device=dev, dtype=parse_dtype(dtype, dev) if dtype is not None else model.dtype)
+    return model
+
+
+def _resolve_role_model(model, dtype, device, engine_config: EngineConfig | None = None):
+    """A coarse / fine model: as :func:`_resolve_model`, but a CogVideoX preset name or DiT
+    (v-prediction on a DDPM schedule) is loaded and wrapped as a flow-velocity predictor
+    (:class:`~engine.models.adapters.VPredictionAdapter`)."""
+    from .models.adapters import as_flow_model
+    from .models.cogvideox import COGVIDEOX_PRESETS, load_cogvideox
+
+    if isinstance(model, str) and model.lower() in COGVIDEOX_PRESETS and not Path(model).exists():
+        model = load_cogvideox(model, dtype=dtype, device=device or (engine_config.devices[0] if engine_config else None))
+    return as_flow_model(_resolve_model(model, dtype, device, engine_config))
+
+
+def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0,
+                       vae_dtype: torch.dtype = torch.float32) -> Components:
+    """Find the VAE and text encoder for a model: given objects or folders win; a
+    ``tiny`` preset gets its embedded random ones; a model loaded from a diffusers
+    pipeline root uses the root's ``vae/`` and ``text_encoder/``. A VAE the engine builds
+    or loads runs in ``vae_dtype`` (float32 by default: Wan's VAE degrades in bf16)."""
+    from .models.text import TextEncoder, make_tiny_text_encoder
+    from .models.vae import load_vae, make_tiny_vae
+
+    cfg = model.config
+    source = getattr(model, "source", None)
+    random_weights = source is None
+    dev = model.device
+    root = None
+    if source is not None:
+        for cand in (Path(source), Path(source).parent):
+            if (cand / "model_index.json").exists():
+                root = cand
+                break
+    if isinstance(vae, (str, Path)):
+        vae = load_vae(vae, dtype=vae_dtype, device=dev)
+    if vae is None:
+        if random_weights and cfg.name.startswith("tiny"):
+            vae = make_tiny_vae(seed=seed, device=dev, dtype=vae_dtype)
+        elif root is not None and (root / "vae").is_dir():
+            vae = load_vae(root / "vae", dtype=vae_dtype, device=dev)
+        elif random_weights:
+            from diffusers import AutoencoderKLWan
+
+            vae = AutoencoderKLWan().to(dev, vae_dtype).eval().requires_grad_(False)  # Wan2.1 VAE shape, random weights
+        else:
+            raise ValueError(
+                f"no VAE for model loaded from {source}: pass vae=<folder of a diffusers AutoencoderKLWan> "
+                f"(e.g. Wan2.1-T2V-1.3B-Diffusers/vae) or load the model from a diffusers pipeline root"
+            )
+    if isinstance(text_encoder, (str, Path)):
+        text_encoder = TextEncoder.from_folder(text_encoder, dtype=model.dtype, device=dev)
+    if text_encoder is None:
+        if random_weights and cfg.name.startswith("tiny"):
+            text_encoder = make_tiny_text_encoder(seed=seed, dim=cfg.text_dim, device=dev)
+        elif root is not None and (root / "text_encoder").is_dir():
+            text_encoder = TextEncoder.from_folder(root, dtype=model.dtype, device=dev)
+    return Components(vae=vae, text_encoder=text_encoder, random_weights=random_weights)
+
+
+def check_frames(num_frames: int, height: int, width: int, model: WanDiT) -> tuple[int, int, int]:
+    """Validate the requested video size; return latent (frames, height, width)."""
+    cfg = model.config
+    st, sh, sw = cfg.vae_stride
+    _, ph, pw = cfg.patch_size
+    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % st:
+        lo = max(1, ((max(num_frames, 1) - 1) // st) * st + 1)
+        raise ValueError(
+            f"num_frames={num_frames} does not fit the VAE's {st}x temporal compression: "
+            f"use {st}k+1 frames, e.g. {lo} or {lo + st}"
+        )
+    mh, mw = sh * ph, sw * pw
+    if height % mh or width % mw or height <= 0 or width <= 0:
+        raise ValueError(
+            f"height x width = {height}x{width} must be positive multiples of {mh}x{mw} "
+            f"(VAE stride x patch size), e.g. {max(mh, height // mh * mh)}x{max(mw, width // mw * mw)}"
+        )
+    return (num_frames - 1) // st + 1, height // sh, width // sw
+
+
+def _prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds, seed):
+    from .models.text import resolve_prompt_embeds
+
+    cfg = model.config
+    dev, dt = model.device, model.dtype
+    enc = comps.text_encoder
+    max_len = cfg.text_len
+    if prompt_embeds is None and enc is None and comps.random_weights:
+        # Untrained preset without a text encoder: deterministic random text tokens.
+        g = torch.Generator().manual_seed(seed)
+        prompt_embeds = torch.randn(1, max_len, cfg.text_dim, generator=g)
+    text = resolve_prompt_embeds(prompt, prompt_embeds, enc, 1, text_dim=cfg.text_dim, max_length=max_len)
+    rows = [text.to(dev, dt)]
+    if guidance != 1.0:
+        if negative_prompt_embeds is None and enc is None and comps.random_weights:
+            negative_prompt_embeds = torch.zeros(1, max_len, cfg.text_dim)
+        neg = resolve_prompt_embeds(negative_prompt or "", negative_prompt_embeds, enc, 1, text_dim=cfg.text_dim,
+                                    max_length=max_len)
+        neg = neg.to(dev, dt)
+        if neg.shape[1] != text.shape[1]:  # pad/crop the negative to the positive's length
+            pad = neg.new_zeros(1, text.shape[1], neg.shape[2])
+            n = min(neg.shape[1], text.shape[1])
+            pad[:, :n] = neg[:, :n]
+            neg = pad
+        rows.append(neg)
+    text = torch.cat(rows, 0)
+    img = None
+    if cfg.is_i2v:
+        if image_embeds is None and comps.random_weights:
+            g = torch.Generator().manual_seed(seed + 1)
+            image_embeds = torch.randn(1, 257, cfg.image_dim, generator=g)
+        if image_embeds is None:
+            raise ValueError(
+                f"model {cfg.name!r} is image-to-video: pass image_embeds=[1, 257, {cfg.image_dim}] "
+                f"(CLIP ViT-H/14 penultimate-layer tokens of the first frame)"
+            )
+        img = image_embeds.to(dev, dt).expand(text.shape[0], -1, -1)
+    if not hasattr(model, "prepare_context"):  # a DiT that embeds its text on every call
+        return text
+    return model.prepare_context(text, img)
+
+
+def _first_frame_tensor(first_frame, height: int, width: int) -> torch.Tensor:
+    """An image (path, PIL image, uint8 array [H,W,3], or float tensor [3,H,W] in [-1,1])
+    -> float tensor [1, 3, height, width] in [-1, 1], resized to the video size."""
+    from PIL import Image
+
+    if isinstance(first_frame, (str, Path)):
+        first_frame = Image.open(first_frame).convert("RGB")
+    if isinstance(first_frame, Image.Image):
+        first_frame = np.asarray(first_frame.convert("RGB").resize((width, height), Image.BICUBIC))
+    if isinstance(first_frame, np.ndarray):
+        if first_frame.ndim != 3 or first_frame.shape[2] != 3 or first_frame.dtype != np.uint8:
+            raise ValueError(f"first_frame array must be uint8 [H, W, 3]; got {first_frame.dtype} {first_frame.shape}")
+        first_frame = torch.from_numpy(first_frame.copy()).permute(2, 0, 1).float() / 127.5 - 1
+    if not isinstance(first_frame, torch.Tensor) or first_frame.dim() not in (3, 4) or first_frame.shape[-3] != 3:
+        raise ValueError("first_frame must be an image path, a PIL image, uint8 [H,W,3] or a float tensor [3,H,W] in [-1,1]")
+    x = first_frame.float().reshape(1, 3, *first_frame.shape[-2:])
+    if tuple(x.shape[-2:]) != (height, width):
+        x = torch.nn.functional.interpolate(x, size=(height, width), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return x
+
+
+# ----------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------
