@@ -216,7 +216,13 @@ class _Lane:
         with torch.cuda.stream(self.copy):
             out = tensor.to(self.device, non_blocking=True)
         if src.type == "cuda":
-            tensor.record_stream(torch.cuda.current_stream(src))
+            # The copy (on this device's copy stream) reads the source's memory: make the
+            # source device's stream wait for it before that memory can be reused.
+            copied = torch.cuda.Event()
+            copied.record(self.copy)
+            src_stream = torch.cuda.current_stream(src)
+            src_stream.wait_event(copied)
+            tensor.record_stream(src_stream)
         self.compute.wait_stream(self.copy)
         out.record_stream(self.compute)
         return out
