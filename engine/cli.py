@@ -33,6 +33,7 @@ _STRATEGY_ARGS = [
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Long-horizon video world-model engine")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, devices and which optional backends are available (and why not)")
     g = sub.add_parser("generate", help="generate a video (strategies: ar, mmpl, longdwm, mila)")
     g.add_argument("--model", default="tiny", help=f"preset ({', '.join(sorted(PRESETS))}) or checkpoint path")
     g.add_argument("--num-frames", type=int, required=True, help="video frames, 4k+1 (e.g. 33, 81, 161)")
@@ -127,9 +128,60 @@ def _control_args(args) -> dict:
     return out
 
 
+def environment_report() -> list[tuple[str, bool, str]]:
+    """(component, available, detail) for every optional piece: attention backends on the
+    default device, the fused kernels, TensorRT and the native host."""
+    import importlib.util
+
+    import torch
+
+    from .attention import BACKENDS, backend_status
+    from .config import default_device
+
+    dev = default_device()
+    rows = []
+    for name in BACKENDS:
+        if name != "auto":
+            ok, why = backend_status(name, dev)
+            rows.append((f"attention:{name}", ok, why))
+    ok_trt, why_trt = False, "the export package is not importable"
+    try:
+        from export.trt import status as trt_status
+
+        ok_trt, why_trt = trt_status()
+    except ImportError as exc:
+        why_trt = str(exc)
+    rows.append(("tensorrt", ok_trt, why_trt))
+    native = importlib.util.find_spec("export._native") is not None
+    rows.append(("native host (export._native)", native,
+                 "built" if native else "not built: reinstall with pip install -e . (needs a C++17 compiler)"))
+    rows.append(("cuda", torch.cuda.is_available(),
+                 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device visible"))
+    return rows
+
+
+def _info() -> int:
+    import platform
+
+    import torch
+
+    try:
+        import triton
+
+        tv = triton.__version__
+    except ImportError:
+        tv = "not installed"
+    print(f"python {platform.python_version()}, torch {torch.__version__}, triton {tv}")
+    for name, ok, detail in environment_report():
+        print(f"  {'yes' if ok else 'no ':3}  {name:32} {detail}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "info":
+        return _info()
     from .generation import GenerationError, generate
 
     timesteps = tuple(float(t) for t in args.timesteps.split(",") if t.strip())

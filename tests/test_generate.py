@@ -161,3 +161,11 @@ def test_engine_config_compile_matches_eager(tiny):
     diff = np.abs(eager.frames.astype(int) - compiled.frames.astype(int))
     assert diff.max() <= 2  # compiled kernels may reorder float sums; same video
     assert not any(getattr(b, "_compiled_call_impl", None) for b in tiny.blocks)  # eager again afterwards
+
+
+def test_cli_info_names_every_optional_backend():
+    res = subprocess.run([sys.executable, "-m", "engine", "info"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    for name in ("attention:triton", "attention:flex", "attention:flash-attn", "attention:xformers", "tensorrt",
+                 "native host"):
+        assert name in res.stdout
