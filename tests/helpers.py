@@ -38,3 +38,23 @@ def diffusers_wan(*, heads=2, head_dim=32, layers=2, in_ch=16, text_dim=32, freq
         added_kv_proj_dim=heads * head_dim if image_dim else None, rope_max_seq_len=1024,
     )
     return randomize_(m, seed).eval()
+
+
+class Flaky(torch.nn.Module):
+    """A model wrapper that raises when asked to run one job's frames (by RoPE positions)."""
+
+    def __init__(self, inner, bad_positions):
+        super().__init__()
+        self.inner, self.bad = inner, list(bad_positions)
+        self.config = inner.config
+
+    device = property(lambda self: self.inner.device)
+    dtype = property(lambda self: self.inner.dtype)
+
+    def prepare_context(self, *a):
+        return self.inner.prepare_context(*a)
+
+    def forward(self, x, t, ctx, frame_positions=None, **kw):
+        if list(frame_positions) == self.bad:
+            raise RuntimeError("simulated device failure")
+        return self.inner(x, t, ctx, frame_positions=frame_positions, **kw)

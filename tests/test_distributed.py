@@ -11,14 +11,13 @@ import time
 import traceback
 
 import numpy as np
-import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import engine
 from engine.distributed import assign_jobs, distributed_active
 from engine.plans import INPUT, build_plan
+from helpers import Flaky
 
 SMALL = dict(height=32, width=32, progress=False, prompt="x", seed=1)
 RUNS = {
@@ -35,22 +34,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Flaky(torch.nn.Module):
-    def __init__(self, inner, bad):
-        super().__init__()
-        self.inner, self.bad = inner, list(bad)
-        self.config = inner.config
-
-    device = property(lambda self: self.inner.device)
-    dtype = property(lambda self: self.inner.dtype)
-
-    def prepare_context(self, *a):
-        return self.inner.prepare_context(*a)
-
-    def forward(self, x, t, ctx, frame_positions=None, **kw):
-        if list(frame_positions) == self.bad:
-            raise RuntimeError("simulated device failure")
-        return self.inner(x, t, ctx, frame_positions=frame_positions, **kw)
+_Flaky = Flaky
 
 
 class _Dying(_Flaky):

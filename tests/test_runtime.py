@@ -13,6 +13,7 @@ import engine
 from engine.generation import GenerationError
 from engine.plans import build_plan
 from engine.video import read_video_frames
+from helpers import Flaky
 
 SMALL = dict(height=32, width=32, progress=False)
 
@@ -120,26 +121,6 @@ def test_frames_that_do_not_fit_the_plan(tiny):
         engine.generate(tiny, num_frames=17, strategy="longdwm", fps_ratio=3, **SMALL)
     with pytest.raises(TypeError, match="segment_frames"):
         engine.generate(tiny, num_frames=17, strategy="mmpl", fps_ratio=3, **SMALL)
-
-
-class Flaky(torch.nn.Module):
-    """The tiny model, but it raises when asked to run the frames of one job."""
-
-    def __init__(self, inner, bad_positions):
-        super().__init__()
-        self.inner, self.bad = inner, list(bad_positions)
-        self.config = inner.config
-
-    device = property(lambda self: self.inner.device)
-    dtype = property(lambda self: self.inner.dtype)
-
-    def prepare_context(self, *a):
-        return self.inner.prepare_context(*a)
-
-    def forward(self, x, t, ctx, frame_positions=None, **kw):
-        if list(frame_positions) == self.bad:
-            raise RuntimeError("simulated device failure")
-        return self.inner(x, t, ctx, frame_positions=frame_positions, **kw)
 
 
 @pytest.mark.parametrize("devices", [["cpu"], ["cpu", "cpu"]])
