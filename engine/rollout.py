@@ -116,7 +116,7 @@ def ar_rollout(
 
     def forward(x: torch.Tensor, t: torch.Tensor, positions: list[int], slots) -> torch.Tensor:
         xb = x.expand(batch, -1, -1, -1, -1)
-        c = None if cond is None else cond[:, :, positions]
+        c = None if cond is None else cond[:, :, positions[0]:positions[-1] + 1]  # consecutive: a view
         tb = t.to(dev).float().reshape(1, -1).expand(batch, len(positions))
         kw = {"timeline_positions": positions} if getattr(model, "takes_timeline_positions", False) else {}
         v = model(xb, tb, context, condition=c, frame_positions=positions, kv_cache=cache, cache_slots=slots, **kw)
@@ -141,7 +141,8 @@ def ar_rollout(
         else:
             x = frame_noise(seed, positions, (1, C, h, w), INITIAL_NOISE_STREAM, dev, torch.float32)
         for i in range(steps.num_steps):
-            t = steps.timestep(i).expand(n) if steps.timestep(i).dim() == 0 else steps.timestep(i)
+            t = steps.timestep(i)
+            t = t.expand(n) if t.dim() == 0 else t
             v = forward(x.to(dt), t, positions, slots)
             noise = None
             if isinstance(steps, FewStepSampler) and i + 1 < steps.num_steps:

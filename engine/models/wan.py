@@ -281,6 +281,7 @@ class WanDiT(nn.Module):
         self.config = cfg
         self.attention_backend = attention_backend
         self.fused_ops = fused_ops  # fused Triton LayerNorm+AdaLN and QK-norm+RoPE
+        self._rope_cache: dict = {}  # (positions, gh, gw, device) -> (cos, sin); see _rope_tables
         dim = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
@@ -354,6 +355,28 @@ class WanDiT(nn.Module):
                 f"video height and width must be multiples of {ph * cfg.vae_stride[1]}"
             )
         return latents
+
+    def _rope_tables(self, frame_positions, gf: int, gh: int, gw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin [gf*gh*gw, head_dim/2] for the pass's frame positions (default
+        0..gf-1). Tables for positions given as Python ints are kept for the next call: a
+        rollout runs every denoising step and the cache refresh at the same positions."""
+        cfg = self.config
+        key = None
+        if frame_positions is None or isinstance(frame_positions, (list, tuple)):
+            key = (tuple(range(gf)) if frame_positions is None else tuple(int(p) for p in frame_positions), gh, gw,
+                   self.device)
+            hit = self._rope_cache.get(key)
+            if hit is not None:
+                return hit
+        pos = torch.as_tensor(key[0] if key else frame_positions, device=self.device).long()
+        if pos.shape != (gf,):
+            raise ValueError(f"frame_positions must have one entry per latent frame ({gf}), got {tuple(pos.shape)}")
+        tables = rope_cos_sin(pos, gh, gw, cfg.rope_split, cfg.rope_theta)
+        if key is not None:
+            if len(self._rope_cache) >= 16:
+                self._rope_cache.pop(next(iter(self._rope_cache)))
+            self._rope_cache[key] = tables
+        return tables
 
     def _time(self, timesteps: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         t = torch.as_tensor(timesteps, device=self.device)
@@ -448,13 +471,7 @@ class WanDiT(nn.Module):
         if ctx_in.batch != B:
             raise ValueError(f"text context has batch {ctx_in.batch} but latents have batch {B}")
 
-        if frame_positions is None:
-            pos = torch.arange(gf, device=self.device)
-        else:
-            pos = torch.as_tensor(frame_positions, device=self.device).long()
-            if pos.shape != (gf,):
-                raise ValueError(f"frame_positions must have one entry per latent frame ({gf}), got {tuple(pos.shape)}")
-        cos, sin = rope_cos_sin(pos, gh, gw, cfg.rope_split, cfg.rope_theta)
+        cos, sin = self._rope_tables(frame_positions, gf, gh, gw)
 
         backend = resolve_backend(self.attention_backend, self.device)
         tpf = gh * gw
