@@ -86,6 +86,12 @@ class RunStats:
     def peak_memory(self) -> dict[str, int]:
         return self.runtime.peak_memory
 
+    def record_chunk(self, positions: list[int], frames: int, seconds: float) -> None:
+        """Note a decoded chunk (and the time to first frame) ``seconds`` after the start."""
+        if self.first_frame_seconds is None:
+            self.first_frame_seconds = seconds
+        self.chunks.append({"positions": positions, "frames": frames, "seconds": seconds})
+
 
 # ----------------------------------------------------------------------------------
 # resolving inputs
@@ -259,10 +265,7 @@ def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
     t0 = time.perf_counter()
     for positions, frames in it:
         if stats is not None:
-            now = time.perf_counter() - t0
-            if stats.first_frame_seconds is None:
-                stats.first_frame_seconds = now
-            stats.chunks.append({"positions": positions, "frames": len(frames), "seconds": now})
+            stats.record_chunk(positions, len(frames), time.perf_counter() - t0)
         yield frames
 
 
@@ -280,10 +283,7 @@ def _decoded_frames(rollout, decoder, stats: RunStats | None, *, plan=None, run_
         frames = to_uint8_frames(video)[0]
         last = time.perf_counter() - t0
         if stats is not None:
-            now = last
-            if stats.first_frame_seconds is None:
-                stats.first_frame_seconds = now
-            stats.chunks.append({"positions": positions, "frames": len(frames), "seconds": now})
+            stats.record_chunk(positions, len(frames), last)
         if run_stats is not None:
             run_stats.wall_seconds = last
             busy = sum(j["end"] - j["start"] for j in run_stats.jobs)
