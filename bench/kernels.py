@@ -59,11 +59,17 @@ def attention_patterns(frames: int = FRAMES, chunk: int = CHUNK) -> dict[str, to
 
 # ----------------------------------------------------------------------------- backends
 
-def _triton_backend(q, k, v, qf, kf, vis):
-    block_m, block_n = default_tiles(q.shape[-1], q.dtype)[:2]
+def _triton_backend(q, k, v, qf, kf, vis, tiles=None):
+    block_m, block_n, warps, stages = tiles or default_tiles(q.shape[-1], q.dtype)
     bm = kernels.build_block_mask(qf, kf, vis, block_m, block_n, device=q.device)
     return lambda: kernels.block_attention(q, k, v, q_frame_ids=qf, k_frame_ids=kf, visibility=vis,
-                                           block_mask=bm)
+                                           block_mask=bm, num_warps=warps, num_stages=stages)
+
+
+# (block_m, block_n, num_warps, num_stages) tried by --sweep; all fit an H100's shared
+# memory without spills at D=128 (tests/kernels/compile_check.py reports each).
+SWEEP_TILES = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 3),
+               (64, 64, 4, 3), (128, 32, 8, 3)]
 
 
 def _flex_backend(q, k, v, qf, kf, vis):
@@ -105,7 +111,7 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def bench_attention(models, pattern_names, backends, frames, tpf) -> list[dict]:
+def bench_attention(models, pattern_names, backends, frames, tpf, sweep=False) -> list[dict]:
     rows = []
     pats = attention_patterns(frames)
     ids = patterns.frame_ids(tpf, frames, device="cuda")
@@ -118,15 +124,22 @@ def bench_attention(models, pattern_names, backends, frames, tpf) -> list[dict]:
             bm = kernels.build_block_mask(ids, ids, vis, 128, 64, device="cuda")
             flops = visible_flops(bm, 1, heads, HEAD_DIM)
             ref = None
-            for backend in backends:
+            runs = [(b, None) for b in backends]
+            if sweep and "triton" in backends:
+                runs += [("triton", t) for t in SWEEP_TILES if t != default_tiles(HEAD_DIM, q.dtype)]
+            for backend, tiles in runs:
                 row = {"model": model, "heads": heads, "head_dim": HEAD_DIM, "tokens": shape[2],
                        "pattern": name, "backend": backend, "visible_fraction":
                        bm.visible_pairs / float(shape[2]) ** 2, "tile_density": bm.tile_density()}
+                if backend == "triton":
+                    row["tiles"] = list(tiles or default_tiles(HEAD_DIM, q.dtype))
+                    row["default_tiles"] = tiles is None
                 try:
-                    fn = BACKENDS[backend](q, k, v, ids, ids, vis)
+                    fn = (_triton_backend(q, k, v, ids, ids, vis, tiles) if tiles
+                          else BACKENDS[backend](q, k, v, ids, ids, vis))
                     out = fn()
                     torch.cuda.synchronize()
-                    if backend == "triton":
+                    if backend == "triton" and tiles is None:
                         ref = out
                     elif ref is not None:
                         row["max_abs_diff_vs_triton"] = float((out.float() - ref.float()).abs().max())
@@ -140,16 +153,33 @@ def bench_attention(models, pattern_names, backends, frames, tpf) -> list[dict]:
     return rows
 
 
+def same_size_copy_gbs(nbytes: int) -> float:
+    """Copy rate (GB/s, read + write) of a device-to-device copy moving ``nbytes`` in total,
+    timed like the kernels: the fair yardstick for a kernel that moves the same bytes
+    (launch cost and tail effects included on both sides)."""
+    src = torch.empty(max(1, nbytes // 4), dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = _do_bench(lambda: dst.copy_(src))
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def _bandwidth_row(name, shape, nbytes, ms, copy_gbs):
+    gbs = nbytes / (ms * 1e-3) / 1e9
+    same = same_size_copy_gbs(nbytes)
+    return {"kernel": name, "shape": list(shape), "dtype": "bfloat16", "bytes": nbytes, "ms": ms,
+            "gb_per_s": gbs, "pct_of_copy": 100 * gbs / copy_gbs,
+            "same_size_copy_gb_per_s": same, "pct_of_same_size_copy": 100 * gbs / same}
+
+
 def bench_memory_bound(copy_gbs: float) -> list[dict]:
+    """Bandwidth of the memory-bound kernels on Wan latents, against the peak copy rate
+    (``pct_of_copy``, 1 GiB copy) and a copy of the same bytes (``pct_of_same_size_copy``)."""
     rows = []
     x = torch.randn(1, 16, FRAMES, 60, 104, device="cuda", dtype=torch.bfloat16)
     nbytes = 2 * x.numel() * x.element_size()  # read x, write H(x)
     for name, fn in (("highpass_triton", lambda: kernels.highpass(x, 0.1)),
                      ("highpass_fft_reference", lambda: kernels.highpass_reference(x, 0.1))):
-        ms = _do_bench(fn)
-        gbs = nbytes / (ms * 1e-3) / 1e9
-        rows.append({"kernel": name, "shape": list(x.shape), "dtype": "bfloat16", "ms": ms,
-                     "gb_per_s": gbs, "pct_of_copy": 100 * gbs / copy_gbs})
+        rows.append(_bandwidth_row(name, x.shape, nbytes, _do_bench(fn), copy_gbs))
     planning = torch.randn(1, 16, 4, 60, 104, device="cuda", dtype=torch.bfloat16)
     fresh = torch.randn_like(x)
     fp, pp = list(range(FRAMES)), [0, 7, 14, 20]
@@ -157,10 +187,7 @@ def bench_memory_bound(copy_gbs: float) -> list[dict]:
     nbytes = (planning.numel() + fresh.numel() + x.numel()) * x.element_size()
     for name, fn in (("noise_init_triton", lambda: kernels.noise_init(fp, pp, planning, fresh=fresh, rho=0.2)),
                      ("noise_init_reference", lambda: kernels.noise_init_reference(fp, pp, planning, fresh=fresh, rho=0.2))):
-        ms = _do_bench(fn)
-        gbs = nbytes / (ms * 1e-3) / 1e9
-        rows.append({"kernel": name, "shape": list(x.shape), "dtype": "bfloat16", "ms": ms,
-                     "gb_per_s": gbs, "pct_of_copy": 100 * gbs / copy_gbs})
+        rows.append(_bandwidth_row(name, x.shape, nbytes, _do_bench(fn), copy_gbs))
     for r in rows:
         print(json.dumps(r), flush=True)
     return rows
@@ -190,6 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--patterns", nargs="+", default=list(attention_patterns()))
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the Triton kernel at every tile config of SWEEP_TILES")
     ap.add_argument("--frames", type=int, default=FRAMES)
     ap.add_argument("--tokens-per-frame", type=int, default=TOKENS_PER_FRAME)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/kernels-<device>-<date>.json)")
@@ -218,7 +247,7 @@ def main(argv=None) -> int:
     copy_gbs = copy_bandwidth()
     result = {**meta, "copy_gb_per_s": copy_gbs,
               "attention": bench_attention(args.models, args.patterns, args.backends, args.frames,
-                                           args.tokens_per_frame),
+                                           args.tokens_per_frame, sweep=args.sweep),
               "memory_bound": bench_memory_bound(copy_gbs)}
     slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
     out = Path(args.out) if args.out else (Path(__file__).parent / "results" /

@@ -8,7 +8,8 @@ the query sequence belongs to frame ``q_frame_ids[i]``, key token j to frame
 
 The Triton kernel is FlashAttention-2 style: one program per (query tile, batch*head);
 it visits only the key tiles listed in a :class:`~kernels.block_mask.BlockMask`
-(FULL tiles without any mask, then PARTIAL tiles with the element mask), keeping an
+(FULL tiles without any mask, walked as runs of consecutive tiles so the loads are
+software-pipelined, then PARTIAL tiles with the element mask), keeping an
 online softmax in base 2 (``log2(e)`` folded into the scale, ``exp2``).  All tensors
 are addressed through their strides, so ``q`` may be a ``[B, S, H, D]`` tensor
 transposed to ``[B, H, S, D]`` and ``k``/``v`` may be slices of a larger preallocated
@@ -70,11 +71,17 @@ def block_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 @triton.jit
-def _visit_tile(acc, m_i, l_i, q, qf, n, K, V, KF, VIS, k_base, v_base,
+def _visit_tile(acc, m_i, l_i, q, qf, row_bits, n, K, V, KF, VIS, k_base, v_base,
                 stride_kn, stride_kd, stride_vn, stride_vd, Sk, Fk, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                PRECISION: tl.constexpr):
-    """One key tile: scores, (element mask), online-softmax update of acc / m_i / l_i."""
+                BITMASK: tl.constexpr, PRECISION: tl.constexpr):
+    """One key tile: scores, (element mask), online-softmax update of acc / m_i / l_i.
+
+    The element mask of a PARTIAL tile is ``visibility[qf[i], kf[j]]``: with at most 64
+    key frames (BITMASK) it is bit ``kf[j]`` of the query row's int64 word ``row_bits[i]``
+    (register arithmetic only); otherwise a gather from the int8 matrix, which costs far
+    more registers (ptxas spills at 128x64 tiles) and is kept for very long key axes.
+    """
     offs_n = n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     kt_ptrs = K + k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
@@ -89,30 +96,38 @@ def _visit_tile(acc, m_i, l_i, q, qf, n, K, V, KF, VIS, k_base, v_base,
     s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base-2 logits
     if MASKED:
         kf = tl.load(KF + offs_n, mask=in_k, other=0)
-        seen = tl.load(VIS + qf[:, None] * Fk + kf[None, :])
+        if BITMASK:
+            seen = (row_bits[:, None] >> kf.to(tl.int64)[None, :]) & 1
+        else:
+            seen = tl.load(VIS + qf[:, None] * Fk + kf[None, :])
         s = tl.where((seen != 0) & in_k[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: a FULL tile has no masked score
+        m_base = m_new
     p = tl.math.exp2(s - m_base[:, None])
     alpha = tl.math.exp2(m_i - m_base)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return acc, m_new, l_i
 
 
 @triton.jit
 def _block_attention_fwd(
-    Q, K, V, O, LSE, QF, KF, VIS,
-    FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, idx_stride_full, idx_stride_part,
+    Q, K, V, O, LSE, QF, KF, VIS, VIS_BITS,
+    RUN_CNT, RUNS, PART_CNT, PART_IDX, run_stride, idx_stride_part,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     H, Sq, Sk, Fk, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    RETURN_LSE: tl.constexpr, PRECISION: tl.constexpr,
+    RETURN_LSE: tl.constexpr, BITMASK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # Heaviest query tiles first: in causal-like patterns later tiles see more keys, and
+    # launching them early shortens the tail where few programs are left running.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
@@ -122,6 +137,10 @@ def _block_attention_fwd(
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=in_q[:, None], other=0.0)
     qf = tl.load(QF + offs_m, mask=in_q, other=0)
+    if BITMASK:
+        row_bits = tl.load(VIS_BITS + qf)  # int64 [BLOCK_M]: bit j = sees key frame j
+    else:
+        row_bits = qf
     k_base = b * stride_kb + h * stride_kh
     v_base = b * stride_vb + h * stride_vh
 
@@ -129,18 +148,26 @@ def _block_attention_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    n_full = tl.load(FULL_CNT + pid_m)
-    for i in range(0, n_full):
-        n = tl.load(FULL_IDX + pid_m * idx_stride_full + i)
-        acc, m_i, l_i = _visit_tile(acc, m_i, l_i, q, qf, n, K, V, KF, VIS, k_base, v_base,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, Sk, Fk, qk_scale,
-                                    HEAD_DIM, BLOCK_N, False, PRECISION)
+    # FULL tiles come as runs [first, end) of consecutive tiles: inside a run the tile
+    # addresses are affine in the loop counter, which lets triton pipeline the K/V loads.
+    n_runs = tl.load(RUN_CNT + pid_m)
+    for r in range(0, n_runs):
+        first = tl.load(RUNS + pid_m * run_stride + 2 * r)
+        end = tl.load(RUNS + pid_m * run_stride + 2 * r + 1)
+        for n in range(first, end):
+            acc, m_i, l_i = _visit_tile(acc, m_i, l_i, q, qf, row_bits, n, K, V, KF, VIS,
+                                        k_base, v_base, stride_kn, stride_kd, stride_vn,
+                                        stride_vd, Sk, Fk, qk_scale, HEAD_DIM, BLOCK_N, False,
+                                        BITMASK, PRECISION)
+    # PARTIAL tiles are few (pattern edges); not pipelining them keeps their shared-memory
+    # buffers and registers out of the FULL loop's budget.
     n_part = tl.load(PART_CNT + pid_m)
-    for i in range(0, n_part):
+    for i in tl.range(0, n_part, num_stages=1):
         n = tl.load(PART_IDX + pid_m * idx_stride_part + i)
-        acc, m_i, l_i = _visit_tile(acc, m_i, l_i, q, qf, n, K, V, KF, VIS, k_base, v_base,
-                                    stride_kn, stride_kd, stride_vn, stride_vd, Sk, Fk, qk_scale,
-                                    HEAD_DIM, BLOCK_N, True, PRECISION)
+        acc, m_i, l_i = _visit_tile(acc, m_i, l_i, q, qf, row_bits, n, K, V, KF, VIS,
+                                    k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                                    Sk, Fk, qk_scale, HEAD_DIM, BLOCK_N, True, BITMASK,
+                                    PRECISION)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only padding rows (>= Sq) can have l == 0
     out = acc / l_safe[:, None]
@@ -152,14 +179,20 @@ def _block_attention_fwd(
 
 
 def default_tiles(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(block_m, block_n, num_warps, num_stages) used when the caller does not choose."""
+    """(block_m, block_n, num_warps, num_stages) used when the caller does not choose.
+
+    Chosen from the sm_90 compile report (tests/kernels/compile_check.py): every default
+    fits in an H100's shared memory, ptxas spills nothing and wgmma is not serialised.
+    float32 uses exact (non-tensor-core) dots, hence small tiles.  Timings on a GPU come
+    from ``python bench/kernels.py --sweep``.
+    """
     if interpreting():
         return 32, 32, 4, 1
     if dtype == torch.float32:
-        return 64, 32, 4, 2
+        return (32, 32, 4, 2) if head_dim <= 64 else (32, 32, 8, 2)
     if head_dim <= 64:
         return 128, 64, 4, 3
-    return 128, 64, 8, 3
+    return 128, 128, 8, 2
 
 
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -167,6 +200,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                     visibility: torch.Tensor, scale: float | None = None,
                     return_lse: bool = False, block_mask: BlockMask | None = None,
                     block_m: int | None = None, block_n: int | None = None,
+                    num_warps: int | None = None, num_stages: int | None = None,
                     out: torch.Tensor | None = None):
     """Attention of ``q`` over ``k``/``v`` restricted by a frame visibility pattern.
 
@@ -181,6 +215,8 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         block_mask: a prebuilt :class:`BlockMask` (skips the cache lookup); must match the
             tile sizes used.
         block_m, block_n: tile sizes (powers of two >= 16); default per device/dtype.
+        num_warps, num_stages: launch tuning (default per head dim/dtype, see
+            :func:`default_tiles`; ``bench/kernels.py --sweep`` times alternatives).
         out: optional preallocated ``[B, H, Sq, D]`` output of ``q.dtype`` (any strides).
 
     Returns:
@@ -196,7 +232,9 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if D < 16 or D > 256 or D & (D - 1):
         raise ValueError(f"head dim must be a power of two in [16, 256], got {D}")
     check_device(q, k, v)
-    dm, dn, num_warps, num_stages = default_tiles(D, q.dtype)
+    dm, dn, dw, ds = default_tiles(D, q.dtype)
+    num_warps = num_warps or dw
+    num_stages = num_stages or ds
     if block_mask is not None:
         block_m, block_n = block_mask.block_m, block_mask.block_n
     block_m = block_m or dm
@@ -220,12 +258,14 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     grid = (bm.num_q_tiles, B * H)
     _block_attention_fwd[grid](
         q, k, v, out, lse, bm.q_frame_ids, bm.k_frame_ids, bm.visibility,
-        bm.full_counts, bm.full_index, bm.partial_counts, bm.partial_index,
-        bm.full_index.stride(0), bm.partial_index.stride(0),
+        bm.visibility_bits if bm.visibility_bits is not None else bm.visibility,
+        bm.full_run_counts, bm.full_runs, bm.partial_counts, bm.partial_index,
+        bm.full_runs.stride(0), bm.partial_index.stride(0),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         H, Sq, Sk, bm.visibility.shape[1], scale * _LOG2E,
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, RETURN_LSE=return_lse,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        BITMASK=bm.visibility_bits is not None,
+        PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,
     )
     return (out, lse) if return_lse else out

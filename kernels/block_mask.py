@@ -37,9 +37,15 @@ class BlockMask:
         full_counts: int32 ``[Mt]`` number of FULL key tiles of query tile m.
         full_index: int32 ``[Mt, max(1, max full count)]`` FULL key-tile indices, ascending;
             entries past ``full_counts[m]`` are padding (0).
-        partial_counts, partial_index: the same for PARTIAL tiles.
+        full_run_counts: int32 ``[Mt]`` number of runs of consecutive FULL key tiles.
+        full_runs: int32 ``[Mt, max(1, max run count), 2]`` ``(first, end)`` of each run,
+            ascending and disjoint; the kernel walks ``range(first, end)`` so its loads are
+            affine in the loop counter and software-pipelined (an index list is not).
+        partial_counts, partial_index: the same as the FULL lists for PARTIAL tiles.
         q_frame_ids: int32 ``[Sq]``, k_frame_ids: int32 ``[Sk]`` contiguous copies.
         visibility: int8 ``[Fq, Fk]`` contiguous copy of the pattern.
+        visibility_bits: int64 ``[Fq]`` with bit j of row i = ``visibility[i, j]`` when
+            ``Fk <= 64`` (the kernel's cheap element mask), else ``None``.
         visible_pairs: exact number of visible (query token, key token) pairs.
     """
 
@@ -49,12 +55,15 @@ class BlockMask:
     seq_k: int
     full_counts: torch.Tensor
     full_index: torch.Tensor
+    full_run_counts: torch.Tensor
+    full_runs: torch.Tensor
     partial_counts: torch.Tensor
     partial_index: torch.Tensor
     q_frame_ids: torch.Tensor
     k_frame_ids: torch.Tensor
     visibility: torch.Tensor
     visible_pairs: int
+    visibility_bits: torch.Tensor | None = None
     _host: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -121,6 +130,29 @@ def _ordered_lists(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return counts.to(torch.int32), index.to(torch.int32).contiguous()
 
 
+def _runs(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From bool ``[Mt, Nt]`` make (run counts int32 [Mt], runs int32 [Mt, max(1,max), 2]).
+
+    A run is a maximal stretch of consecutive selected tiles ``[first, end)``.
+    """
+    mt, nt = sel.shape
+    pad = torch.zeros(mt, 1, dtype=torch.bool)
+    edges = torch.cat([pad, sel, pad], 1).to(torch.int8).diff(dim=1)  # [Mt, Nt + 1]
+    starts = edges == 1   # run begins at column j
+    ends = edges == -1    # run ends before column j
+    counts, first = _ordered_lists(starts)
+    _, end = _ordered_lists(ends)
+    runs = torch.stack([first, end], dim=-1).contiguous()
+    return counts, runs
+
+
+def _row_bits(vis: torch.Tensor) -> torch.Tensor:
+    """int64 ``[Fq]``: bit j of word i is ``vis[i, j]`` (``Fk <= 64``; bit 63 is the sign)."""
+    fq, fk = vis.shape
+    weights = torch.ones(fk, dtype=torch.int64) << torch.arange(fk, dtype=torch.int64)
+    return (vis.to(torch.int64) * weights).sum(1)  # wraps to the sign bit for j = 63
+
+
 def _build(q_frame_ids: torch.Tensor, k_frame_ids: torch.Tensor, visibility: torch.Tensor,
            block_m: int, block_n: int, device: torch.device) -> BlockMask:
     qf = q_frame_ids.detach().to("cpu", torch.int64)
@@ -150,17 +182,20 @@ def _build(q_frame_ids: torch.Tensor, k_frame_ids: torch.Tensor, visibility: tor
     full = (visible > 0) & (visible == total) & ~ragged[None, :]
     partial = (visible > 0) & ~full
     full_counts, full_index = _ordered_lists(full)
+    run_counts, runs = _runs(full)
     part_counts, part_index = _ordered_lists(partial)
     tiles = full.to(torch.int8) * 2 + partial.to(torch.int8)
     visible_pairs = int(qc.sum(0) @ visd @ kc.sum(0))
     return BlockMask(
         block_m=block_m, block_n=block_n, seq_q=qf.numel(), seq_k=sk,
         full_counts=full_counts.to(device), full_index=full_index.to(device),
+        full_run_counts=run_counts.to(device), full_runs=runs.to(device),
         partial_counts=part_counts.to(device), partial_index=part_index.to(device),
         q_frame_ids=qf.to(device=device, dtype=torch.int32).contiguous(),
         k_frame_ids=kf.to(device=device, dtype=torch.int32).contiguous(),
         visibility=vis.to(device=device, dtype=torch.int8).contiguous(),
         visible_pairs=visible_pairs,
+        visibility_bits=_row_bits(vis).to(device) if fk <= 64 else None,
         _host={"full": int(full.sum()), "partial": int(partial.sum()), "tiles": tiles},
     )
 

@@ -210,7 +210,7 @@ def _launch(mode: int, x: torch.Tensor, y: torch.Tensor | None, cutoff: float, k
     bh, bw = next_pow2(h, 16), next_pow2(w, 16)
     _spectral_kernel[(n,)](
         x3, y3, ah, aw, o3, h, w, *x3.stride(), *y3.stride(), *ostr,
-        BH=bh, BW=bw, MODE=mode, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        BH=bh, BW=bw, MODE=mode, PRECISION="tf32x3" if x.dtype == torch.float32 else "tf32",
         num_warps=4 if bh * bw <= 4096 else 8,
     )
     return out

@@ -102,6 +102,30 @@ def test_random_patterns(fq, fk, tq, tk, bm, bn, perm, density, seed, dtype):
                      b=1, h=1, d=16, bm=bm, bn=bn, perm=perm)
 
 
+@pytest.mark.parametrize("tiles", [(128, 128), (128, 64), (32, 32)])
+def test_gpu_default_tile_sizes(tiles, device):
+    """The tile sizes the GPU defaults use, on a pattern whose FULL tiles form several runs
+    per query tile (sink + window) and whose frames straddle tiles (40 tokens per frame)."""
+    vis = patterns.sliding_window(10, 2, 4, sink=2)
+    bm = build_block_mask(patterns.frame_ids(40, 10), patterns.frame_ids(40, 10), vis, *tiles,
+                          cache=False)
+    if tiles != (128, 128):  # at 128x128 the 400-token sequence has too few tiles for gaps
+        assert int(bm.full_run_counts.max()) >= 2
+    _run_and_compare(vis, 40, 40, torch.float32, device, d=16, bm=tiles[0], bn=tiles[1])
+
+
+@pytest.mark.parametrize("fk", [64, 70])
+def test_many_key_frames(fk, device):
+    """Fk = 64 uses the int64 row-bit mask up to its sign bit; Fk > 64 the int8 gather."""
+    g = torch.Generator().manual_seed(fk)
+    vis = torch.rand(5, fk, generator=g) < 0.5
+    vis[:, fk - 1] = True  # the last key frame (bit 63 at Fk = 64) is seen by every row
+    vis[:, 0] = False
+    k_frames = torch.randperm(fk, generator=g).repeat_interleave(2)[: 2 * fk - 3]
+    for dtype in (torch.float32, torch.float16):
+        _run_and_compare(vis, 9, 2, dtype, device, d=16, k_frames=k_frames, bm=16, bn=32)
+
+
 def test_kernel_visits_only_listed_tiles(device):
     """With the PARTIAL lists emptied, the kernel must attend over FULL tiles only."""
     vis = patterns.block_causal(4, 1)

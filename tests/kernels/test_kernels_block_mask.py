@@ -35,6 +35,9 @@ def test_tiles_match_dense_mask(fq, fk, tq, tk, bm, bn, shuffle, seed):
         full_list = bmask.full_index[m, : bmask.full_counts[m]].tolist()
         part_list = bmask.partial_index[m, : bmask.partial_counts[m]].tolist()
         assert full_list == sorted(full_list) and part_list == sorted(part_list)
+        runs = bmask.full_runs[m, : bmask.full_run_counts[m]].tolist()
+        assert [n for first, end in runs for n in range(first, end)] == full_list
+        assert all(e0 < f1 for (_, e0), (f1, _) in zip(runs, runs[1:]))  # maximal runs
         for n in range(tiles.shape[1]):
             sub = dense[m * bm:(m + 1) * bm, n * bn:(n + 1) * bn]
             ragged = (n + 1) * bn > sk
@@ -79,3 +82,17 @@ def test_cache_identity_content_and_mutation():
     vis.fill_(True)  # in-place change bumps the version: must not reuse the stale mask
     c = build_block_mask(ids, ids, vis, 16, 16)
     assert c is not a and c.to_dense_tiles().max() == 2 and (c.to_dense_tiles() > 0).all()
+
+
+@pytest.mark.parametrize("fk", [1, 5, 63, 64, 65])
+def test_visibility_row_bits(fk):
+    """Bit j of row word i equals visibility[i, j] for Fk <= 64 (bit 63 is the sign bit)."""
+    vis = _random_pattern(7, fk, fk)
+    bmask = build_block_mask(patterns.frame_ids(2, 7), patterns.frame_ids(1, fk), vis, 16, 16,
+                             cache=False)
+    if fk > 64:
+        assert bmask.visibility_bits is None
+        return
+    words = bmask.visibility_bits.tolist()
+    got = torch.tensor([[(w >> j) & 1 for j in range(fk)] for w in words], dtype=torch.bool)
+    assert torch.equal(got, vis)
