@@ -255,6 +255,43 @@ def plan_flops(plan, cfg, tpf: int, text_tokens: int) -> tuple[float, float]:
     return sum(w.values()), max(longest.values(), default=0.0)
 
 
+def vae_decode_flops(vae, latent_shape: tuple[int, ...]) -> float | None:
+    """Matmul/conv FLOPs of decoding latents ``[B, C, F, h, w]`` with ``vae`` (counted by
+    torch's FlopCounterMode on a meta-device copy: nothing is computed, no memory used).
+    Returns None when the VAE cannot be rebuilt from its config."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.device("meta"):
+            meta = type(vae).from_config(vae.config)
+        z = torch.empty(latent_shape, device="meta")
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            meta.decode(z)
+        return float(counter.get_total_flops())
+    except Exception:  # a VAE class without from_config / meta support: no estimate
+        return None
+
+
+def work_budget(b, dit_flops: float, mm: dict) -> dict:
+    """What the video costs in FLOPs and the best frames/s the device's measured matmul
+    rate allows: ``ceiling_fps = video frames / ((DiT + VAE FLOPs) / matmul FLOP/s)``.
+    Also the sustained FLOP/s the frames/s bar would need."""
+    lat = (1, b.vae.config.z_dim, b.F, *b.hw)
+    vae = vae_decode_flops(b.vae, lat)
+    total = dit_flops + (vae or 0.0)
+    frames = b.args.frames
+    out = {"dit_flops": dit_flops, "vae_decode_flops": vae, "total_flops": total,
+           "flops_per_video_frame": total / frames, "matmul_flops_per_s": mm["flops_per_s"],
+           "ceiling_fps": frames / (total / mm["flops_per_s"]),
+           "flops_per_s_needed_for_fps_bar": total * BARS["fps"] / frames,
+           "how": "DiT: the ar plan's analytic FLOPs (all passes, cache refresh included); VAE: FlopCounterMode "
+                  "over vae.decode of all latents on the meta device; ceiling = all of it at the measured "
+                  "dense matmul rate (no kernel reaches it; attention and 3-D convolutions run below it)"}
+    if vae is None:
+        out["note"] = "VAE FLOPs unknown (could not rebuild the VAE on the meta device)"
+    return out
+
+
 # ----------------------------------------------------------------------------------
 # strategies: options that fit a video length
 # ----------------------------------------------------------------------------------
@@ -511,6 +548,13 @@ def print_table(result: dict) -> None:
     print(f"same work: baseline vs engine ar latents max |diff| {c['latent_max_abs_diff']:.3g} "
           f"(rel {c['latent_rel_err']:.3g}), frames max |diff| {c['frames_max_abs_diff']} / 255 -> "
           f"{'OK' if c['match'] else 'MISMATCH'} (tolerance {c['tolerance']})")
+    wb = result.get("work_budget")
+    if wb:
+        vae = wb["vae_decode_flops"]
+        print(f"work: DiT {wb['dit_flops'] / 1e12:.3g} TFLOP + VAE decode "
+              f"{'?' if vae is None else f'{vae / 1e12:.3g}'} TFLOP = {wb['flops_per_video_frame'] / 1e12:.3g} "
+              f"TFLOP per video frame; at the measured matmul rate the ceiling is {wb['ceiling_fps']:.1f} frames/s; "
+              f"{BARS['fps']:g} frames/s would need {_fmt_rate(wb['flops_per_s_needed_for_fps_bar'])}FLOP/s sustained.")
     sc = result.get("scaling")
     if sc:
         print("\nscaling (extrapolated from plan arithmetic x measured rates; see JSON 'scaling.how'):")
@@ -822,6 +866,7 @@ def main(argv=None) -> int:
         "runs": [{k: v for k, v in r.items() if k != "frames"} for r in runs],
         "check": check,
     }
+    result["work_budget"] = work_budget(b, ar_total, mm)
     if not a.no_scaling:
         result["scaling"] = scaling_report(b, runs, len(a.devices))
     bar_cfg = (a.model == "wan2.1-t2v-1.3b" and (a.height, a.width) == (480, 832) and a.steps == 4

@@ -57,6 +57,11 @@ def test_throughput_smoke(tmp_path):
         if r["kind"] == "strategy" and r["workers"] == 2:
             assert r["same_output_as_1_worker"], r["name"]
 
+    wb = res["work_budget"]  # FLOPs of the video and the frames/s ceiling they allow
+    assert wb["dit_flops"] > 0 and wb["vae_decode_flops"] > 0, wb
+    assert wb["total_flops"] == wb["dit_flops"] + wb["vae_decode_flops"]
+    assert all(r["fps"] <= wb["ceiling_fps"] * 1.5 for r in ok)  # nothing beats the matmul roofline
+
     sc = res["scaling"]
     assert [e["seconds"] for e in sc["lengths"]] == [10, 30, 60, 120, 300]
     for e in sc["lengths"]:
