@@ -173,3 +173,21 @@ def test_load_vae_folder_and_pipeline_root(vae, tmp_path, latents):
             assert torch.equal(a, b), n
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_vae(tmp_path / "missing")
+
+
+def test_conv_autotune_only_on_cuda_and_restores_the_setting():
+    from engine.models.vae import conv_autotune
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with conv_autotune(torch.device("cpu")):
+            assert torch.backends.cudnn.benchmark is False  # CPU: untouched
+        with conv_autotune(torch.device("cuda", 0)):
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(RuntimeError), conv_autotune("cuda"):
+            raise RuntimeError("decode failed")
+        assert torch.backends.cudnn.benchmark is False  # restored on errors too
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -13,6 +13,7 @@ decoding takes ``z = z_norm * latents_std + latents_mean``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -207,6 +208,23 @@ def _count_causal_convs(module: torch.nn.Module) -> int:
     return sum(isinstance(m, WanCausalConv3d) for m in module.modules())
 
 
+@contextlib.contextmanager
+def conv_autotune(device: torch.device):
+    """Within the block, cuDNN times its convolution algorithms per input shape and keeps
+    the fastest (``torch.backends.cudnn.benchmark``) when ``device`` is CUDA; the previous
+    setting comes back afterwards.  The Wan decoder's 3-D convolutions see only a couple of
+    shapes per video (first chunk, then steady chunks), so the search is paid once each."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 class StreamingDecoder:
     """Chunked causal decoding with the Wan VAE, carrying the temporal feature cache.
 
@@ -222,8 +240,9 @@ class StreamingDecoder:
     one gives 4, i.e. ``T = 4 * (F - 1) + 1`` over the whole video.
     """
 
-    def __init__(self, vae):
+    def __init__(self, vae, autotune_convs: bool = True):
         self.vae = vae
+        self.autotune_convs = autotune_convs  # cuDNN algorithm search on CUDA (conv_autotune)
         self.z_dim = vae.config.z_dim
         self._num_convs = _count_causal_convs(vae.decoder)
         self.reset()
@@ -253,19 +272,20 @@ class StreamingDecoder:
         if normalized:
             z = denormalize_latents(z.float(), vae)
         z = z.to(dtype=param.dtype)
-        x = vae.post_quant_conv(z)
         outs = []
-        for i in range(x.shape[2]):
-            conv_idx = [0]
-            outs.append(
-                vae.decoder(
-                    x[:, :, i : i + 1],
-                    feat_cache=self._feat_map,
-                    feat_idx=conv_idx,
-                    first_chunk=self.frames_decoded == 0,
+        with conv_autotune(z.device) if self.autotune_convs else contextlib.nullcontext():
+            x = vae.post_quant_conv(z)
+            for i in range(x.shape[2]):
+                conv_idx = [0]
+                outs.append(
+                    vae.decoder(
+                        x[:, :, i : i + 1],
+                        feat_cache=self._feat_map,
+                        feat_idx=conv_idx,
+                        first_chunk=self.frames_decoded == 0,
+                    )
                 )
-            )
-            self.frames_decoded += 1
+                self.frames_decoded += 1
         out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
         patch = getattr(vae.config, "patch_size", None)
         if patch is not None:
