@@ -54,6 +54,7 @@ class FrameVisibility:
         self.visibility = visibility
         self._dense: torch.Tensor | None = None
         self._flex = None
+        self._tiles: dict = {}  # (head_dim, dtype) -> kernels.BlockMask
 
     @classmethod
     def uniform(cls, visibility: torch.Tensor, q_tokens_per_frame: int, k_tokens_per_frame: int | None = None):
@@ -93,6 +94,21 @@ class FrameVisibility:
             )
         return self._flex
 
+    def triton_block_mask(self, head_dim: int, dtype: torch.dtype):
+        """The Triton kernel's tile lists (:class:`kernels.BlockMask`) for this pattern at
+        the kernel's default tiles for ``head_dim`` / ``dtype``; built once (one host copy
+        of the pattern), then reused by every layer and step that shares this object.
+        Call it before a compiled or graph-captured region so no host work happens inside."""
+        key = (head_dim, dtype)
+        if key not in self._tiles:
+            import kernels
+            from kernels.block_attention import default_tiles
+
+            bm, bn = default_tiles(head_dim, dtype)[:2]
+            self._tiles[key] = kernels.build_block_mask(
+                self.q_frame_ids, self.k_frame_ids, self.visibility, bm, bn, device=self.visibility.device)
+        return self._tiles[key]
+
     def to(self, device: torch.device) -> "FrameVisibility":
         """The same pattern with its tensors on ``device``."""
         return FrameVisibility(self.q_frame_ids.to(device), self.k_frame_ids.to(device), self.visibility.to(device))
@@ -118,7 +134,8 @@ def _triton(q, k, v, vis: FrameVisibility | None, scale: float | None) -> torch.
     if vis is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return kernels.block_attention(
-        q, k, v, q_frame_ids=vis.q_frame_ids, k_frame_ids=vis.k_frame_ids, visibility=vis.visibility, scale=scale
+        q, k, v, q_frame_ids=vis.q_frame_ids, k_frame_ids=vis.k_frame_ids, visibility=vis.visibility, scale=scale,
+        block_mask=vis.triton_block_mask(q.shape[-1], q.dtype),
     )
 
 

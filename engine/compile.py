@@ -3,7 +3,8 @@
 :func:`compiled_blocks` runs a model's DiT blocks under ``torch.compile`` for the duration
 of a ``with`` block. Blocks, not the whole forward: the per-chunk host work (RoPE tables
 for the chunk's positions, slot bookkeeping) stays eager and every block of every pass
-reuses one graph. The dense attention mask is built eagerly before the blocks run.
+reuses one graph. The dense attention mask (sdpa) or the Triton kernel's tile lists are
+built eagerly before the blocks run.
 ``mode="reduce-overhead"`` adds CUDA graphs: each forward starts a new cudagraph step,
 and KV caches made while the context is active (``engine.rollout.make_cache``) have their
 buffers marked static, so the in-place cache writes live inside the graphs (the buffers
@@ -42,8 +43,12 @@ def compiled_blocks(model, mode: str = DEFAULT_MODE):
 
     def pre(mod, args, kwargs):
         slots = kwargs.get("cache_slots")
-        if slots is not None and resolve_backend(model.attention_backend, model.device) == "sdpa":
-            slots.attend.dense_mask()
+        if slots is not None:  # mask / tile lists built eagerly, outside the compiled blocks
+            backend = resolve_backend(model.attention_backend, model.device)
+            if backend == "sdpa":
+                slots.attend.dense_mask()
+            elif backend == "triton":
+                slots.attend.triton_block_mask(model.config.dim // model.config.num_heads, model.dtype)
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
 

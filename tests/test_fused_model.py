@@ -50,3 +50,16 @@ def test_fused_ops_in_cached_rollout(monkeypatch):
     monkeypatch.setattr(wan, "resolve_backend", lambda name, device: "reference")
     want = model(x, t, text, visibility=block_causal_window(4, 2))
     assert rel_err(out, want) <= 1e-5
+
+
+def test_triton_tile_lists_built_once_per_pattern():
+    """Every layer and step sharing one FrameVisibility reuses one BlockMask (no host work
+    per call; the compile pre-hook builds it before the compiled blocks run)."""
+    from engine.attention import FrameVisibility
+    from kernels.block_attention import default_tiles
+
+    vis = FrameVisibility.uniform(block_causal_window(4, 2), 6)
+    bm = vis.triton_block_mask(32, torch.float16)
+    assert vis.triton_block_mask(32, torch.float16) is bm
+    assert (bm.block_m, bm.block_n) == default_tiles(32, torch.float16)[:2]
+    assert (bm.seq_q, bm.seq_k) == (24, 24)
