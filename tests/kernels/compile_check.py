@@ -194,6 +194,9 @@ def sass_report(kernel, capability: int) -> dict:
                               capture_output=True, text=True).stdout
     for op in ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "LDL", "STL"):
         info[op] = len(re.findall(rf"\b{op}\b", sass))
+    # 16-byte global accesses: what memory-bound kernels need to approach copy bandwidth
+    info["LDG128"] = len(re.findall(r"\bLDG\.E\.128\b", sass))
+    info["STG128"] = len(re.findall(r"\bSTG\.E\.128\b", sass))
     return info
 
 

@@ -32,3 +32,9 @@ def test_kernels_compile_for_nvidia_targets(capability, tmp_path):
             report = json.loads(ln.split(": ", 1)[1])
             assert report["HGMMA"] > 0 and report["LDGSTS"] > 0, ln
             assert not report["wgmma_serialized"], ln
+    # the memory-bound kernels move half-precision Wan latents in 16-byte accesses
+    for ln in lines:
+        if ("_spectral_kernel" in ln or "_noise_init_kernel" in ln) and "fp32" not in ln:
+            report = json.loads(ln.split(": ", 1)[1])
+            assert report["LDG128"] > 0, ln
+            assert report["STG128"] > 0 or "highfreq_energy" in ln, ln
