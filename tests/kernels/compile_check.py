@@ -242,9 +242,16 @@ def main() -> int:
             report.append({"case": name, "kernel": fn.__name__, "options": opts, **info,
                            "problems": problems})
     if json_path:
-        Path(json_path).write_text(json.dumps({"capability": capability,
-                                               "triton": triton.__version__,
-                                               "launches": report}, indent=1))
+        import datetime
+        import platform
+
+        Path(json_path).write_text(json.dumps({
+            "what": "ahead-of-time compile of every kernel launch at Wan shapes for an NVIDIA target; "
+                    "static figures (shared memory, registers, spills, SASS instruction counts), no timings",
+            "device": f"none: compiled for sm_{capability} on {platform.machine()} without a GPU",
+            "capability": capability, "triton": triton.__version__, "torch": torch.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(["python", *sys.argv]), "launches": report}, indent=1) + "\n")
     return 1 if failed else 0
 
 
