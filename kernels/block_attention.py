@@ -8,8 +8,8 @@ the query sequence belongs to frame ``q_frame_ids[i]``, key token j to frame
 
 The Triton kernel is FlashAttention-2 style: one program per (query tile, batch*head);
 it visits only the key tiles listed in a :class:`~kernels.block_mask.BlockMask`
-(FULL tiles without any mask, walked as runs of consecutive tiles so the loads are
-software-pipelined, then PARTIAL tiles with the element mask), keeping an
+(FULL tiles without any mask, walked as runs of consecutive tiles -- affine addresses,
+no index load per tile -- then PARTIAL tiles with the element mask), keeping an
 online softmax in base 2 (``log2(e)`` folded into the scale, ``exp2``).  All tensors
 are addressed through their strides, so ``q`` may be a ``[B, S, H, D]`` tensor
 transposed to ``[B, H, S, D]`` and ``k``/``v`` may be slices of a larger preallocated
@@ -101,11 +101,11 @@ def _visit_tile(acc, m_i, l_i, q, qf, row_bits, n, K, V, KF, VIS, k_base, v_base
         else:
             seen = tl.load(VIS + qf[:, None] * Fk + kf[None, :])
         s = tl.where((seen != 0) & in_k[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED:
         m_base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
     else:
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: a FULL tile has no masked score
-        m_base = m_new
+        m_base = m_new  # finite: a FULL tile has no masked score
     p = tl.math.exp2(s - m_base[:, None])
     alpha = tl.math.exp2(m_i - m_base)
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -149,7 +149,7 @@ def _block_attention_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     # FULL tiles come as runs [first, end) of consecutive tiles: inside a run the tile
-    # addresses are affine in the loop counter, which lets triton pipeline the K/V loads.
+    # addresses are affine in the loop counter (no dependent index load per tile).
     n_runs = tl.load(RUN_CNT + pid_m)
     for r in range(0, n_runs):
         first = tl.load(RUNS + pid_m * run_stride + 2 * r)
@@ -183,7 +183,7 @@ def default_tiles(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int
 
     Chosen from the sm_90 compile report (tests/kernels/compile_check.py): every default
     fits in an H100's shared memory, ptxas spills nothing and wgmma is not serialised.
-    float32 uses exact (non-tensor-core) dots, hence small tiles.  Timings on a GPU come
+    float32 runs 3xTF32 dots (hi/lo operand splits), which need small tiles.  Timings on a GPU come
     from ``python bench/kernels.py --sweep``.
     """
     if interpreting():

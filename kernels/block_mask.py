@@ -39,8 +39,8 @@ class BlockMask:
             entries past ``full_counts[m]`` are padding (0).
         full_run_counts: int32 ``[Mt]`` number of runs of consecutive FULL key tiles.
         full_runs: int32 ``[Mt, max(1, max run count), 2]`` ``(first, end)`` of each run,
-            ascending and disjoint; the kernel walks ``range(first, end)`` so its loads are
-            affine in the loop counter and software-pipelined (an index list is not).
+            ascending and disjoint; the kernel walks ``range(first, end)``, so its loads
+            are affine in the loop counter with no dependent index load per tile.
         partial_counts, partial_index: the same as the FULL lists for PARTIAL tiles.
         q_frame_ids: int32 ``[Sq]``, k_frame_ids: int32 ``[Sk]`` contiguous copies.
         visibility: int8 ``[Fq, Fk]`` contiguous copy of the pattern.
