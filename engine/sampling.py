@@ -86,7 +86,9 @@ def shift_sigmas(s: SigmaLike, shift: float) -> SigmaLike:
     if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
         raise ValueError(f"shift must be a finite positive number, got {shift!r}")
     k = float(shift)
-    return k * s / (1.0 + (k - 1.0) * s)
+    y = k * s / (1.0 + (k - 1.0) * s)
+    # the map keeps [0, 1]; rounding alone can step past 1 (e.g. 1.0000000000000002)
+    return y.clamp(0.0, 1.0) if isinstance(y, torch.Tensor) else min(max(y, 0.0), 1.0)
 
 
 def flow_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
