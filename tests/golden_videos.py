@@ -59,6 +59,7 @@ def controlled_model():
     import engine
 
     m = engine.load_model("tiny", device="cpu")
+    torch.manual_seed(0)  # the layers' default init draws from the global generator
     m.enable_control("warp")
     m.enable_control("waypoints", in_features=6)
     m.enable_control("camera")
