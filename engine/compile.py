@@ -6,7 +6,7 @@ for the chunk's positions, slot bookkeeping) stays eager and every block of ever
 reuses one graph. The dense attention mask (sdpa) or the Triton kernel's tile lists are
 built eagerly before the blocks run.
 ``mode="reduce-overhead"`` adds CUDA graphs: each forward starts a new cudagraph step,
-and KV caches made while the context is active (``engine.rollout.make_cache``) have their
+and KV caches made while the context is active (``engine.kvcache.cache_for``) have their
 buffers marked static, so the in-place cache writes live inside the graphs (the buffers
 are allocated once and never move).
 """
@@ -67,11 +67,13 @@ def compiled_blocks(model, mode: str = DEFAULT_MODE):
         dynamo.reset()
 
 
-def compiled_iter(iterator, model, mode: str | None):
-    """Iterate ``iterator`` (e.g. a rollout) with the model's blocks compiled in ``mode``
-    (eagerly when ``mode`` is None)."""
-    if mode is None:
-        yield from iterator
-        return
-    with compiled_blocks(model, mode):
-        yield from iterator
+@contextlib.contextmanager
+def compiled_models(models: list, mode: str | None):
+    """Within the block, every model's blocks run compiled in ``mode`` (eagerly when
+    ``mode`` is None; models without ``.blocks`` stay eager)."""
+    with contextlib.ExitStack() as stack:
+        if mode is not None:
+            for m in models:
+                if hasattr(m, "blocks"):
+                    stack.enter_context(compiled_blocks(m, mode))
+        yield

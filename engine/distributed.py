@@ -16,12 +16,13 @@ deterministic) and then:
    communication thread per rank, in one global order (the producers' simulated finish
    times), which both ends of a transfer agree on; since a producer's inputs are always
    earlier in that order, the blocking point-to-point sequence cannot deadlock.
-3. **Execution** -- each rank runs its own jobs with the runtime's per-device workers
-   (:class:`engine.runtime._Run`: streams, events, critical-path-first queue), a job
-   becoming ready when its local dependencies are done and its remote latents arrived.
+3. **Execution** -- each rank runs its own jobs with the runtime's own executor
+   (:class:`engine.runtime.Executor` given this rank's :class:`~engine.runtime.Placement`:
+   streams, events, priority queues), a job becoming ready when its local dependencies are
+   done and its remote latents arrived; a :class:`Communicator` thread moves the latents.
    ``after`` (scheduling-only) edges to jobs on other ranks are not enforced.
-4. **Output** -- rank 0 decodes the final latents in frame order and yields them, exactly
-   like :func:`engine.runtime.execute`; other ranks yield nothing.
+4. **Output** -- decode and encode jobs run on rank 0, which stitches the video in order
+   and yields it, exactly like :func:`engine.runtime.execute`; other ranks yield nothing.
 
 The video is bit-identical to the single-process run: a job's result depends only on its
 inputs (noise is addressed by (seed, stream, position)) and latents cross ranks exactly.
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import queue
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -56,7 +56,7 @@ import torch.distributed as dist
 
 from .config import SamplerConfig
 from .plans import INPUT, Plan
-from .runtime import JobError, RuntimeStats, _Run, cancel, drain, finish_stats
+from .runtime import Executor, JobError, Placement, RuntimeStats, check_run, execute
 
 COMM_COST = 0.5  # estimated cost of moving one latent frame between ranks, in frame-passes
 OK, FAILED = 0.0, 1.0
@@ -118,10 +118,13 @@ class Assignment:
 
 def assign_jobs(plan: Plan, world_size: int, workers: int = 1, comm_cost: float = COMM_COST) -> Assignment:
     """Critical-path-first list scheduling of ``plan`` on ``world_size`` ranks with
-    ``workers`` slots each (pure and deterministic: every rank computes the same)."""
+    ``workers`` slots each (pure and deterministic: every rank computes the same). Decode
+    and encode jobs run on rank 0 (the VAE and the decoded frames live there); jobs with
+    the same pin (a KV-cache chain) follow the first of them."""
     if world_size < 1 or workers < 1:
         raise ValueError(f"world_size and workers must be >= 1, got {world_size}, {workers}")
-    index = {j.id: i for i, j in enumerate(plan.jobs)}
+    jobs = plan.all_jobs()
+    index = {j.id: i for i, j in enumerate(jobs)}
     children = plan.children()
     bottom: dict[str, float] = {}
     for jid in reversed(plan.topo_order()):
@@ -129,20 +132,27 @@ def assign_jobs(plan: Plan, world_size: int, workers: int = 1, comm_cost: float 
     free = [[0.0] * workers for _ in range(world_size)]
     rank: dict[str, int] = {}
     finish: dict[str, float] = {}
-    waiting = {j.id: len(j.deps) for j in plan.jobs}
-    ready = [j.id for j in plan.jobs if not j.deps]
+    pinned: dict[str, int] = {}
+    waiting = {j.id: len(plan.deps_of(j)) for j in jobs}
+    ready = [j.id for j in jobs if not plan.deps_of(j)]
     while ready:
         ready.sort(key=lambda j: (-bottom[j], index[j]))
         jid = ready.pop(0)
         job = plan.job(jid)
         reads: dict[str, int] = {}
-        for _, s in job.reads:
+        for _, s in plan.reads_of(job):
             if s != INPUT:
                 reads[s] = reads.get(s, 0) + 1
+        if job.kind in ("decode", "encode"):
+            candidates = [0]
+        elif job.pin in pinned:
+            candidates = [pinned[job.pin]]
+        else:
+            candidates = range(world_size)
         best = None
-        for r in range(world_size):
+        for r in candidates:
             data = 0.0
-            for d in job.deps:
+            for d in plan.deps_of(job):
                 t = finish[d] + (comm_cost * reads.get(d, 0) if rank[d] != r else 0.0)
                 data = max(data, t)
             slot = min(range(workers), key=lambda k: free[r][k])
@@ -151,14 +161,16 @@ def assign_jobs(plan: Plan, world_size: int, workers: int = 1, comm_cost: float 
                 best = (end, r, slot)
         end, r, slot = best
         rank[jid], finish[jid] = r, end
+        if job.pin is not None:
+            pinned.setdefault(job.pin, r)
         free[r][slot] = end
         for c in children[jid]:
             waiting[c] -= 1
             if waiting[c] == 0:
                 ready.append(c)
     transfers = set()
-    for job in plan.jobs:
-        for p, s in job.reads:
+    for job in jobs:
+        for p, s in plan.reads_of(job):
             if s != INPUT and rank[s] != rank[job.id]:
                 transfers.add((s, p, rank[s], rank[job.id]))
     for p, s in plan.output_map().items():
@@ -170,7 +182,7 @@ def assign_jobs(plan: Plan, world_size: int, workers: int = 1, comm_cost: float 
 
 def plan_fingerprint(plan: Plan, *extra) -> int:
     """A 31-bit checksum of a plan's jobs (and ``extra`` values): ranks compare them."""
-    text = repr((plan.strategy, plan.num_frames, plan.inputs, [j.describe() for j in plan.jobs],
+    text = repr((plan.strategy, plan.num_frames, plan.inputs, plan.describe(),
                  [(j.sigmas, j.visibility, j.sources, j.rope, j.noise_stream, j.noise_rho) for j in plan.jobs], extra))
     return zlib.crc32(text.encode()) & 0x7FFFFFFF
 
@@ -178,161 +190,116 @@ def plan_fingerprint(plan: Plan, *extra) -> int:
 # ----------------------------------------------------------------------------------
 # one rank's run
 # ----------------------------------------------------------------------------------
-class _RankRun(_Run):
-    """The runtime's run, narrowed to one rank's jobs, plus a communication thread."""
+def rank_placement(plan: Plan, assignment: Assignment, rank: int) -> Placement:
+    """This rank's share of the plan: its jobs, whether it emits (rank 0), the latents it
+    sends and the ones it receives (with the local jobs waiting for them)."""
+    local = set(assignment.jobs_of(rank))
+    sends = [(s, p) for s, p, src, _ in assignment.transfers if src == rank]
+    receives: dict[tuple[str, int], list[str]] = {}
+    for j in plan.all_jobs():
+        if j.id not in local:
+            continue
+        for p, s in plan.reads_of(j):
+            if s != INPUT and s not in local:
+                receives.setdefault((s, p), []).append(j.id)
+    return Placement(local=local, emits=rank == 0, sends=sends, receives=receives)
 
-    def __init__(self, plan: Plan, assignment: Assignment, rank: int, group, comm_device: torch.device,
-                 latent_shape: tuple[int, ...], **kw):
-        self.assignment = assignment
+
+class Communicator:
+    """Walks one rank's transfers in the global order (see the module docstring), moving
+    latents between this rank's :class:`~engine.runtime.Executor` and its peers."""
+
+    def __init__(self, run: Executor, assignment: Assignment, rank: int, group, comm_device: torch.device,
+                 latent_shape: tuple[int, ...]):
+        self.run = run
         self.rank = rank
         self.group = group
         self.comm_device = comm_device
         self.latent_shape = latent_shape
-        self.local = {j for j, r in assignment.rank.items() if r == rank}
-        self.index = {j.id: i for i, j in enumerate(plan.jobs)}
+        self.numel = 1
+        for d in latent_shape:
+            self.numel *= d
+        self.index = {j.id: i for i, j in enumerate(run.plan.all_jobs())}
+        self.jobs = run.plan.all_jobs()
         self.transfers = [t for t in assignment.transfers if rank in (t[2], t[3])]
-        self.comm_error: BaseException | None = None
-        self.fail_index = -1.0
-        super().__init__(plan, **kw)
-        self.n_jobs = len(self.local)
-        self.names = [f"r{rank}/w{i}:{d}" for i, d in enumerate(self.devices)]
+        self.error: BaseException | None = None
 
-    # -- hooks --------------------------------------------------------------------------
-    def _reader_counts(self):
-        refs: dict[tuple[str, int], int] = {}
-
-        def add(key):
-            refs[key] = refs.get(key, 0) + 1
-
-        for j in self.plan.jobs:
-            if j.id in self.local:
-                for p, s in j.reads:
-                    add((s, p))
-        if self.rank == 0:
-            for p, s in self.outputs.items():
-                add((s, p))
-        for s, p, src, _ in self.transfers:
-            if src == self.rank:
-                add((s, p))
-        return refs
-
-    def _initial_ready(self):
-        # local jobs wait for local dependencies and for every remote latent they read
-        self.waiting = {}
-        self.children = {j: [] for j in self.local}
-        self.remote_readers: dict[tuple[str, int], list[str]] = {}
-        for j in self.plan.jobs:
-            if j.id not in self.local:
-                continue
-            n = 0
-            for d in j.deps:
-                if d in self.local:
-                    self.children[d].append(j.id)
-                    n += 1
-            for p, s in j.reads:
-                if s != INPUT and s not in self.local:
-                    self.remote_readers.setdefault((s, p), []).append(j.id)
-                    n += 1
-            self.waiting[j.id] = n
-        return [j for j in (x.id for x in self.plan.jobs) if j in self.local and self.waiting[j] == 0]
-
-    # -- communication ------------------------------------------------------------------
-    def _payload(self, tensor: torch.Tensor | None) -> torch.Tensor:
-        n = 1
-        for d in self.latent_shape:
-            n *= d
+    def _payload(self, tensor: torch.Tensor | None, fail_index: float) -> torch.Tensor:
+        n = self.numel
         buf = torch.zeros(n + 2, dtype=torch.float32, device=self.comm_device)
         if tensor is None:
             buf[n] = FAILED
-            buf[n + 1] = self.fail_index
+            buf[n + 1] = fail_index
         else:
             buf[:n] = tensor.reshape(-1).to(self.comm_device, torch.float32)
         return buf
 
-    def _fail(self, err: JobError):
-        if self.error is None:
-            self.error = err
-        self.cond.notify_all()
-
-    def communicator(self):
-        """Walk this rank's transfers in the global order (see the module docstring)."""
-        dev = self.comm_device
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        n = len(self._payload(None)) - 2
+    def __call__(self):
+        run, n = self.run, self.numel
+        if self.comm_device.type == "cuda":
+            torch.cuda.set_device(self.comm_device)
         for s, p, src, dst in self.transfers:
             key = (s, p)
             try:
                 if src == self.rank:
-                    with self.cond:
-                        while key not in self.store and self.error is None and not self.cancelled:
-                            self.cond.wait()
-                        entry = self.store.get(key)
-                        if entry is None and self.error is not None:
-                            self.fail_index = float(self.index.get(self.error.job, -1))
+                    fail_index = -1.0
+                    with run.cond:
+                        while key not in run.store and run.error is None and not run.cancelled:
+                            run.cond.wait()
+                        entry = run.store.get(key)
+                        if entry is None and run.error is not None:
+                            fail_index = float(self.index.get(run.error.job, -1))
                     if entry is not None and entry.event is not None:
                         entry.event.synchronize()
-                    dist.send(self._payload(entry.tensor if entry is not None else None), dst, group=self.group)
+                    dist.send(self._payload(entry.tensor if entry is not None else None, fail_index), dst,
+                              group=self.group)
                     if entry is not None:
-                        with self.cond:
-                            self._release(key)
+                        with run.cond:
+                            run.release(key)
                 else:
-                    buf = torch.empty(n + 2, dtype=torch.float32, device=dev)
+                    buf = torch.empty(n + 2, dtype=torch.float32, device=self.comm_device)
                     dist.recv(buf, src, group=self.group)
-                    status = float(buf[n])
-                    with self.cond:
-                        if status == FAILED:
+                    with run.cond:
+                        if float(buf[n]) == FAILED:
                             k = int(buf[n + 1])
-                            name = self.plan.jobs[k].id if 0 <= k < len(self.plan.jobs) else "?"
-                            self.fail_index = float(k)
+                            name = self.jobs[k].id if 0 <= k < len(self.jobs) else "?"
                             why = (f"job {name!r} failed on rank {src} (its own error says why)" if k >= 0 else
                                    f"rank {src} stopped before producing latent frame {p} of job {s!r}")
-                            self._fail(JobError(f"{why}; rank {self.rank} stopped", name if k >= 0 else s,
-                                                f"rank{src}"))
+                            run.fail(JobError(f"{why}; rank {self.rank} stopped", name if k >= 0 else s, f"rank{src}"))
                             continue
-                        home = str(self.devices[0])
-                        lat = buf[:n].reshape(self.latent_shape).to(self.devices[0])
-                        self._put(key, lat, None, home)
-                        for c in self.remote_readers.get(key, []):
-                            self.waiting[c] -= 1
-                            if self.waiting[c] == 0 and self.error is None:
-                                self._push(c)
-                        self.cond.notify_all()
+                        lat = buf[:n].reshape(self.latent_shape).to(run.devices[0])
+                        run.put(key, lat, None, str(run.devices[0]))
+                        run.arrived(key)
             except BaseException as exc:  # noqa: BLE001 -- a dead peer or a timeout: cannot continue
                 peer = dst if src == self.rank else src
                 what = "sending" if src == self.rank else "receiving"
-                self.comm_error = exc
-                with self.cond:
+                self.error = exc
+                with run.cond:
                     err = JobError(f"lost contact with rank {peer} while {what} latent frame {p} of job {s!r}: "
                                    f"{type(exc).__name__}: {exc}", s, f"rank{peer}")
                     err.__cause__ = exc
-                    self._fail(err)
+                    run.fail(err)
                 return
 
 
 def run_distributed(plan: Plan, models: dict, *, devices: list[str], make_context: Callable, seed: int = 0,
                     sampler: SamplerConfig | None = None, latent_hw: tuple[int, int],
                     inputs: dict[int, torch.Tensor] | None = None, condition: torch.Tensor | None = None,
-                    decoder=None, to_frames: Callable | None = None, shuffle: int | None = None,
-                    cpu_threads: int = 1, stats: RuntimeStats | None = None, group=None
-                    ) -> Iterator[tuple[list[int], object]]:
+                    vae=None, make_decoder: Callable | None = None, to_frames: Callable | None = None,
+                    shuffle: int | None = None, cpu_threads: int = 1, stats: RuntimeStats | None = None,
+                    compile_mode: str | None = None, group=None) -> Iterator[tuple[list[int], object]]:
     """:func:`engine.runtime.execute` over the ranks of ``group`` (default: the world).
 
     Every rank calls it with the same plan, seed, sizes and models; ``devices`` are this
     rank's own workers (the same count on every rank). Rank 0's iterator yields (positions,
-    frames or latents) in timeline order; the others' yield nothing and return when their
+    frames or latents) in video order; the others' yield nothing and return when their
     jobs and transfers are done. Raises :class:`JobError` on every rank if any job fails.
     ``shuffle`` is accepted for signature parity and ignored (the assignment is static).
     """
-    plan.validate()
+    check_run(plan, models, devices)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("run_distributed needs an initialised torch.distributed process group "
                            "(torchrun + engine.distributed.init_distributed())")
-    if not devices:
-        raise ValueError("devices must name at least one device of this rank, e.g. ['cpu'] or ['cuda:0']")
-    missing = [r for r in plan.roles if r not in models]
-    if missing:
-        raise ValueError(f"plan {plan.strategy!r} needs model role(s) {missing}; got {sorted(models)}")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     backend = dist.get_backend(group)
     comm_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
@@ -353,49 +320,13 @@ def run_distributed(plan: Plan, models: dict, *, devices: list[str], make_contex
         raise ValueError(f"ranks disagree on (workers per rank, plan/seed/size fingerprint): {seen}; every rank must "
                          f"call generate/run_distributed with the same arguments and the same number of devices")
     assignment = assign_jobs(plan, world, workers=len(devices))
-    stats = stats if stats is not None else RuntimeStats()
-    stats.strategy = plan.strategy
-    stats.workers = [f"r{rank}/w{i}:{d}" for i, d in enumerate(devices)]
-    stats.critical_path_passes, stats.critical_path = plan.critical_path()
-    stats.total_passes = plan.total_passes()
-    return _run(plan, models, devices, make_context, seed, sampler, latent_hw, inputs or {}, condition, decoder,
-                to_frames, cpu_threads, stats, assignment, rank, group, comm_device, latent_shape)
 
+    def communicator(run: Executor) -> list[threading.Thread]:
+        comm = Communicator(run, assignment, rank, group, comm_device, latent_shape)
+        return [threading.Thread(target=comm, name=f"engine-r{rank}-comm", daemon=True)]
 
-def _run(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, condition, decoder, to_frames,
-         cpu_threads, stats, assignment, rank, group, comm_device, latent_shape):
-    old_threads = torch.get_num_threads()
-    use_cpu = any(torch.device(d).type == "cpu" for d in devices)
-    if use_cpu:
-        torch.set_num_threads(cpu_threads)
-    run = None
-    threads: list[threading.Thread] = []
-    comm = None
-    try:
-        run = _RankRun(plan, assignment, rank, group, comm_device, latent_shape, models=models, devices=devices,
-                       make_context=make_context, seed=seed, sampler=sampler, latent_hw=latent_hw, inputs=inputs,
-                       condition=condition, decoder=decoder, shuffle=None, cpu_threads=cpu_threads, stats=stats,
-                       to_frames=to_frames)
-        out: queue.Queue = queue.Queue()
-        threads = [threading.Thread(target=run.worker, args=(w,), name=f"engine-r{rank}-worker-{w}", daemon=True)
-                   for w in range(len(devices))]
-        comm = threading.Thread(target=run.communicator, name=f"engine-r{rank}-comm", daemon=True)
-        if rank == 0:
-            threads.append(threading.Thread(target=run.emitter, args=(out,), name="engine-decode", daemon=True))
-        for t in threads + [comm]:
-            t.start()
-        if rank == 0:
-            yield from drain(out)
-        for t in threads:
-            t.join()
-        comm.join()
-        if run.error is not None:
-            raise run.error
-    finally:
-        if run is not None:
-            cancel(run, threads)
-            if comm is not None and comm.is_alive():
-                comm.join()  # still owes its peers matched sends/receives (poisoned after cancel)
-            finish_stats(run, stats)
-        if use_cpu:
-            torch.set_num_threads(old_threads)
+    return execute(plan, models, devices=devices, make_context=make_context, seed=seed, sampler=sampler,
+                   latent_hw=latent_hw, inputs=inputs, condition=condition, vae=vae, make_decoder=make_decoder,
+                   to_frames=to_frames, cpu_threads=cpu_threads, stats=stats, compile_mode=compile_mode,
+                   placement=rank_placement(plan, assignment, rank), worker_prefix=f"r{rank}/",
+                   extra_threads=communicator)

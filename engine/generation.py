@@ -29,7 +29,6 @@ from .inputs import (  # noqa: F401  (resolve_components / _prompt_context are u
     resolve_components,
 )
 from .plans import STRATEGIES, STRATEGY_OPTIONS, build_plan
-from .rollout import RolloutPlan, ar_rollout
 from .runtime import RuntimeStats, execute
 from .video import Mp4Writer, Video, to_uint8_frames
 
@@ -170,14 +169,13 @@ def stream(
                            latent_frames=F_lat, first_frame_given=first_frame is not None)
         ar_cache, strategy_options = ctl.route(strategy, ar_cache, strategy_options)
         w = ctl.latent_width(w)  # multi-view: views side by side in the latent width
-    if strategy == "ar" and ar_cache and window_frames is None and sink_frames is None and F_lat > DEFAULT_ATTENTION_FRAMES:
-        sink_frames = chunk_frames + (1 if first_given else 0)
-        window_frames = DEFAULT_ATTENTION_FRAMES - sink_frames - chunk_frames
     if strategy == "ar":
         strategy_options = dict(strategy_options, chunk_frames=chunk_frames, sink_frames=sink_frames,
                                 window_frames=window_frames)
-    base = _base_sigmas(sampler)
-    plan = build_plan(strategy, F_lat, sigmas=base, first_given=first_given, **strategy_options)
+    from .sampling import config_sigmas
+
+    plan = build_plan(strategy, F_lat, sigmas=config_sigmas(sampler).tolist(), first_given=first_given,
+                      **strategy_options)
 
     # models: one per role the plan uses; a strategy wanting two gets the one given for both
     roles = {"main": model}
@@ -215,50 +213,27 @@ def stream(
         condition = ctl.build(comps.vae, img if first_frame is not None else None, condition, (h, w))
         roles = {r: ctl.wrap(m) for r, m in roles.items()}
         model = roles["main"]
-    decoder = ctl.decoder(comps.vae) if ctl is not None else StreamingDecoder(comps.vae)
+    make_decoder = ctl.decoder if ctl is not None else StreamingDecoder
     run_stats = stats.runtime if stats is not None else RuntimeStats()
     from .distributed import distributed_active, run_distributed
 
-    if ar_cache and distributed_active():  # one sequential chain: rank 0 runs it, the other ranks idle
-        import torch.distributed as dist
+    if ar_cache and devices is not None and len(devices) > 1:
+        import warnings
 
-        if dist.get_rank() != 0:
-            return iter(())
-    if ar_cache:  # the KV-cache fast path: one sequential chain on the first device
-        if devices is not None and len(devices) > 1:
-            import warnings
+        warnings.warn(f"strategy 'ar' with the KV cache is one sequential chain of DiT jobs on one worker; the other "
+                      f"devices of {list(devices)} only decode. Use context='history' or a planning strategy "
+                      f"(mmpl, longdwm, mila) to spread the DiT work", stacklevel=3)
+    compile_mode = None
+    if engine_config is not None:
+        from .compile import compile_mode as mode_of
 
-            warnings.warn(f"strategy 'ar' with the KV cache is one sequential chain: it runs on {devices[0]} only; "
-                          f"use context='history' or a planning strategy (mmpl, longdwm, mila) to use {list(devices)}",
-                          stacklevel=3)
-        context = make_context("main", model)
-        rplan = RolloutPlan(F_lat, chunk_frames, sink_frames or 0, window_frames, first_given)
-        rollout = ar_rollout(model, context, rplan, latent_hw=(h, w), sampler=sampler, seed=seed,
-                             first_latent=first_latent, condition=condition,
-                             unified_noise=bool(strategy_options.get("unified_noise")))
-        if engine_config is not None:
-            from .compile import compile_mode, compiled_iter
-
-            rollout = compiled_iter(rollout, model, compile_mode(engine_config.compile, engine_config.cuda_graphs))
-        run_stats.strategy = "ar"
-        run_stats.workers = [f"w0:{model.device}"]
-        run_stats.critical_path_passes, run_stats.critical_path = plan.critical_path()
-        run_stats.total_passes = plan.total_passes()
-        return _decoded_frames(rollout, decoder, stats, plan=plan, run_stats=run_stats)
+        compile_mode = mode_of(engine_config.compile, engine_config.cuda_graphs)
     run = run_distributed if distributed_active() else execute  # under torchrun: this rank's share of the plan
     it = run(plan, roles, devices=list(devices) if devices else [str(model.device)], make_context=make_context,
-                 seed=seed, sampler=sampler, latent_hw=(h, w), inputs={0: first_latent} if first_given else {},
-                 condition=condition, decoder=decoder, to_frames=lambda v: to_uint8_frames(v)[0], shuffle=shuffle,
-                 cpu_threads=cpu_threads, stats=run_stats)
+             seed=seed, sampler=sampler, latent_hw=(h, w), inputs={0: first_latent} if first_given else {},
+             condition=condition, vae=comps.vae, make_decoder=make_decoder, to_frames=lambda v: to_uint8_frames(v)[0],
+             shuffle=shuffle, cpu_threads=cpu_threads, stats=run_stats, compile_mode=compile_mode)
     return _runtime_frames(it, stats)
-
-
-def _base_sigmas(sampler: SamplerConfig) -> list[float]:
-    from .sampling import few_step_sigmas, flow_sigmas
-
-    if sampler.kind == "fewstep":
-        return few_step_sigmas(sampler.timesteps or (1000.0, 750.0, 500.0, 250.0), sampler.shift).tolist()
-    return flow_sigmas(sampler.num_steps, sampler.shift).tolist()
 
 
 def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
@@ -267,38 +242,6 @@ def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
         if stats is not None:
             stats.record_chunk(positions, len(frames), time.perf_counter() - t0)
         yield frames
-
-
-def _decoded_frames(rollout, decoder, stats: RunStats | None, *, plan=None, run_stats=None) -> Iterator[np.ndarray]:
-    t0 = time.perf_counter()
-    last = 0.0
-    owner = plan.output_map() if plan is not None else {}
-    for positions, x0 in rollout:
-        done = time.perf_counter() - t0
-        if run_stats is not None and positions and owner.get(positions[0], "@input") != "@input":
-            job = plan.job(owner[positions[0]])
-            run_stats.jobs.append({"id": job.id, "model": job.model, "worker": run_stats.workers[0],
-                                   "device": str(x0.device), "start": last, "end": done, "passes": job.passes})
-        video = decoder.decode_chunk(x0.float())
-        frames = to_uint8_frames(video)[0]
-        last = time.perf_counter() - t0
-        if stats is not None:
-            stats.record_chunk(positions, len(frames), last)
-        if run_stats is not None:
-            run_stats.wall_seconds = last
-            busy = sum(j["end"] - j["start"] for j in run_stats.jobs)
-            run_stats.idle_fraction = {run_stats.workers[0]: max(0.0, 1 - busy / last) if last > 0 else 0.0}
-            if run_stats.first_output_seconds is None:
-                run_stats.first_output_seconds = last
-        yield frames
-    if run_stats is not None:
-        import resource
-
-        dev = run_stats.workers[0].split(":", 1)[1]
-        if dev.startswith("cuda"):
-            run_stats.peak_memory[dev] = int(torch.cuda.max_memory_allocated(torch.device(dev)))
-        else:
-            run_stats.peak_memory[dev] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def generate(

@@ -167,3 +167,21 @@ class KVCache:
         vl.index_copy_(2, slots.token_index, v.to(vl.dtype))
         used = slots.key_slots * self.tokens_per_frame
         return kl[:, :, :used], vl[:, :, :used]
+
+
+def cache_for(model, spec, batch: int, h: int, w: int) -> KVCache:
+    """A KV cache for ``model`` laid out as ``spec`` (:class:`engine.plans.core.CacheSpec`:
+    chunk, sink and window frames, max frames) for latents of h x w and ``batch`` rows
+    (2 with classifier-free guidance). Under CUDA graphs (``model.static_cache``, set by
+    :mod:`engine.compile`) the buffers are marked static: they never move."""
+    cfg = model.config
+    cache = KVCache(num_layers=cfg.num_layers, batch=batch, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+                    tokens_per_frame=model.tokens_per_frame(h, w), chunk_frames=spec.chunk_frames,
+                    sink_frames=spec.sink_frames, window_frames=spec.window_frames, max_frames=spec.max_frames,
+                    device=model.device, dtype=model.dtype)
+    if getattr(model, "static_cache", False):
+        import torch._dynamo as dynamo
+
+        dynamo.mark_static_address(cache.k)
+        dynamo.mark_static_address(cache.v)
+    return cache

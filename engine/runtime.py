@@ -1,32 +1,43 @@
-"""Populating runtime: executes any :class:`~engine.plans.Plan` on W workers.
+"""The runtime: executes any :class:`~engine.plans.Plan` -- denoise, decode and encode jobs
+over clips -- on W workers.
 
 One worker per entry of ``devices`` (``cuda:0``, ``cuda:1``, ... or CPU threads:
 ``["cpu", "cpu"]``). Each worker owns a compute stream and a copy stream on its device;
-the model weights are copied once per distinct device and shared by the workers on it.
+model and VAE weights are copied once per distinct device and shared by its workers.
 
-Scheduling: a job becomes ready when every job it depends on has been *issued*; the ready
-queue is ordered critical-path-first (DiT passes on the longest remaining chain, so
-planning jobs run ahead of populating). On CUDA, "issued" means queued on the producer's
-stream: the consumer's stream waits on the producer's event (latents are copied
-asynchronously between devices on the copy stream), never on the whole device. On the
-CPU there are no streams and an issued job is a finished job.
+Scheduling: a job becomes ready when every job it depends on has been *issued*. Ready
+decode and encode jobs go first (frames leave as early as possible and hand-offs unblock
+the next clip); denoise jobs are ordered critical-path-first (DiT passes on the longest
+remaining chain, so planning runs ahead of populating). Jobs with the same *pin* run on
+the worker that took the first of them: a KV-cache chain (its fixed-slot cache lives
+there) and a clip's decode chain (its causal decoder state lives there). Different clips
+decode on different workers at the same time. On CUDA, "issued" means queued on the
+producer's stream: the consumer's stream waits on the producer's event (latents are
+copied asynchronously between devices on the copy stream), never on the whole device.
+On the CPU there are no streams and an issued job is a finished job.
 
-Output: final latents are decoded by the VAE on a separate decode thread (its own stream)
-strictly in frame order -- a prefix of the timeline is decoded as soon as it is complete
--- and handed out through the iterator :func:`execute` returns.
+Output: the output clips' decoded frames are stitched strictly in video order (each clip
+without its ``drop`` leading frames) and handed out through the iterator :func:`execute`
+returns as soon as a prefix is complete. Without a decoder the clean latents are handed
+out in position order instead (the plan's decode jobs are not run).
 
-Determinism: a job's result depends only on its inputs (dependency latents and noise
-addressed by (seed, stream, position)), never on the worker, the order or the device
-count. On CPU the intra-op thread count also changes float results, so the runtime pins
-it (``cpu_threads``, default 1 per worker) for the whole run.
+Determinism: a job's result depends only on its inputs (dependency latents, decoded
+frames and noise addressed by (seed, stream, position)), never on the worker, the order
+or the device count. On CPU the intra-op thread count also changes float results, so the
+runtime pins it (``cpu_threads``, default 1 per worker) for the whole run.
 
-Failure: if a job raises, the runtime stops issuing jobs, decodes and hands out every
-frame whose latents are complete, then raises :class:`JobError` naming the job.
+Placement: :class:`Placement` says which jobs run in this process and which latents come
+from or go to other processes; :mod:`engine.distributed` runs the same :class:`Executor`
+with a rank's placement and a communication thread.
+
+Failure: if a job raises, the runtime stops issuing jobs, hands out every frame that was
+already decoded, then raises :class:`JobError` naming the job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import queue
 import random
@@ -38,10 +49,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import noise_streams as ns
 from .config import SamplerConfig
-from .plans import INPUT, Job, Plan
-from .plans.core import FRESH_SHARE_STREAM, UNIFIED_STREAM
-from .sampling import FewStepSampler, cfg as apply_cfg, make_sampler
+from .plans import INPUT, Plan
+from .plans.core import DecodeJob, EncodeJob, Job
+from .sampling import FewStepSampler, cfg as apply_cfg, sampler_for
 
 
 class JobError(RuntimeError):
@@ -57,11 +69,11 @@ class JobError(RuntimeError):
 class RuntimeStats:
     """Per-run statistics (times in seconds from the start of the run).
 
-    jobs: one dict per job: id, model, worker, device, start, end, passes.
+    jobs: one dict per job: id, kind, model, worker, device, start, end, passes.
     critical_path_passes / critical_path: the plan's longest chain in DiT forward passes.
     idle_fraction: per worker, 1 - busy / wall time. peak_memory: per device, bytes
     (CUDA: max allocated; CPU: the process's peak RSS). latent_peak_bytes: per device,
-    the most latent bytes the runtime held at once.
+    the most latent and pixel bytes the runtime held at once.
     """
 
     strategy: str = ""
@@ -81,103 +93,145 @@ class RuntimeStats:
 
 
 # ----------------------------------------------------------------------------------
-# one job
+# one denoise job
 # ----------------------------------------------------------------------------------
-def _stream(job: Job, k: int) -> int:
-    return job.noise_stream * 1000 + k
-
-
 def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, shape_chw: tuple[int, int, int],
-                    device) -> torch.Tensor:
-    """Initial noisy latents [1, C, G, h, w] (float32) of a job's generated frames."""
-    from kernels.noise import frame_noise, noise_init_reference
+                    device, use_kernel: bool | None = None) -> torch.Tensor:
+    """Initial noisy latents [1, C, G, h, w] (float32) of a job's generated frames: noise
+    by the job's mode (:mod:`engine.noise_streams`), re-noised anchors x = (1 - s) x0 + s eps.
+    ``use_kernel`` (default: on CUDA) computes interpolation, fresh share and anchor
+    re-noising in one pass of the Triton ``noise_init`` kernel; else its torch reference."""
+    from kernels.noise import frame_noise, noise_init, noise_init_reference
 
+    dev = torch.device(device)
+    use_kernel = dev.type == "cuda" if use_kernel is None else use_kernel
     gen = list(job.generated_positions)
     shape = (1, *shape_chw)
+    block = job.noise_stream
+    start = job.sigmas[0]
+    anchors = any(s < 1.0 for s in start)
+    planning, pn, fresh = gen, None, None
     if job.noise == "unified":
-        eps = frame_noise(seed, list(range(len(gen))), shape, stream=_stream(job, UNIFIED_STREAM))
+        pn = frame_noise(seed, list(range(len(gen))), shape, stream=ns.stream(block, ns.UNIFIED))
     elif job.noise == "interp":
         planning = sorted(job.planning)
-        pn = frame_noise(seed, planning, shape, stream=_stream(job, 0) if job.noise_stream else 0)
-        fresh = (frame_noise(seed, gen, shape, stream=_stream(job, FRESH_SHARE_STREAM)) if job.noise_rho > 0 else None)
+        pn = frame_noise(seed, planning, shape, stream=ns.stream(block, ns.INITIAL))
+        if job.noise_rho > 0:
+            fresh = frame_noise(seed, gen, shape, stream=ns.stream(block, ns.FRESH_SHARE))
+    else:
+        pn = frame_noise(seed, gen, shape, stream=ns.stream(block, ns.INITIAL))
+    x0 = None
+    if anchors:
+        x0 = torch.cat([sources[p].to(dev, torch.float32) if s < 1.0 else torch.zeros(shape, device=dev)[:, :, None]
+                        for p, s in zip(gen, start)], 2)
+    if use_kernel:
+        fresh = fresh.to(dev) if fresh is not None else None
+        return noise_init(gen, planning, pn.to(dev), fresh=fresh, rho=job.noise_rho, x0=x0,
+                          sigma=list(start) if anchors else None)
+    if job.noise == "interp":
         eps = noise_init_reference(gen, planning, pn, fresh=fresh, rho=job.noise_rho)
     else:
-        eps = frame_noise(seed, gen, shape, stream=_stream(job, 0))
-    eps = eps.to(device)
-    start = job.sigmas[0]
-    if any(s < 1.0 for s in start):  # re-noised anchors: x = (1 - s) x0 + s eps
-        for k, (p, s) in enumerate(zip(gen, start)):
+        eps = pn
+    eps = eps.to(dev)
+    if anchors:
+        for k, s in enumerate(start):
             if s < 1.0:
-                x0 = sources[p].to(device=device, dtype=torch.float32)[:, :, 0]
-                eps[:, :, k] = (1 - s) * x0 + s * eps[:, :, k]
+                eps[:, :, k] = (1 - s) * x0[:, :, k] + s * eps[:, :, k]
     return eps
-
-
-def _sampler(kind: str, table: torch.Tensor):
-    if kind == "fewstep":
-        return FewStepSampler(table)
-    return make_sampler(kind, sigmas=table)
 
 
 @torch.no_grad()
 def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, seed: int, sampler: SamplerConfig,
-                latent_hw: tuple[int, int], condition: torch.Tensor | None = None) -> torch.Tensor:
-    """Run one job: returns the clean latents [1, C, G, h, w] (float32) of its generated
-    frames, in position order. ``sources``: {position: clean latent [1, C, 1, h, w]} for
-    every frame the job reads (context frames and re-noised anchors)."""
-    cfg_ = model.config
+                latent_hw: tuple[int, int], rope: tuple[int, ...] | None = None,
+                condition: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+    """Run one denoise job; returns the clean latents [1, C, G, h, w] (float32) of its
+    generated frames, in position order.
+
+    sources: {position: clean latent [1, C, 1, h, w]} for every frame the job is handed
+    (context frames and re-noised anchors). rope: RoPE positions of the job's frames
+    (default: its positions). condition: the I2V / control condition [1, c, F, h, w] over
+    the whole timeline (sliced to the job's positions). cache: the job's KV cache (a
+    :class:`~engine.kvcache.KVCache` of its chain): context frames handed in ``sources``
+    are written to it by one pass at noise level 0, the generated frames are denoised
+    against it (the pass holds only them), and ``job.extra_passes`` refreshes it with the
+    clean result -- Self-Forcing's block-autoregressive step.
+    """
     dev, dt = model.device, model.dtype
     h, w = latent_hw
-    C = cfg_.out_channels
-    n = len(job.positions)
-    gen_idx = [i for i, g in enumerate(job.generated) if g]
-    ctx_idx = [i for i, g in enumerate(job.generated) if not g]
-    gen_pos = [job.positions[i] for i in gen_idx]
-    table = torch.tensor(job.sigmas, dtype=torch.float64)  # [N+1, G]
-    x = initial_latents(job, sources, seed=seed, shape_chw=(C, h, w), device=dev)
-    clean = None
-    if ctx_idx:
-        clean = torch.cat([sources[job.positions[i]].to(dev, torch.float32) for i in ctx_idx], 2)
-    vis = torch.tensor(job.visibility, dtype=torch.bool, device=dev)
-    rope = list(job.rope_positions)
+    C = model.config.out_channels
+    rope = list(job.positions if rope is None else rope)
     batch = getattr(context, "batch", 1)
     guided = batch == 2
-    cond = None
-    if condition is not None:
-        cond = condition.to(dev, dt)[:, :, list(job.positions)].expand(batch, -1, -1, -1, -1)
-    steps = _sampler(sampler.kind, table)
+    if guided and sampler.guidance_scale == 1.0:
+        raise ValueError("a 2-row context means classifier-free guidance, but guidance_scale is 1.0")
+    cond = None if condition is None else condition.to(dev, dt).expand(batch, -1, -1, -1, -1)
+    timeline = getattr(model, "takes_timeline_positions", False)
+
+    def forward(x, t, idx: list[int], **kw):
+        """The guided model output over the job's frames ``idx`` (indices into positions)."""
+        pos = [job.positions[i] for i in idx]
+        if cond is not None:
+            kw["condition"] = (cond[:, :, pos[0]:pos[-1] + 1] if pos == list(range(pos[0], pos[-1] + 1))
+                               else cond[:, :, pos])
+        if timeline:
+            kw["timeline_positions"] = pos
+        tb = t.to(dev).float().reshape(1, -1).expand(batch, len(idx))
+        v = model(x.to(dt).expand(batch, -1, -1, -1, -1), tb, context, frame_positions=[rope[i] for i in idx], **kw)
+        return apply_cfg(v[:1], v[1:], sampler.guidance_scale) if guided else v
+
+    gen_idx = [i for i, g in enumerate(job.generated) if g]
+    gen_pos = [job.positions[i] for i in gen_idx]
+    x = initial_latents(job, sources, seed=seed, shape_chw=(C, h, w), device=dev)
+
+    def renoise(i: int):
+        if isinstance(steps, FewStepSampler) and i + 1 < steps.num_steps:
+            from kernels.noise import frame_noise
+
+            return frame_noise(seed, gen_pos, (1, C, h, w), stream=ns.stream(job.noise_stream, ns.renoise(i)),
+                               device=dev)
+        return None
+
+    if cache is not None:
+        fill = [i for i, g in enumerate(job.generated) if not g and job.positions[i] in sources]
+        if fill:  # context not yet in the cache (e.g. a given first frame): one clean pass writes it
+            clean = torch.cat([sources[job.positions[i]].to(dev, dt) for i in fill], 2)
+            forward(clean, torch.zeros(len(fill)), fill, kv_cache=cache,
+                    cache_slots=cache.claim([job.positions[i] for i in fill]))
+        slots = cache.claim(gen_pos)
+        steps = sampler_for(sampler, torch.tensor([row[0] for row in job.sigmas], dtype=torch.float64))
+        n = len(gen_idx)
+        for i in range(steps.num_steps):
+            t = steps.timestep(i)
+            v = forward(x, t.expand(n) if t.dim() == 0 else t, gen_idx, kv_cache=cache, cache_slots=slots)
+            x = steps.step(i, x, v.float(), noise=renoise(i))
+        if job.extra_passes:
+            forward(x, torch.zeros(n), gen_idx, kv_cache=cache, cache_slots=slots)
+        return x
+
+    n = len(job.positions)
+    ctx_idx = [i for i, g in enumerate(job.generated) if not g]
+    table = torch.tensor(job.sigmas, dtype=torch.float64)  # [N+1, G]
+    vis = torch.tensor(job.visibility, dtype=torch.bool, device=dev)
+    steps = sampler_for(sampler, table)
     gen_t = torch.tensor(gen_idx, device=dev)
-    ctx_t = torch.tensor(ctx_idx, device=dev) if ctx_idx else None
     full = torch.empty(1, C, n, h, w, device=dev, dtype=torch.float32)
-    if clean is not None:
-        full.index_copy_(2, ctx_t, clean)
+    if ctx_idx:
+        clean = torch.cat([sources[job.positions[i]].to(dev, torch.float32) for i in ctx_idx], 2)
+        full.index_copy_(2, torch.tensor(ctx_idx, device=dev), clean)
+    every = list(range(n))
     for i in range(steps.num_steps):
         full.index_copy_(2, gen_t, x)
         t = torch.zeros(n, dtype=torch.float32)
         t[gen_idx] = (table[i] * 1000.0).float()
-        tb = t.to(dev).reshape(1, n).expand(batch, n)
-        kw = dict(frame_positions=rope, visibility=vis)
-        if cond is not None:
-            kw["condition"] = cond
-        if getattr(model, "takes_timeline_positions", False):
-            kw["timeline_positions"] = list(job.positions)
-        v = model(full.to(dt).expand(batch, -1, -1, -1, -1), tb, context, **kw)
-        if guided:
-            v = apply_cfg(v[:1], v[1:], sampler.guidance_scale)
-        vg = v.index_select(2, gen_t).float()
-        noise = None
-        if isinstance(steps, FewStepSampler) and i + 1 < steps.num_steps:
-            from kernels.noise import frame_noise
-
-            noise = frame_noise(seed, gen_pos, (1, C, h, w), stream=_stream(job, 1 + i), device=dev)
-        x = steps.step(i, x, vg, noise=noise)
+        v = forward(full, t, every, visibility=vis)
+        x = steps.step(i, x, v.index_select(2, gen_t).float(), noise=renoise(i))
     return x
 
 
 # ----------------------------------------------------------------------------------
-# devices, streams, workers
+# devices, streams
 # ----------------------------------------------------------------------------------
-class _Lane:
+class Lane:
     """A device's streams (CUDA) or nothing (CPU)."""
 
     def __init__(self, device: torch.device):
@@ -229,113 +283,219 @@ class _Lane:
 
 
 @dataclass
-class _Entry:
+class Entry:
+    """A stored latent or decoded-frames tensor, ready at ``event``, freed after ``refs`` reads."""
+
     tensor: torch.Tensor
     event: object
     device: str
     refs: int
 
 
-class _Run:
+@dataclass
+class Placement:
+    """Which jobs run in this process. ``local``: their ids (None: every job);
+    ``emits``: this process hands out the video; ``sends``: latents (producer, position)
+    read by other processes (one extra read each); ``receives``: latents arriving from
+    other processes -> the local jobs waiting for them."""
+
+    local: set[str] | None = None
+    emits: bool = True
+    sends: list[tuple[str, int]] = field(default_factory=list)
+    receives: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+
+    def runs(self, job_id: str) -> bool:
+        return self.local is None or job_id in self.local
+
+
+class Executor:
+    """One run of a plan in this process: workers, the store of latents and decoded frames,
+    the ready queues, and the in-order emitter (see the module docstring)."""
+
     def __init__(self, plan: Plan, models: dict, devices: list[str], make_context: Callable, *, seed: int,
                  sampler: SamplerConfig, latent_hw: tuple[int, int], inputs: dict[int, torch.Tensor],
-                 condition: torch.Tensor | None, decoder, shuffle: int | None, cpu_threads: int,
-                 stats: RuntimeStats, to_frames: Callable | None):
+                 condition: torch.Tensor | None, vae, make_decoder: Callable | None, to_frames: Callable | None,
+                 shuffle: int | None, cpu_threads: int, stats: RuntimeStats, placement: Placement | None = None,
+                 worker_prefix: str = ""):
         self.plan = plan
         self.seed = seed
         self.sampler = sampler
         self.latent_hw = latent_hw
         self.condition = condition
-        self.decoder = decoder
+        self.make_decoder = make_decoder
         self.to_frames = to_frames
         self.stats = stats
         self.cpu_threads = cpu_threads
+        self.placement = placement or Placement()
+        self.decoding = make_decoder is not None
+        if not self.decoding and plan.encodes:
+            raise ValueError(f"plan {plan.strategy!r} re-encodes decoded frames ({plan.encodes[0].id!r}): it needs "
+                             f"a VAE decoder")
         self.devices = [torch.device(d) for d in devices]
-        self.names = [f"w{i}:{d}" for i, d in enumerate(devices)]
-        # weights once per device, contexts once per (device, role)
+        self.names = [f"{worker_prefix}w{i}:{d}" for i, d in enumerate(devices)]
+        self.lanes = {str(d): Lane(d) for d in self.devices}
+        self._place_weights(models, make_context, vae)
+        # the jobs this process runs
+        self.jobs = [j for j in plan.all_jobs() if self.placement.runs(j.id)
+                     and (self.decoding or not isinstance(j, DecodeJob))]
+        self.index = {j.id: i for i, j in enumerate(plan.all_jobs())}
+        self.prio = plan.priorities()
+        local = {j.id for j in self.jobs}
+        self.children: dict[str, list[str]] = {j: [] for j in local}
+        self.waiting: dict[str, int] = {}
+        for j in self.jobs:
+            n = 0
+            for d in plan.deps_of(j):
+                if d in local:
+                    self.children[d].append(j.id)
+                    n += 1
+            self.waiting[j.id] = n
+        for key, readers in self.placement.receives.items():
+            for r in readers:
+                if r in self.waiting:
+                    self.waiting[r] += 1
+        self.chain_next = {d.chain for d in plan.all_jobs() if isinstance(d, DecodeJob) and d.chain}
+        # ready queues: shared, and one per worker for pinned jobs bound to it
+        self.shared: list = []
+        self.own: list[list] = [[] for _ in self.devices]
+        self.pins: dict[str, int] = {}
+        self.rng = random.Random(shuffle) if shuffle is not None else None
+        self.cond = threading.Condition()
+        self.issued = 0
+        self.n_jobs = len(self.jobs)
+        self.error: JobError | None = None
+        self.cancelled = False
+        self.outputs = plan.output_map()
+        self.refs = self._reader_counts()
+        self.store: dict[tuple, Entry] = {}
+        self.held_bytes: dict[str, int] = {}
+        self.held_peak: dict[str, int] = {}
+        self.caches: dict[tuple[int, str], object] = {}
+        self.decoders: dict[str, object] = {}
+        self.encode_lock = threading.Lock()  # the VAE's encoder keeps its cache on the module
+        home = str(self.devices[0])
+        for p, t in inputs.items():
+            self.put((INPUT, p), t.to(self.devices[0]), None, home)
+        for j in self.jobs:
+            if self.waiting[j.id] == 0:
+                self._push(j.id)
+        self.t0 = time.perf_counter()
+        self.busy = [0.0] * len(self.devices)
+
+    def _place_weights(self, models: dict, make_context: Callable, vae) -> None:
+        """Model and VAE weights once per device, text contexts once per (device, role)."""
         self.models: dict[str, dict[str, torch.nn.Module]] = {}
         self.contexts: dict[str, dict] = {}
-        copies: dict[tuple[int, str], torch.nn.Module] = {}
+        self.vaes: dict[str, object] = {}
+        copies: dict[tuple[int, str], object] = {}
+
+        def on(obj, dev):
+            key = (id(obj), str(dev))
+            if key not in copies:
+                here = torch.device(obj.device) if hasattr(obj, "device") else next(obj.parameters()).device
+                copies[key] = obj if here == dev else copy.deepcopy(obj).to(dev)
+            return copies[key]
+
         for dev in self.devices:
             key = str(dev)
             if key in self.models:
                 continue
             self.models[key], self.contexts[key] = {}, {}
-            for role in plan.roles:
-                m = models[role]
-                ck = (id(m), key)
-                if ck not in copies:
-                    copies[ck] = m if m.device == dev else _copy_to(m, dev)
-                self.models[key][role] = copies[ck]
-                self.contexts[key][role] = make_context(role, copies[ck])
-        self.lanes = {str(d): _Lane(d) for d in self.devices}
-        # scheduling state
-        self.prio = plan.priorities()
-        self.order = {j.id: i for i, j in enumerate(plan.jobs)}
-        self.children = plan.children()
-        self.waiting = {j.id: len(j.deps) for j in plan.jobs}
-        self.ready: list = []
-        self.rng = random.Random(shuffle) if shuffle is not None else None
-        self.cond = threading.Condition()
-        self.issued = 0
-        self.error: JobError | None = None
-        self.cancelled = False
-        self.outputs = plan.output_map()
-        self.n_jobs = len(plan.jobs)  # jobs this run issues (a distributed rank: its own)
-        self.refs = self._reader_counts()  # readers of every (producer, position)
-        self.store: dict[tuple[str, int], _Entry] = {}
-        self.latent_bytes: dict[str, int] = {}
-        self.latent_peak: dict[str, int] = {}
-        home = str(self.devices[0])
-        for p, t in inputs.items():
-            self._put((INPUT, p), t.to(self.devices[0]), None, home)
-        for jid in self._initial_ready():
-            self._push(jid)
-        self.t0 = time.perf_counter()
-        self.busy = [0.0] * len(self.devices)
-
-    # -- hooks (engine.distributed narrows them to one rank's jobs) ----------------------
-    def _reader_counts(self) -> dict[tuple[str, int], int]:
-        """How many times each (producer, position) latent will be read: by jobs, and by the
-        emitter for final frames. An entry is freed after its last read."""
-        refs: dict[tuple[str, int], int] = {}
-        for j in self.plan.jobs:
-            for p, s in j.reads:
-                refs[(s, p)] = refs.get((s, p), 0) + 1
-        for p, s in self.outputs.items():
-            refs[(s, p)] = refs.get((s, p), 0) + 1
-        return refs
-
-    def _initial_ready(self) -> list[str]:
-        return [j.id for j in self.plan.jobs if not j.deps]
+            for role in self.plan.roles:
+                self.models[key][role] = on(models[role], dev)
+                self.contexts[key][role] = make_context(role, self.models[key][role])
+            if vae is not None and self.make_decoder is not None:
+                self.vaes[key] = on(vae, dev)
 
     # -- bookkeeping (callers hold self.cond) -----------------------------------------
+    def _reader_counts(self) -> dict[tuple, int]:
+        """How many times each stored tensor will be read -- latents (producer, position) by
+        local jobs, the emitter and other processes; decoded frames (decode job, "px") by
+        encodes and the emitter. An entry is freed after its last read."""
+        refs: dict[tuple, int] = {}
+
+        def add(key):
+            refs[key] = refs.get(key, 0) + 1
+
+        for j in self.jobs:
+            for p, s in self.plan.reads_of(j):
+                add((s, p))
+            for d in dict.fromkeys(d for d, _ in self.plan.pixel_reads_of(j)):
+                add((d, "px"))
+        if self.placement.emits:
+            if self.decoding:
+                for _, chain in self.plan.output_sequence():
+                    for d in chain:
+                        add((d.id, "px"))
+            else:
+                for p, s in self.outputs.items():
+                    add((s, p))
+        for key in self.placement.sends:
+            add(key)
+        return refs
+
     def _push(self, jid: str):
-        heapq.heappush(self.ready, (-self.prio[jid], self.order[jid], jid))
+        job = self.plan.job(jid)
+        vae_first = 0 if isinstance(job, (DecodeJob, EncodeJob)) else 1
+        item = (vae_first, -self.prio[jid], self.index[jid], jid)
+        pin = job.pin
+        heapq.heappush(self.own[self.pins[pin]] if pin in self.pins else self.shared, item)
 
-    def _pop(self) -> str:
+    def _pop(self, w: int) -> str | None:
+        """The next job for worker ``w`` (its own pinned jobs compete with the shared queue)."""
+        queues = [q for q in (self.own[w], self.shared) if q]
+        if not queues:
+            return None
         if self.rng is not None:
-            k = self.rng.randrange(len(self.ready))
-            item = self.ready.pop(k)
-            heapq.heapify(self.ready)
-            return item[2]
-        return heapq.heappop(self.ready)[2]
+            cands = [(q, k) for q in queues for k in range(len(q))]
+            q, k = cands[self.rng.randrange(len(cands))]
+            item = q.pop(k)
+            heapq.heapify(q)
+        else:
+            q = min(queues, key=lambda q: q[0])
+            item = heapq.heappop(q)
+        jid = item[3]
+        pin = self.plan.job(jid).pin
+        if pin is not None and pin not in self.pins:
+            self.pins[pin] = w
+            for other in [it for it in self.shared if self.plan.job(it[3]).pin == pin]:  # now bound to w
+                self.shared.remove(other)
+                heapq.heappush(self.own[w], other)
+            heapq.heapify(self.shared)
+        return jid
 
-    def _put(self, key, tensor, event, dev: str):
+    def _has_work(self, w: int) -> bool:
+        return bool(self.own[w] or self.shared)
+
+    def put(self, key, tensor, event, dev: str):
+        """Store ``tensor`` under ``key`` if anyone will read it."""
         n = self.refs.get(key, 0)
         if n == 0:
             return
-        self.store[key] = _Entry(tensor, event, dev, n)
+        self.store[key] = Entry(tensor, event, dev, n)
         b = tensor.numel() * tensor.element_size()
-        self.latent_bytes[dev] = self.latent_bytes.get(dev, 0) + b
-        self.latent_peak[dev] = max(self.latent_peak.get(dev, 0), self.latent_bytes[dev])
+        self.held_bytes[dev] = self.held_bytes.get(dev, 0) + b
+        self.held_peak[dev] = max(self.held_peak.get(dev, 0), self.held_bytes[dev])
 
-    def _release(self, key):
+    def release(self, key):
         e = self.store[key]
         e.refs -= 1
         if e.refs == 0:
             del self.store[key]
-            self.latent_bytes[e.device] -= e.tensor.numel() * e.tensor.element_size()
+            self.held_bytes[e.device] -= e.tensor.numel() * e.tensor.element_size()
+
+    def arrived(self, key):
+        """A latent from another process is stored: its local readers may become ready."""
+        for c in self.placement.receives.get(key, []):
+            self.waiting[c] -= 1
+            if self.waiting[c] == 0 and self.error is None:
+                self._push(c)
+        self.cond.notify_all()
+
+    def fail(self, err: JobError):
+        if self.error is None:
+            self.error = err
+        self.cond.notify_all()
 
     # -- workers ----------------------------------------------------------------------
     def worker(self, w: int):
@@ -349,112 +509,211 @@ class _Run:
         with torch.no_grad():
             while True:
                 with self.cond:
-                    while not self.ready and self.issued < self.n_jobs and not (self.error or self.cancelled):
+                    while not self._has_work(w) and self.issued < self.n_jobs and not (self.error or self.cancelled):
                         self.cond.wait()
-                    if self.error or self.cancelled or not self.ready:
-                        return
-                    jid = self._pop()
+                    if self.error or self.cancelled or not self._has_work(w):
+                        if self.issued >= self.n_jobs or self.error or self.cancelled:
+                            return
+                        continue
+                    jid = self._pop(w)
                     self.issued += 1
                     job = self.plan.job(jid)
-                    entries = {p: self.store[(s, p)] for p, s in job.reads}
+                    reads = self.plan.reads_of(job)
+                    entries = {p: self.store[(s, p)] for p, s in reads}
+                    pixels = {d: self.store[(d, "px")] for d, _ in self.plan.pixel_reads_of(job)}
                 start = time.perf_counter()
                 try:
-                    src = {p: lane.fetch(e.tensor, e.event) for p, e in entries.items()}
                     with lane.compute_ctx():
-                        x = denoise_job(self.models[key][job.model], self.contexts[key][job.model], job, src,
-                                        seed=self.seed, sampler=self.sampler, latent_hw=self.latent_hw,
-                                        condition=self.condition)
-                        outs = {p: x[:, :, k:k + 1] for k, p in enumerate(job.generated_positions)}
+                        outs = self._run_job(job, w, lane, entries, pixels)
                     event = lane.record()
                 except BaseException as exc:  # noqa: BLE001 -- reported with the job's name
                     with self.cond:
-                        if self.error is None:
-                            self.error = JobError(f"job {jid!r} failed on worker {self.names[w]}: "
-                                                  f"{type(exc).__name__}: {exc}", jid, self.names[w])
-                            self.error.__cause__ = exc
-                        self.cond.notify_all()
+                        err = JobError(f"{job.kind} job {jid!r} failed on worker {self.names[w]}: "
+                                       f"{type(exc).__name__}: {exc}", jid, self.names[w])
+                        err.__cause__ = exc
+                        self.fail(err)
                     return
                 end = time.perf_counter()
                 with self.cond:
                     self.busy[w] += end - start
-                    self.stats.jobs.append({"id": jid, "model": job.model, "worker": self.names[w], "device": key,
-                                            "start": start - self.t0, "end": end - self.t0, "passes": job.passes})
-                    for p, t in outs.items():
-                        self._put((jid, p), t, event, key)
-                    for p, s in job.reads:
-                        self._release((s, p))
+                    self.stats.jobs.append({"id": jid, "kind": job.kind, "model": job.model, "worker": self.names[w],
+                                            "device": key, "start": start - self.t0, "end": end - self.t0,
+                                            "passes": job.passes})
+                    for k, t in outs.items():
+                        self.put(k, t, event, key)
+                    for p, s in reads:
+                        self.release((s, p))
+                    for d in pixels:
+                        self.release((d, "px"))
                     for c in self.children[jid]:
                         self.waiting[c] -= 1
                         if self.waiting[c] == 0:
                             self._push(c)
                     self.cond.notify_all()
 
+    def _run_job(self, job, w: int, lane: Lane, entries: dict, pixels: dict) -> dict:
+        """Run one job of any kind on worker ``w``; returns {store key: tensor}."""
+        key = str(self.devices[w])
+        if isinstance(job, DecodeJob):
+            dec = self.decoders.pop(job.pin, None)
+            if dec is None:
+                dec = self.make_decoder(self.vaes[key])
+            if job.chain is None:
+                dec.reset()
+            parts = []
+            for p, _ in job.latents:
+                if job.image:
+                    dec.reset()
+                parts.append(dec.decode_chunk(lane.fetch(entries[p].tensor, entries[p].event).float()))
+            if job.id in self.chain_next:
+                self.decoders[job.pin] = dec  # the next job of the chain continues this state
+            return {(job.id, "px"): torch.cat(parts, 2)}
+        if isinstance(job, EncodeJob):
+            from .models.vae import encode_frames
+
+            frames = []
+            for d, i in self.plan.pixel_reads_of(job):
+                e = pixels[d]
+                frames.append(lane.fetch(e.tensor, e.event)[:, :, i:i + 1])
+            video = torch.cat(frames, 2)
+            vae = self.vaes[key]
+            with self.encode_lock:
+                if job.image:
+                    z = torch.cat([encode_frames(vae, video[:, :, k:k + 1]) for k in range(video.shape[2])], 2)
+                else:
+                    z = encode_frames(vae, video)
+            return {(job.id, p): z[:, :, k:k + 1].float() for k, p in enumerate(job.positions)}
+        src = {p: lane.fetch(e.tensor, e.event) for p, e in entries.items()}
+        cache = None
+        if job.cache is not None:
+            cache = self.caches.get((w, job.cache))
+            if cache is None:
+                from .kvcache import cache_for
+
+                ctx = self.contexts[key][job.model]
+                cache = cache_for(self.models[key][job.model], self.plan.caches[job.cache],
+                                  getattr(ctx, "batch", 1), *self.latent_hw)
+                self.caches[(w, job.cache)] = cache
+        x = denoise_job(self.models[key][job.model], self.contexts[key][job.model], job, src, seed=self.seed,
+                        sampler=self.sampler, latent_hw=self.latent_hw, rope=self.plan.rope_of(job),
+                        condition=self.condition, cache=cache)
+        return {(job.id, p): x[:, :, k:k + 1] for k, p in enumerate(job.generated_positions)}
+
     # -- in-order output ------------------------------------------------------------------
+    def _wait(self, key) -> Entry | None:
+        with self.cond:
+            while key not in self.store and not self.cancelled and self.error is None:
+                self.cond.wait()
+            return self.store.get(key) if not self.cancelled else None
+
     def emitter(self, out: queue.Queue):
-        F = self.plan.num_frames
-        nxt = 0
+        """Hand out the video in order: decoded frames per decode job of the output clips
+        (their ``drop`` leading frames cut), or clean latents by position."""
         dev = self.devices[0]
-        lane = self.lanes[str(dev)]
         if dev.type == "cpu":
             torch.set_num_threads(self.cpu_threads)
         else:
             torch.cuda.set_device(dev)
-        decode_stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         try:
-            with torch.no_grad():
-                while nxt < F:
-                    with self.cond:
-                        while (self.outputs[nxt], nxt) not in self.store and not self.cancelled:
-                            if self.error is not None:
-                                break
-                            self.cond.wait()
-                        if self.cancelled:
-                            return
-                        batch = []
-                        p = nxt
-                        while p < F and (self.outputs[p], p) in self.store:
-                            batch.append((p, self.store[(self.outputs[p], p)]))
-                            p += 1
-                        if not batch:  # failed (or nothing more can come)
-                            break
-                    ctxm = torch.cuda.stream(decode_stream) if decode_stream is not None else contextlib.nullcontext()
-                    with ctxm:
-                        lat = [lane.fetch(e.tensor, e.event) if decode_stream is None else self._to_decode(e, dev, decode_stream)
-                               for _, e in batch]
-                        positions = [q for q, _ in batch]
-                        if self.decoder is not None:
-                            # one latent frame at a time: the result never depends on how
-                            # the timeline prefix happened to be grouped
-                            video = torch.cat([self.decoder.decode_chunk(z.float()) for z in lat], 2)
-                            item = self.to_frames(video)
-                        else:
-                            item = torch.cat(lat, 2).float().cpu()
-                    with self.cond:
-                        for q, _ in batch:
-                            self._release((self.outputs[q], q))
-                        if self.stats.first_output_seconds is None:
-                            self.stats.first_output_seconds = time.perf_counter() - self.t0
-                    out.put(("data", positions, item))
-                    nxt = positions[-1] + 1
+            if self.decoding:
+                self._emit_frames(out)
+            else:
+                self._emit_latents(out)
         except BaseException as exc:  # noqa: BLE001
-            out.put(("error", JobError(f"decoding failed at latent frame {nxt}: {type(exc).__name__}: {exc}",
-                                       "decode", "decoder"), None))
+            out.put(("error", JobError(f"emitting the video failed: {type(exc).__name__}: {exc}", "emit",
+                                       "emitter"), None))
             return
         out.put(("end", None, None))
 
-    @staticmethod
-    def _to_decode(e: _Entry, dev, stream):
-        if e.event is not None:
-            stream.wait_event(e.event)
-        t = e.tensor
-        if t.device != dev:
-            t = t.to(dev, non_blocking=True)
-        return t
+    def _emit_frames(self, out: queue.Queue):
+        for clip, chain in self.plan.output_sequence():
+            todo = clip.drop
+            for d in chain:
+                e = self._wait((d.id, "px"))
+                if e is None:
+                    return out.put(("end", None, None)) if self.cancelled else None
+                if e.event is not None:
+                    e.event.synchronize()
+                video = e.tensor
+                with self.cond:
+                    self.release((d.id, "px"))
+                cut = min(todo, video.shape[2])
+                todo -= cut
+                if cut == video.shape[2]:
+                    continue
+                item = self.to_frames(video[:, :, cut:])
+                with self.cond:
+                    if self.stats.first_output_seconds is None:
+                        self.stats.first_output_seconds = time.perf_counter() - self.t0
+                out.put(("data", list(d.positions), item))
+
+    def _emit_latents(self, out: queue.Queue):
+        for p in range(self.plan.num_frames):
+            key = (self.outputs[p], p)
+            e = self._wait(key)
+            if e is None:
+                return
+            if e.event is not None:
+                e.event.synchronize()
+            t = e.tensor.float().cpu()
+            with self.cond:
+                self.release(key)
+                if self.stats.first_output_seconds is None:
+                    self.stats.first_output_seconds = time.perf_counter() - self.t0
+            out.put(("data", [p], t))
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, extra_threads: list[threading.Thread] = ()) -> Iterator[tuple[list[int], object]]:
+        """Start the workers (and the emitter when this process emits), yield what the
+        emitter hands out, wait for every thread, raise the first error."""
+        out: queue.Queue = queue.Queue()
+        threads = [threading.Thread(target=self.worker, args=(w,), name=f"engine-worker-{w}", daemon=True)
+                   for w in range(len(self.devices))]
+        if self.placement.emits:
+            threads.append(threading.Thread(target=self.emitter, args=(out,), name="engine-emit", daemon=True))
+        extra = list(extra_threads)
+        try:
+            for t in threads + extra:
+                t.start()
+            if self.placement.emits:
+                yield from drain(out, self)
+            for t in threads + extra:
+                t.join()
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.cancel(threads)
+            for t in extra:
+                if t.is_alive():
+                    t.join()  # a communicator still owes its peers matched sends/receives
+            self.finish_stats()
+
+    def cancel(self, threads) -> None:
+        """Tell the threads to stop and wait for them."""
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify_all()
+        for t in threads:
+            t.join()
+
+    def finish_stats(self) -> None:
+        """Fill wall time, job order, idle fractions, held-tensor peaks and peak memory."""
+        stats = self.stats
+        wall = time.perf_counter() - self.t0
+        stats.wall_seconds = wall
+        stats.jobs.sort(key=lambda r: r["start"])
+        stats.idle_fraction = {n: max(0.0, 1.0 - b / wall) if wall > 0 else 0.0 for n, b in zip(self.names, self.busy)}
+        stats.latent_peak_bytes = dict(self.held_peak)
+        for dev in dict.fromkeys(self.devices):
+            if dev.type == "cuda":
+                stats.peak_memory[str(dev)] = int(torch.cuda.max_memory_allocated(dev))
+            else:
+                stats.peak_memory[str(dev)] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def drain(out: queue.Queue):
-    """Yield (positions, frames) from the emitter's queue until it says done; re-raise
-    an error it reports."""
+def drain(out: queue.Queue, run: Executor | None = None):
+    """Yield (positions, frames) from the emitter's queue until it says done; re-raise an
+    error it reports, or the run's own error once the emitter stops short."""
     while True:
         kind, positions, item = out.get()
         if kind == "data":
@@ -462,100 +721,90 @@ def drain(out: queue.Queue):
         elif kind == "error":
             raise item
         else:
+            if run is not None and run.error is not None:
+                raise run.error
             return
 
 
-def cancel(run, threads) -> None:
-    """Tell a run's threads to stop and wait for them."""
-    with run.cond:
-        run.cancelled = True
-        run.cond.notify_all()
-    for t in threads:
-        t.join()
-
-
-def finish_stats(run, stats: RuntimeStats) -> None:
-    """Fill wall time, job order, idle fractions and latent peaks of a finished run."""
-    wall = time.perf_counter() - run.t0
-    stats.wall_seconds = wall
-    stats.jobs.sort(key=lambda r: r["start"])
-    stats.idle_fraction = {n: max(0.0, 1.0 - b / wall) if wall > 0 else 0.0 for n, b in zip(run.names, run.busy)}
-    stats.latent_peak_bytes = dict(run.latent_peak)
-
-
-def _copy_to(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model).to(device)
-
-
-def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Callable, seed: int = 0,
-            sampler: SamplerConfig | None = None, latent_hw: tuple[int, int], inputs: dict[int, torch.Tensor] | None = None,
-            condition: torch.Tensor | None = None, decoder=None, to_frames: Callable | None = None,
-            shuffle: int | None = None, cpu_threads: int = 1, stats: RuntimeStats | None = None
-            ) -> Iterator[tuple[list[int], object]]:
-    """Run ``plan`` and yield (latent positions, output) in timeline order as prefixes
-    complete: decoded frames ``to_frames(decoder.decode_chunk(...))`` when a ``decoder``
-    (a :class:`~engine.models.vae.StreamingDecoder`) is given, else clean latents
-    [1, C, n, h, w] on the CPU.
-
-    models: {role: model} for every role the plan uses (``main``, ``coarse``, ``fine``);
-    make_context(role, model_on_device) -> the text context that model is called with;
-    inputs: {position: clean latent [1, C, 1, h, w]} for the plan's given frames;
-    shuffle: seed to pick ready jobs at random instead of critical-path-first (tests);
-    cpu_threads: torch intra-op threads while the run lasts (pinned: results depend on it).
-    Raises :class:`JobError` (after yielding every completed frame) when a job fails.
-    """
+def check_run(plan: Plan, models: dict, devices: list[str]) -> None:
+    """The checks every executor makes before a run: a valid plan, devices, a model per role."""
     plan.validate()
     if not devices:
         raise ValueError("devices must name at least one device, e.g. ['cpu'] or ['cuda:0', 'cuda:1']")
     missing = [r for r in plan.roles if r not in models]
     if missing:
         raise ValueError(f"plan {plan.strategy!r} needs model role(s) {missing}; got {sorted(models)}")
+
+
+def start_stats(plan: Plan, stats: RuntimeStats | None, workers: list[str]) -> RuntimeStats:
+    """A run's stats with what the plan says before it runs."""
     stats = stats if stats is not None else RuntimeStats()
     stats.strategy = plan.strategy
-    stats.workers = [f"w{i}:{d}" for i, d in enumerate(devices)]
+    stats.workers = list(workers)
     stats.critical_path_passes, stats.critical_path = plan.critical_path()
     stats.total_passes = plan.total_passes()
-    return _execute(plan, models, devices, make_context, seed, sampler or SamplerConfig(), latent_hw, inputs or {},
-                    condition, decoder, to_frames, shuffle, cpu_threads, stats)
+    return stats
 
 
-def _execute(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, condition, decoder, to_frames,
-             shuffle, cpu_threads, stats):
-    old_threads = torch.get_num_threads()
+@contextlib.contextmanager
+def pinned_threads(devices: list[str], cpu_threads: int):
+    """torch's intra-op thread count pinned to ``cpu_threads`` while CPU workers run, and
+    CUDA peak-memory counters reset."""
+    old = torch.get_num_threads()
     use_cpu = any(torch.device(d).type == "cpu" for d in devices)
     if use_cpu:
         torch.set_num_threads(cpu_threads)
-    for d in devices:
+    for d in dict.fromkeys(devices):
         if torch.device(d).type == "cuda":
             torch.cuda.reset_peak_memory_stats(torch.device(d))
-    run = None
-    threads = []
     try:
-        run = _Run(plan, models, devices, make_context, seed=seed, sampler=sampler, latent_hw=latent_hw,
-                   inputs=inputs, condition=condition, decoder=decoder, shuffle=shuffle, cpu_threads=cpu_threads,
-                   stats=stats, to_frames=to_frames)
-        out: queue.Queue = queue.Queue()
-        threads = [threading.Thread(target=run.worker, args=(w,), name=f"engine-worker-{w}", daemon=True)
-                   for w in range(len(devices))]
-        threads.append(threading.Thread(target=run.emitter, args=(out,), name="engine-decode", daemon=True))
-        for t in threads:
-            t.start()
-        yield from drain(out)
-        for t in threads:
-            t.join()
-        if run.error is not None:
-            raise run.error
+        yield
     finally:
-        if run is not None:
-            cancel(run, threads)
-            finish_stats(run, stats)
-            for d in dict.fromkeys(devices):
-                dev = torch.device(d)
-                if dev.type == "cuda":
-                    stats.peak_memory[d] = int(torch.cuda.max_memory_allocated(dev))
-                else:
-                    stats.peak_memory[d] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
         if use_cpu:
-            torch.set_num_threads(old_threads)
+            torch.set_num_threads(old)
+
+
+def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Callable, seed: int = 0,
+            sampler: SamplerConfig | None = None, latent_hw: tuple[int, int], inputs: dict[int, torch.Tensor] | None = None,
+            condition: torch.Tensor | None = None, vae=None, make_decoder: Callable | None = None,
+            to_frames: Callable | None = None, shuffle: int | None = None, cpu_threads: int = 1,
+            stats: RuntimeStats | None = None, compile_mode: str | None = None,
+            placement: Placement | None = None, worker_prefix: str = "",
+            extra_threads: Callable[[Executor], list[threading.Thread]] | None = None
+            ) -> Iterator[tuple[list[int], object]]:
+    """Run ``plan`` and yield (latent positions, output) in video order as prefixes complete:
+    decoded frames ``to_frames(video [1, 3, t, H, W])`` when ``make_decoder`` is given, else
+    clean latents [1, C, 1, h, w] on the CPU, one position at a time.
+
+    models: {role: model} for every role the plan uses (``main``, ``coarse``, ``fine``);
+    make_context(role, model_on_device) -> the text context that model is called with;
+    inputs: {position: clean latent [1, C, 1, h, w]} for the plan's given frames;
+    condition: [1, c, F, h, w] over the timeline (I2V channels), sliced per job;
+    vae + make_decoder(vae) -> a fresh streaming decoder (``reset`` / ``decode_chunk``):
+    the decode and encode jobs' VAE (copied once per device);
+    shuffle: seed to pick ready jobs at random instead of by priority (tests);
+    cpu_threads: torch intra-op threads while the run lasts (pinned: results depend on it);
+    compile_mode: run every DiT's blocks under ``torch.compile`` (:mod:`engine.compile`);
+    placement / worker_prefix / extra_threads: a distributed rank's share of the plan
+    (:mod:`engine.distributed`).
+    Raises :class:`JobError` (after yielding every completed frame) when a job fails.
+    """
+    check_run(plan, models, devices)
+    stats = start_stats(plan, stats, [f"{worker_prefix}w{i}:{d}" for i, d in enumerate(devices)])
+    return _execute(plan, models, list(devices), make_context, seed, sampler or SamplerConfig(), latent_hw,
+                    inputs or {}, condition, vae, make_decoder, to_frames, shuffle, cpu_threads, stats, compile_mode,
+                    placement, worker_prefix, extra_threads)
+
+
+def _execute(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, condition, vae, make_decoder,
+             to_frames, shuffle, cpu_threads, stats, compile_mode, placement, worker_prefix, extra_threads):
+    from .compile import compiled_models
+
+    with pinned_threads(devices, cpu_threads):
+        run = Executor(plan, models, devices, make_context, seed=seed, sampler=sampler, latent_hw=latent_hw,
+                       inputs=inputs, condition=condition, vae=vae, make_decoder=make_decoder, to_frames=to_frames,
+                       shuffle=shuffle, cpu_threads=cpu_threads, stats=stats, placement=placement,
+                       worker_prefix=worker_prefix)
+        distinct = {id(m): m for per in run.models.values() for m in per.values()}
+        with compiled_models(list(distinct.values()), compile_mode):
+            yield from run.run(extra_threads(run) if extra_threads is not None else ())

@@ -61,6 +61,8 @@ __all__ = [
     "UniPCSampler",
     "FewStepSampler",
     "make_sampler",
+    "config_sigmas",
+    "sampler_for",
 ]
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -583,3 +585,20 @@ def make_sampler(
     if num_steps is not None and table.ndim >= 1 and table.shape[0] - 1 != num_steps:
         raise ValueError(f"num_steps={num_steps} disagrees with the schedule's {table.shape[0] - 1} steps")
     return classes[kind](table, **kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# SamplerConfig -> schedule / sampler (the one place plans, runtime, export and bench use)
+# --------------------------------------------------------------------------- #
+def config_sigmas(config) -> torch.Tensor:
+    """The shared sigma schedule ``[N+1]`` (float64) of an :class:`engine.config.SamplerConfig`:
+    few-step timesteps (default 1000/750/500/250) shifted, or ``num_steps`` flow sigmas."""
+    if config.kind == "fewstep":
+        return few_step_sigmas(config.timesteps or (1000.0, 750.0, 500.0, 250.0), config.shift)
+    return flow_sigmas(config.num_steps, config.shift)
+
+
+def sampler_for(config, sigmas: torch.Tensor | None = None) -> Sampler:
+    """The sampler of a SamplerConfig over ``sigmas`` (``[N+1]`` or per-frame ``[N+1, F]``;
+    default :func:`config_sigmas`)."""
+    return make_sampler(config.kind, sigmas=config_sigmas(config) if sigmas is None else sigmas)

@@ -56,17 +56,17 @@ def test_streamed_chunks_equal_one_full_decode(tiny):
 
 
 def test_long_video_uses_a_bounded_window(tiny, monkeypatch):
-    import engine.rollout as rollout
+    import engine.kvcache as kvcache
 
     sizes = []
-    real = rollout.make_cache
+    real = kvcache.cache_for
 
     def spy(*a, **k):
         cache = real(*a, **k)
         sizes.append(cache.num_slots)
         return cache
 
-    monkeypatch.setattr(rollout, "make_cache", spy)
+    monkeypatch.setattr(kvcache, "cache_for", spy)
     v = engine.generate(tiny, num_frames=4 * 11 + 1, seed=0, chunk_frames=2, sink_frames=1, window_frames=2,
                         progress=False, height=16, width=16)
     assert len(v) == 45 and sizes == [1 + 2 + 2]

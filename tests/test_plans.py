@@ -15,8 +15,11 @@ def _check_dag_and_coverage(plan: Plan):
     seen = set()
     for jid in order:
         job = plan.job(jid)
-        assert set(job.deps) <= seen, f"{jid} runs before its dependencies"
+        assert set(plan.deps_of(job)) <= seen, f"{jid} runs before its dependencies"
         seen.add(jid)
+        if job.kind == "decode":  # decodes read final latents of their clip, in order
+            assert all(plan.output_map()[p] == s for p, s in job.latents)
+            continue
         for p, src in job.reads:
             assert src == INPUT or p in plan.job(src).generated_positions
         # context rows never see noisy frames; every frame sees itself

@@ -59,16 +59,18 @@ def test_runtime_stats(tiny):
                         seed=0, **SMALL)
     st = v.stats
     plan = build_plan("longdwm", 7, keyframes=3, fps_ratio=2)
-    assert sorted(j["id"] for j in st.jobs) == sorted(j.id for j in plan.jobs)
+    assert sorted(j["id"] for j in st.jobs) == sorted(j.id for j in plan.all_jobs())  # decode jobs too
+    assert {j["kind"] for j in st.jobs} == {"plan", "populate", "decode"}
     assert all(j["end"] >= j["start"] >= 0 and j["worker"] in ("w0:cpu", "w1:cpu") for j in st.jobs)
     by_id = {j["id"]: j for j in st.jobs}
-    for job in plan.jobs:  # a job starts only after the jobs it depends on ended
-        assert all(by_id[job.id]["start"] >= by_id[d]["end"] for d in job.deps)
+    for job in plan.all_jobs():  # a job starts only after the jobs it depends on ended
+        assert all(by_id[job.id]["start"] >= by_id[d]["end"] for d in plan.deps_of(job))
     assert st.critical_path_passes == plan.critical_path()[0] == 12  # coarse rollout 0 -> 1 -> one fine job
     assert set(st.idle_fraction) == {"w0:cpu", "w1:cpu"} and all(0 <= f <= 1 for f in st.idle_fraction.values())
     assert st.peak_memory["cpu"] > 0 and st.runtime.latent_peak_bytes["cpu"] > 0
     ar = engine.generate(tiny, num_frames=13, seed=0, **SMALL).stats  # the KV-cache fast path reports too
-    assert [j["id"] for j in ar.jobs] == ["ar/chunk0", "ar/chunk1"] and ar.critical_path_passes == 4 + 1 + 4
+    assert [j["id"] for j in ar.jobs if j["kind"] == "chunk"] == ["ar/chunk0", "ar/chunk1"]
+    assert ar.critical_path_passes == 4 + 1 + 4
 
 
 def test_two_models_coarse_and_fine(tiny):

@@ -1,9 +1,9 @@
 """``ar``: block-autoregressive rollout (Self-Forcing / CausVid / LongVie 2).
 
 Chunks of ``chunk_frames`` latent frames, each one job that depends on the chunk before.
-Context is either the KV cache (``context="cache"``: executed by the fast path in
-:mod:`engine.rollout`; the plan lists the frames the cache lets a chunk see, and one extra
-refresh pass per chunk) or ``history_frames`` clean history frames fed in the sequence
+Context is either the KV cache (``context="cache"``: the chunks form a chain pinned to
+the worker owning the plan's cache ``"ar"``; the plan lists the frames the cache lets a
+chunk see, and one extra refresh pass per chunk but the last) or ``history_frames`` clean history frames fed in the sequence
 (``context="history"``, LongVie 2). A bounded window keeps ``sink_frames`` first frames
 plus the most recent ``window_frames`` (cache) / ``history_frames`` (history).
 ``unified_noise``: every clip starts from the same noise tensor (frame k of a chunk gets
@@ -12,7 +12,7 @@ noise k), LongVie 2's unified noise initialisation.
 
 from __future__ import annotations
 
-from .core import INPUT, Plan, PlanError, make_job
+from .core import INPUT, CacheSpec, Plan, PlanError, make_job
 
 # Total latent frames one chunk may attend to (Self-Forcing trains on 21): when neither a
 # window nor sink frames are given, longer videos get the first chunk as sink frames plus
@@ -61,11 +61,12 @@ def build_ar(num_frames: int, *, base: list[float], first_given: bool = False, c
         cache = context == "cache"
         jobs.append(make_job(jid, "main", frames, base=base, outputs=pos, kind="chunk",
                              noise="unified" if unified_noise else "fresh",
-                             after=(prev,) if (cache and prev) else (),
+                             after=(prev,) if (cache and prev) else (), cache="ar" if cache else None,
                              extra_passes=1 if (cache and ci + 1 < len(chunks)) else 0))
         for p in pos:
             producer[p] = jid
         prev = jid
     opts = dict(chunk_frames=chunk_frames, context=context, history_frames=history_frames, sink_frames=sink,
                 window_frames=window_frames, unified_noise=unified_noise)
-    return Plan("ar", num_frames, jobs, inputs=(0,) if first_given else (), options=opts)
+    caches = {"ar": CacheSpec(chunk_frames, num_frames, sink, window_frames)} if context == "cache" else {}
+    return Plan("ar", num_frames, jobs, inputs=(0,) if first_given else (), options=opts, caches=caches)

@@ -28,17 +28,41 @@ Noise (see :mod:`kernels.noise`): ``noise="fresh"`` draws frame noise from
 ``planning`` positions (stream 0, the planning jobs' own initial noise) with an optional
 fresh share ``noise_rho``; ``"unified"`` gives the k-th generated frame of every clip
 the same noise (LongVie 2), addressed by (seed, stream, k). Few-step re-noising after
-step i uses stream ``noise_stream``*1000 + 1 + i.
+step i uses stream ``noise_stream``*1000 + 1 + i (the table: :mod:`engine.noise_streams`).
+
+Clips
+-----
+A :class:`Clip` is one independent VAE segment: a contiguous range of positions that the
+VAE decodes as one causal sequence (``kind="video"``: its first latent gives 1 video
+frame, every later one 4) or frame by frame (``kind="image"``: every latent is one
+image encoded alone). It has its own RoPE origin (a frame's RoPE position is
+``position - rope_origin`` unless the job sets ``rope``) and its place in the output:
+``output`` clips are emitted in plan order, each without its first ``drop`` decoded
+frames (where it overlaps the clip before). A plan without clips has one video clip over
+the whole timeline: today's single continuous video.
+
+Decode and encode jobs
+----------------------
+Besides denoise jobs (:class:`Job`), a plan has :class:`DecodeJob` s (latents -> pixels)
+and :class:`EncodeJob` s (pixels -> latents). Every clip that is output or whose pixels
+are read is decoded by a chain of decode jobs, derived by the plan: one per run of
+consecutive positions made by the same producer, each continuing the causal decoder
+state of the one before (an image clip: one independent decode per latent). A strategy
+may add *hand-off* decodes of any latent sequence it assembles (e.g. MMPL's
+[initial, copy of terminal, terminal]). An encode job reads decoded frames
+``(pixel source, frame index)`` -- a clip id (its frames before ``drop``) or a hand-off
+decode's id -- and produces the latents of positions of another clip, which denoise jobs
+read like any other latent. So conditions made from pixels (history frames re-encoded,
+a re-encoded terminal, an image keyframe) are ordinary edges of the DAG, scheduled on
+workers like everything else.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 INPUT = "@input"
-UNIFIED_STREAM = 999  # offset (within a job's noise_stream block) of the unified clip noise
-FRESH_SHARE_STREAM = 998  # offset of the fresh share mixed into interpolated noise
 ROLES = ("main", "coarse", "fine")
 NOISE_MODES = ("fresh", "interp", "unified")
 
@@ -67,6 +91,12 @@ class Job:
     after: tuple[str, ...] = ()
     kind: str = "populate"
     extra_passes: int = 0
+    cache: str | None = None  # a KV cache (Plan.caches) this job's context lives in
+
+    @property
+    def pin(self) -> str | None:
+        """Jobs with the same pin run on the same worker (the one owning their KV cache)."""
+        return f"cache:{self.cache}" if self.cache is not None else None
 
     @property
     def generated_positions(self) -> tuple[int, ...]:
@@ -78,7 +108,9 @@ class Job:
 
     @property
     def reads(self) -> tuple[tuple[int, str], ...]:
-        """(position, producer) of every latent this job reads (context and anchors)."""
+        """(position, producer) of every latent this job reads (context and anchors). A
+        KV-cache job does not read the context its own chain left in the cache (see
+        :meth:`Plan.reads_of`)."""
         return tuple((p, s) for p, s in zip(self.positions, self.sources) if s is not None)
 
     @property
@@ -105,23 +137,289 @@ class Job:
         }
 
 
+@dataclass(frozen=True)
+class Clip:
+    """One independent VAE segment over positions ``start .. start + length - 1`` (see the
+    module docstring)."""
+
+    id: str
+    start: int
+    length: int
+    kind: str = "video"
+    rope_origin: int = 0
+    output: bool = True
+    drop: int = 0
+
+    @property
+    def positions(self) -> range:
+        return range(self.start, self.start + self.length)
+
+    @property
+    def frames(self) -> int:
+        """Decoded video frames: 4(n-1)+1 for a video clip, n for an image clip."""
+        return self.length if self.kind == "image" else 4 * (self.length - 1) + 1
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A fixed-slot KV cache owned by one worker: ``chunk_frames`` per write, ``sink_frames``
+    kept forever, the most recent ``window_frames`` (None: all), ``max_frames`` in all."""
+
+    chunk_frames: int
+    max_frames: int
+    sink_frames: int = 0
+    window_frames: int | None = None
+
+
+def decoded_frames(n_latents: int, first: bool, image: bool = False) -> int:
+    """Video frames decoded from ``n_latents`` latents: 1 + 4(n-1) when they start a causal
+    sequence, 4n when they continue one, n for image latents."""
+    if image:
+        return n_latents
+    return 4 * n_latents - 3 if first else 4 * n_latents
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """Latents -> video frames on the VAE. ``latents``: (position, producer) in decode order
+    (repeats allowed in a hand-off sequence); ``chain``: the decode job whose causal
+    decoder state this one continues (None: a fresh sequence); ``image``: each latent alone;
+    ``clip``: the clip whose frames these are (None: a hand-off decode, never output)."""
+
+    id: str
+    latents: tuple[tuple[int, str], ...]
+    chain: str | None = None
+    image: bool = False
+    clip: str | None = None
+    root: str = ""  # first job of the chain (set by the plan)
+    after: tuple[str, ...] = ()
+    kind = "decode"
+    model = "vae"
+    passes = 0
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        return tuple(p for p, _ in self.latents)
+
+    @property
+    def reads(self) -> tuple[tuple[int, str], ...]:
+        return tuple(dict.fromkeys(self.latents))
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        d = {s for _, s in self.latents if s != INPUT}
+        if self.chain is not None:
+            d.add(self.chain)
+        d.update(self.after)
+        return tuple(sorted(d))
+
+    @property
+    def pin(self) -> str:
+        """A causal chain keeps its decoder state on one worker."""
+        return f"decode:{self.root or self.id}"
+
+    @property
+    def frames(self) -> int:
+        return decoded_frames(len(self.latents), self.chain is None, self.image)
+
+    def describe(self) -> dict:
+        return {"id": self.id, "kind": "decode", "clip": self.clip, "latents": list(self.positions),
+                "frames": self.frames, "deps": list(self.deps)}
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """Video frames -> latents of ``positions`` on the VAE. ``frames``: (pixel source, frame
+    index) assembled into one sequence -- a source is a clip id (its decoded frames, counted
+    before ``drop``) or a hand-off decode job's id; ``image``: every frame encoded alone
+    (image latents), else the sequence (4k+1 frames) is encoded causally into k+1 latents."""
+
+    id: str
+    frames: tuple[tuple[str, int], ...]
+    positions: tuple[int, ...]
+    image: bool = False
+    after: tuple[str, ...] = ()
+    kind = "encode"
+    model = "vae"
+    passes = 0
+    pin = None
+
+    @property
+    def generated_positions(self) -> tuple[int, ...]:
+        return self.positions
+
+    @property
+    def outputs(self) -> tuple[int, ...]:
+        return self.positions
+
+    @property
+    def reads(self) -> tuple[tuple[int, str], ...]:
+        return ()
+
+    def describe(self) -> dict:
+        return {"id": self.id, "kind": "encode", "frames": [list(f) for f in self.frames],
+                "outputs": list(self.positions)}
+
+
+AnyJob = "Job | DecodeJob | EncodeJob"
+
+
 @dataclass
 class Plan:
-    """A strategy's DAG: jobs (topologically listed), the timeline length in latent frames,
-    given input positions, and the options that built it."""
+    """A strategy's DAG (see the module docstring): denoise ``jobs`` (topologically
+    listed), the timeline length in latent positions, given input positions, the options
+    that built it, its ``clips`` (default: one video clip over the whole timeline), the
+    strategy's hand-off ``decodes`` and its ``encodes``, and the KV ``caches`` its chained
+    jobs share. The decode chains of the clips are derived here (:attr:`clip_decodes`)."""
 
     strategy: str
     num_frames: int
     jobs: list[Job]
     inputs: tuple[int, ...] = ()
     options: dict = field(default_factory=dict)
+    clips: list[Clip] = field(default_factory=list)
+    decodes: list[DecodeJob] = field(default_factory=list)
+    encodes: list[EncodeJob] = field(default_factory=list)
+    caches: dict[str, CacheSpec] = field(default_factory=dict)
 
     def __post_init__(self):
+        if not self.clips:
+            self.clips = [Clip("video", 0, self.num_frames)]
+        self._clip_by_id = {c.id: c for c in self.clips}
         self._by_id = {j.id: j for j in self.jobs}
+        self._by_id.update({j.id: j for j in self.encodes})
+        self.decodes = [self._rooted(d) for d in self.decodes]
+        self._by_id.update({j.id: j for j in self.decodes})
+        self.clip_decodes: dict[str, list[DecodeJob]] = self._derive_clip_decodes()
+        for chain in self.clip_decodes.values():
+            self._by_id.update({j.id: j for j in chain})
+        self._encode_deps = {e.id: self._pixel_producers(e) for e in self.encodes}
+        self._cache_reads = self._derive_cache_reads()
+
+    # -- derived structure ----------------------------------------------------------
+    def _rooted(self, d: DecodeJob) -> DecodeJob:
+        if d.chain is None:
+            return replace(d, root=d.id)
+        prev = self._by_id.get(d.chain)
+        root = prev.root if isinstance(prev, DecodeJob) else d.chain
+        return replace(d, root=root)
+
+    def _derive_cache_reads(self) -> dict[str, tuple[tuple[int, str], ...]]:
+        """A KV-cache job is handed only the context its chain has not yet written to the
+        cache (jobs of one cache run in plan order)."""
+        held: dict[str, set[int]] = {}
+        reads = {}
+        for j in self.jobs:
+            if j.cache is None:
+                continue
+            have = held.setdefault(j.cache, set())
+            reads[j.id] = tuple((p, s) for p, s in j.reads if p not in have)
+            have.update(j.positions)
+        return reads
+
+    def _derive_clip_decodes(self) -> dict[str, list[DecodeJob]]:
+        """Decode chains of every clip that is output or read by an encode: one job per run
+        of consecutive positions with the same producer (image clips: one per latent)."""
+        read = {src for e in self.encodes for src, _ in e.frames}
+        owner = self.output_map()
+        chains: dict[str, list[DecodeJob]] = {}
+        for c in self.clips:
+            if not (c.output or c.id in read) or any(p not in owner for p in c.positions):
+                continue
+            runs: list[list[int]] = []
+            for p in c.positions:
+                if runs and c.kind == "video" and owner[runs[-1][-1]] == owner[p]:
+                    runs[-1].append(p)
+                else:
+                    runs.append([p])
+            chain: list[DecodeJob] = []
+            for i, run in enumerate(runs):
+                jid = f"decode/{c.id}/{i}"
+                prev = chain[-1].id if (chain and c.kind == "video") else None
+                root = chain[0].id if prev else jid
+                chain.append(DecodeJob(jid, tuple((p, owner[p]) for p in run), chain=prev, image=c.kind == "image",
+                                       clip=c.id, root=root))
+            chains[c.id] = chain
+        return chains
+
+    def pixel_source(self, source: str, index: int) -> tuple[str, int]:
+        """(decode job, frame index within its output) holding decoded frame ``index`` of a
+        pixel source (a clip id: counted before its ``drop``; or a hand-off decode's id)."""
+        if source in self.clip_decodes:
+            k = index
+            for d in self.clip_decodes[source]:
+                if k < d.frames:
+                    return d.id, k
+                k -= d.frames
+            raise PlanError(f"clip {source!r} decodes to {self._clip_by_id[source].frames} frames; frame {index} "
+                            f"does not exist")
+        d = self._by_id.get(source)
+        if not isinstance(d, DecodeJob):
+            raise PlanError(f"pixel source {source!r} is neither a clip nor a decode job")
+        if not 0 <= index < d.frames:
+            raise PlanError(f"decode job {source!r} gives {d.frames} frames; frame {index} does not exist")
+        return d.id, index
+
+    def _pixel_producers(self, e: EncodeJob) -> tuple[str, ...]:
+        if not all(src in self.clip_decodes or isinstance(self._by_id.get(src), DecodeJob) for src, _ in e.frames):
+            return ()  # reported by validate()
+        return tuple(sorted({self.pixel_source(src, i)[0] for src, i in e.frames}))
 
     # -- queries ------------------------------------------------------------------
-    def job(self, job_id: str) -> Job:
+    def job(self, job_id: str):
         return self._by_id[job_id]
+
+    def clip(self, clip_id: str) -> Clip:
+        return self._clip_by_id[clip_id]
+
+    def clip_of(self, position: int) -> Clip:
+        for c in self.clips:
+            if c.start <= position < c.start + c.length:
+                return c
+        raise PlanError(f"position {position} lies in no clip")
+
+    def all_jobs(self) -> list:
+        """Every job of the DAG: denoise, encode, then decode jobs."""
+        out = list(self.jobs) + list(self.encodes) + list(self.decodes)
+        for chain in self.clip_decodes.values():
+            out.extend(chain)
+        return out
+
+    def deps_of(self, job) -> tuple[str, ...]:
+        """Jobs that must finish before ``job`` (an encode waits for the decodes it reads)."""
+        if isinstance(job, EncodeJob):
+            return tuple(sorted(set(self._encode_deps[job.id]) | set(job.after)))
+        return job.deps
+
+    def reads_of(self, job) -> tuple[tuple[int, str], ...]:
+        """(position, producer) of every latent the runtime must hand ``job``: a KV-cache
+        job skips context an earlier job of its cache wrote there already."""
+        if isinstance(job, Job) and job.cache is not None:
+            return self._cache_reads[job.id]
+        return job.reads
+
+    def pixel_reads_of(self, job) -> tuple[tuple[str, int], ...]:
+        """(decode job, frame index) of every decoded frame an encode job assembles."""
+        if not isinstance(job, EncodeJob):
+            return ()
+        return tuple(self.pixel_source(src, i) for src, i in job.frames)
+
+    def rope_of(self, job: Job) -> tuple[int, ...]:
+        """RoPE positions of a denoise job's frames: its own ``rope``, else each position
+        relative to its clip's origin."""
+        if job.rope is not None:
+            return job.rope
+        origin = self.clip_of(job.positions[0]).rope_origin
+        return tuple(p - origin for p in job.positions)
+
+    def output_sequence(self) -> list[tuple[Clip, list[DecodeJob]]]:
+        """The output clips in video order with their decode chains."""
+        return [(c, self.clip_decodes[c.id]) for c in self.clips if c.output]
+
+    @property
+    def video_frames(self) -> int:
+        """Frames of the output video (output clips, without their dropped frames)."""
+        return sum(c.frames - c.drop for c in self.clips if c.output)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -130,42 +428,44 @@ class Plan:
     def output_map(self) -> dict[int, str]:
         """Final position -> producing job (inputs map to :data:`INPUT`)."""
         out = {p: INPUT for p in self.inputs}
-        for j in self.jobs:
+        for j in list(self.jobs) + list(self.encodes):
             for p in j.outputs:
                 out[p] = j.id
         return out
 
     def children(self) -> dict[str, list[str]]:
-        ch: dict[str, list[str]] = {j.id: [] for j in self.jobs}
-        for j in self.jobs:
-            for d in j.deps:
+        jobs = self.all_jobs()
+        ch: dict[str, list[str]] = {j.id: [] for j in jobs}
+        for j in jobs:
+            for d in self.deps_of(j):
                 ch[d].append(j.id)
         return ch
 
     def topo_order(self) -> list[str]:
         """Job ids in a dependency-respecting order (Kahn; ties by plan order). Raises
         :class:`PlanError` on a cycle."""
-        index = {j.id: i for i, j in enumerate(self.jobs)}
-        indeg = {j.id: len(j.deps) for j in self.jobs}
+        jobs = self.all_jobs()
+        index = {j.id: i for i, j in enumerate(jobs)}
+        indeg = {j.id: len(self.deps_of(j)) for j in jobs}
         ch = self.children()
         ready = [index[j] for j, n in indeg.items() if n == 0]
         heapq.heapify(ready)
         order = []
         while ready:
-            jid = self.jobs[heapq.heappop(ready)].id
+            jid = jobs[heapq.heappop(ready)].id
             order.append(jid)
             for c in ch[jid]:
                 indeg[c] -= 1
                 if indeg[c] == 0:
                     heapq.heappush(ready, index[c])
-        if len(order) != len(self.jobs):
+        if len(order) != len(jobs):
             stuck = sorted(j for j, n in indeg.items() if n > 0)
             raise PlanError(f"plan {self.strategy!r} has a dependency cycle among jobs {stuck[:8]}")
         return order
 
     def priorities(self) -> dict[str, int]:
         """Critical-path-first priority: DiT passes on the longest path from a job (itself
-        included) to the end of the plan."""
+        included) to the end of the plan (decode and encode jobs count 0 passes)."""
         ch = self.children()
         prio: dict[str, int] = {}
         for jid in reversed(self.topo_order()):
@@ -178,7 +478,7 @@ class Plan:
             return 0, []
         prio = self.priorities()
         ch = self.children()
-        roots = [j.id for j in self.jobs if not j.deps]
+        roots = [j.id for j in self.all_jobs() if not self.deps_of(j)]
         cur = max(roots, key=lambda r: prio[r])
         path = [cur]
         while ch[cur]:
@@ -191,8 +491,19 @@ class Plan:
 
     def summary(self) -> dict:
         cp, _ = self.critical_path()
-        return {"strategy": self.strategy, "latent_frames": self.num_frames, "jobs": len(self.jobs),
-                "total_passes": self.total_passes(), "critical_path_passes": cp, "options": dict(self.options)}
+        return {"strategy": self.strategy, "latent_frames": self.num_frames, "video_frames": self.video_frames,
+                "clips": len(self.clips), "jobs": len(self.jobs),
+                "decode_jobs": sum(1 for j in self.all_jobs() if isinstance(j, DecodeJob)),
+                "encode_jobs": len(self.encodes), "total_passes": self.total_passes(),
+                "critical_path_passes": cp, "options": dict(self.options)}
+
+    def describe(self) -> dict:
+        """Everything a user inspects with ``--plan-only``: summary, clips and every job."""
+        return {"summary": self.summary(),
+                "clips": [{"id": c.id, "kind": c.kind, "positions": [c.start, c.start + c.length - 1],
+                           "rope_origin": c.rope_origin, "output": c.output, "drop": c.drop, "frames": c.frames}
+                          for c in self.clips],
+                "jobs": [j.describe() for j in self.all_jobs()]}
 
     # -- validation -----------------------------------------------------------------
     def validate(self) -> "Plan":
@@ -200,7 +511,8 @@ class Plan:
         F = self.num_frames
         if F < 1:
             raise PlanError(f"a plan needs at least one latent frame, got {F}")
-        ids = [j.id for j in self.jobs]
+        self._validate_clips()
+        ids = [j.id for j in self.all_jobs()]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise PlanError(f"duplicate job ids {dup}")
@@ -209,10 +521,14 @@ class Plan:
                 raise PlanError(f"input position {p} outside the timeline 0..{F - 1}")
         for j in self.jobs:
             self._validate_job(j)
+        for e in self.encodes:
+            self._validate_encode(e)
+        for d in self.decodes:
+            self._validate_decode(d)
         self.topo_order()
-        # coverage: every position output exactly once (inputs count as outputs)
+        # coverage: every position output exactly once (inputs and encodes count as outputs)
         owner: dict[int, str] = {p: INPUT for p in self.inputs}
-        for j in self.jobs:
+        for j in list(self.jobs) + list(self.encodes):
             for p in j.outputs:
                 if p in owner:
                     raise PlanError(f"position {p} is output by both {owner[p]!r} and {j.id!r}")
@@ -223,6 +539,60 @@ class Plan:
             raise PlanError(f"plan does not cover the timeline 0..{F - 1} exactly once: missing {missing[:10]}, "
                             f"outside {extra[:10]}")
         return self
+
+    def _validate_clips(self) -> None:
+        at = 0
+        seen = set()
+        for c in self.clips:
+            if c.id in seen:
+                raise PlanError(f"duplicate clip id {c.id!r}")
+            seen.add(c.id)
+            if c.kind not in ("video", "image"):
+                raise PlanError(f"clip {c.id!r}: kind must be 'video' or 'image', got {c.kind!r}")
+            if c.start != at or c.length < 1:
+                raise PlanError(f"clips must cover the timeline 0..{self.num_frames - 1} in order without gaps: clip "
+                                f"{c.id!r} starts at {c.start} (expected {at}) with {c.length} latent frames")
+            if not 0 <= c.drop < c.frames:
+                raise PlanError(f"clip {c.id!r}: drop={c.drop} must leave some of its {c.frames} frames")
+            at += c.length
+        if at != self.num_frames:
+            raise PlanError(f"clips cover {at} latent frames, the timeline has {self.num_frames}")
+        if not any(c.output for c in self.clips):
+            raise PlanError("no clip is output")
+
+    def _validate_encode(self, e: EncodeJob) -> None:
+        where = f"encode job {e.id!r}"
+        if not e.frames or not e.positions:
+            raise PlanError(f"{where} needs frames and output positions")
+        for src, i in e.frames:
+            if src not in self.clip_decodes and not isinstance(self._by_id.get(src), DecodeJob):
+                known = sorted(self.clip_decodes)
+                raise PlanError(f"{where} reads frames of {src!r}, which is neither a decoded clip {known} nor a "
+                                f"decode job")
+            self.pixel_source(src, i)
+        n = len(e.frames)
+        want = n if e.image else ((n - 1) // 4 + 1 if (n - 1) % 4 == 0 else None)
+        if want is None:
+            raise PlanError(f"{where}: a causal encode takes 4k+1 frames, got {n} (or set image=True)")
+        if want != len(e.positions):
+            raise PlanError(f"{where}: {n} frames encode to {want} latents, but it outputs positions {list(e.positions)}")
+        if any(b != a + 1 for a, b in zip(e.positions, e.positions[1:])):
+            raise PlanError(f"{where}: output positions must be consecutive, got {list(e.positions)}")
+        if len({self.clip_of(p).id for p in e.positions}) != 1:
+            raise PlanError(f"{where}: output positions {list(e.positions)} span several clips")
+
+    def _validate_decode(self, d: DecodeJob) -> None:
+        where = f"decode job {d.id!r}"
+        if not d.latents:
+            raise PlanError(f"{where} decodes no latents")
+        if d.clip is not None:
+            raise PlanError(f"{where}: clips are decoded by the plan's own chains; a hand-off decode has clip=None")
+        owner = self.output_map()
+        for p, s in d.latents:
+            if owner.get(p) != s and not (s in self._by_id and p in getattr(self._by_id[s], "generated_positions", ())):
+                raise PlanError(f"{where}: latent {p} is not made by {s!r}")
+        if d.chain is not None and not isinstance(self._by_id.get(d.chain), DecodeJob):
+            raise PlanError(f"{where}: chain {d.chain!r} is not a decode job")
 
     def _validate_job(self, j: Job) -> None:
         n = len(j.positions)
@@ -239,6 +609,11 @@ class Plan:
             raise PlanError(f"{where}: positions {list(j.positions)} outside the timeline 0..{self.num_frames - 1}")
         if j.rope is not None and len(j.rope) != n:
             raise PlanError(f"{where}: rope positions must have one entry per frame")
+        if j.rope is None and len({self.clip_of(p).id for p in j.positions}) != 1:
+            raise PlanError(f"{where}: frames {list(j.positions)} span several clips; give the job explicit rope "
+                            f"positions")
+        if j.cache is not None and j.cache not in self.caches:
+            raise PlanError(f"{where}: KV cache {j.cache!r} is not one of the plan's caches {sorted(self.caches)}")
         gen = j.generated_positions
         if not gen:
             raise PlanError(f"{where} generates no frame")
