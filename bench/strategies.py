@@ -57,14 +57,14 @@ def critical_paths() -> dict:
 
 
 def _time_runtime(model, plan, devices, hw, sampler, seed=0):
-    from engine.generation import _prompt_context, resolve_components
+    from engine.inputs import prompt_context, resolve_components
     from engine.runtime import RuntimeStats, execute
 
     comps = resolve_components(model, seed=seed)
     st = RuntimeStats()
     t = time.perf_counter()
     lat = [x for _, x in execute(plan, {r: model for r in plan.roles}, devices=devices,
-                                  make_context=lambda r, m: _prompt_context(m, comps, "x", None, None, None, 1.0, None, seed),
+                                  make_context=lambda r, m: prompt_context(m, comps, "x", None, None, None, 1.0, None, seed),
                                   seed=seed, sampler=sampler, latent_hw=hw, stats=st)]
     return time.perf_counter() - t, torch.cat(lat, 2), st
 

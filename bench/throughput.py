@@ -66,7 +66,9 @@ import engine  # noqa: E402
 from engine.attention import BACKENDS, backend_status, resolve_backend  # noqa: E402
 from engine.compile import compiled_blocks  # noqa: E402
 from engine.config import EngineConfig, SamplerConfig, parse_dtype  # noqa: E402
-from engine.generation import DEFAULT_ATTENTION_FRAMES, RunStats, resolve_components  # noqa: E402
+from engine.generation import RunStats  # noqa: E402
+from engine.inputs import resolve_components  # noqa: E402
+from engine.plans.ar import DEFAULT_ATTENTION_FRAMES  # noqa: E402
 from engine.plans import build_plan  # noqa: E402
 
 from baseline import NaiveSelfForcing  # noqa: E402
@@ -245,9 +247,11 @@ def job_flops(job, cfg, tpf: int, text_tokens: int, cache_path: bool) -> float:
 
 
 def plan_flops(plan, cfg, tpf: int, text_tokens: int) -> tuple[float, float]:
-    """(total FLOPs, FLOPs on the heaviest dependency chain) of a plan."""
+    """(total FLOPs, FLOPs on the heaviest dependency chain) of a plan's DiT jobs (decode and
+    encode jobs count 0 here; the VAE's work is :func:`vae_decode_flops`)."""
     cache_path = plan.strategy == "ar" and plan.options.get("context", "cache") == "cache"
-    w = {j.id: job_flops(j, cfg, tpf, text_tokens, cache_path) for j in plan.jobs}
+    w = {j.id: 0.0 for j in plan.all_jobs()}
+    w.update({j.id: job_flops(j, cfg, tpf, text_tokens, cache_path) for j in plan.jobs})
     children = plan.children()
     longest: dict[str, float] = {}
     for jid in reversed(plan.topo_order()):

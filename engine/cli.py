@@ -18,9 +18,11 @@ _STRATEGY_ARGS = [
     ("midpoint", int, "mmpl: midpoint offset in a segment (default (L+b)//2)"),
     ("schedule", str, "mmpl: max_throughput or min_memory"),
     ("noise_rho", float, "mmpl: share of fresh noise in the interpolated content noise"),
+    ("segment_clips", bool, "mmpl: every segment its own VAE clip, chained by decode -> re-encode"),
     ("keyframes", int, "longdwm: keyframes per coarse rollout (5)"),
     ("fps_ratio", int, "longdwm: latent frames between keyframes (3)"),
     ("coarse_rope", str, "longdwm: keyframe or absolute RoPE positions for the coarse pass"),
+    ("keyframe_clips", bool, "longdwm: keyframes as image clips, every pair its own clip (parallel decode)"),
     ("anchor_stride", int, "mila: latent frames between anchors (4)"),
     ("anchors_per_rollout", int, "mila: anchors per coarse job (5)"),
     ("clip_frames", int, "mila: latent frames per fine clip (4)"),
@@ -62,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--coarse-model", help="longdwm/mila: coarse model (default: --model)")
     g.add_argument("--fine-model", help="longdwm/mila: fine model (default: --model)")
     g.add_argument("--stats", help="write per-run statistics (jobs, critical path, idle, memory) as JSON here")
+    g.add_argument("--plan-only", action="store_true", help="print the plan (clips, denoise/decode/encode jobs) as "
+                   "JSON and exit without generating")
     s_ = g.add_argument_group("strategy options (each belongs to the strategies named)")
     for name, typ, what in _STRATEGY_ARGS:
         if typ is bool:
@@ -177,6 +181,26 @@ def _info() -> int:
     return 0
 
 
+def _print_plan(args, sampler, chosen: dict) -> int:
+    """``--plan-only``: the plan generate would run, as JSON on stdout."""
+    import json
+
+    from .generation import plan_for
+    from .inputs import resolve_model
+
+    try:
+        model = resolve_model(args.model, args.dtype, "cpu")
+        plan = plan_for(model, num_frames=args.num_frames, height=args.height, width=args.width,
+                        strategy=args.strategy, first_frame_given=args.first_frame is not None, sampler=sampler,
+                        chunk_frames=args.chunk_frames, sink_frames=args.sink_frames,
+                        window_frames=args.window_frames, **chosen)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.describe(), indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
@@ -214,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         rank, _ = init_distributed(timeout_s=float(os.environ.get("ENGINE_DIST_TIMEOUT", "1800")))
         if devices is None and torch.cuda.is_available():
             devices = [f"cuda:{os.environ.get('LOCAL_RANK', '0')}"]
+    if args.plan_only:
+        return _print_plan(args, sampler, chosen)
     try:
         extra.update(_control_args(args))
         video = generate(

@@ -19,23 +19,13 @@ import numpy as np
 import torch
 
 from .config import EngineConfig, SamplerConfig
-from .inputs import (  # noqa: F401  (resolve_components / _prompt_context are used by tests and bench)
-    Components,
-    _first_frame_tensor,
-    _prompt_context,
-    _resolve_model,
-    _resolve_role_model,
-    check_frames,
-    resolve_components,
-)
-from .plans import STRATEGIES, STRATEGY_OPTIONS, build_plan
+from .inputs import (Components, check_frames, first_frame_tensor, prompt_context, resolve_components, resolve_model,
+                     resolve_role_model)
+from .plans import STRATEGIES, STRATEGY_OPTIONS, Plan, build_plan
 from .runtime import RuntimeStats, execute
 from .video import Mp4Writer, Video, to_uint8_frames
 
 TWO_MODEL_STRATEGIES = ("longdwm", "mila")
-# Total latent frames one chunk may attend to (Self-Forcing trains on 21): longer videos
-# get a bounded window with the first chunk as sink frames.
-DEFAULT_ATTENTION_FRAMES = 21
 TINY_SIZE = (128, 128)
 WAN_SIZE = (480, 832)
 
@@ -93,9 +83,52 @@ class RunStats:
 
 
 # ----------------------------------------------------------------------------------
-# resolving inputs
+# prepare -> run -> finish
 # ----------------------------------------------------------------------------------
-def stream(
+@dataclass
+class PreparedRun:
+    """Everything a run needs, checked and built before any denoising: the plan, a model per
+    role, the devices, the text-context factory, sampler, sizes, the given latents and
+    condition, the VAE and its decoder factory, and the execution settings."""
+
+    plan: Plan
+    models: dict
+    devices: list[str]
+    make_context: Callable
+    seed: int
+    sampler: SamplerConfig
+    latent_hw: tuple[int, int]
+    inputs: dict
+    condition: torch.Tensor | None
+    vae: object
+    make_decoder: Callable
+    compile_mode: str | None
+    cpu_threads: int
+    shuffle: int | None
+    fps: float
+
+
+def plan_for(model, *, num_frames: int, height: int | None = None, width: int | None = None, strategy: str = "ar",
+             first_frame_given: bool = False, sampler: SamplerConfig | None = None, chunk_frames: int = 3,
+             sink_frames: int | None = None, window_frames: int | None = None, options=None,
+             **strategy_kw) -> Plan:
+    """The plan ``generate`` would run for a loaded ``model`` (no VAE, text or weights
+    touched): clips, denoise/decode/encode jobs. ``options``: the strategy's typed options
+    (e.g. :class:`~engine.plans.MmplOptions`), ``strategy_kw`` override its fields."""
+    cfg = model.config
+    default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
+    F_lat, _, _ = check_frames(num_frames, height or default_h, width or default_w, model)
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if strategy == "ar":
+        strategy_kw = dict(strategy_kw, chunk_frames=chunk_frames, sink_frames=sink_frames, window_frames=window_frames)
+    from .sampling import config_sigmas
+
+    return build_plan(strategy, F_lat, sigmas=config_sigmas(sampler or SamplerConfig()).tolist(),
+                      first_given=first_frame_given and not cfg.is_i2v, options=options, **strategy_kw)
+
+
+def prepare(
     model,
     *,
     num_frames: int,
@@ -120,21 +153,21 @@ def stream(
     fine_model=None,
     vae=None,
     vae_dtype=None,
+    decoder: Callable | None = None,
     text_encoder=None,
     engine_config: EngineConfig | None = None,
     cpu_threads: int = 1,
     shuffle: int | None = None,
-    stats: RunStats | None = None,
+    options=None,
     **strategy_options,
-) -> Iterator[np.ndarray]:
-    """Generate a video and return an iterator over its frames as they are decoded: uint8
-    arrays [t, H, W, 3], strictly in order. Every input is checked before this returns;
-    arguments as :func:`generate`."""
+) -> PreparedRun:
+    """Check every input and build the run (arguments as :func:`generate`); nothing is
+    denoised yet. Raises ValueError / TypeError naming the problem."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; available: {STRATEGIES}")
     if devices is not None and (isinstance(devices, str) or len(devices) == 0):
         raise ValueError(f"devices must be a non-empty list such as ['cpu', 'cpu'] or ['cuda:0', 'cuda:1'], got {devices!r}")
-    from .control.setup import CONTROL_OPTIONS  # control inputs (issue 7) travel beside the strategy options
+    from .control.setup import CONTROL_OPTIONS  # control inputs travel beside the strategy options
 
     control_opts = {k: strategy_options.pop(k) for k in CONTROL_OPTIONS if k in strategy_options}
     unknown = sorted(k for k in strategy_options if k not in STRATEGY_OPTIONS[strategy])
@@ -144,23 +177,18 @@ def stream(
     if strategy not in TWO_MODEL_STRATEGIES and (coarse_model is not None or fine_model is not None):
         raise ValueError(f"strategy {strategy!r} uses one model; coarse_model / fine_model are for {TWO_MODEL_STRATEGIES}")
     device = devices[0] if devices else None
-    model = _resolve_model(model, dtype, device, engine_config)
+    model = resolve_model(model, dtype, device, engine_config)
     cfg = model.config
-    if stats is not None:
-        stats.video_fps = float(cfg.fps)
     default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
     height, width = height or default_h, width or default_w
     F_lat, h, w = check_frames(num_frames, height, width, model)
-    if chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
     sampler = sampler or SamplerConfig()
     if guidance_scale is not None:
         sampler = sampler.replace(guidance_scale=float(guidance_scale))
-
-    first_given = first_frame is not None and not cfg.is_i2v
     if cfg.is_i2v and first_frame is None:
         raise ValueError(f"model {cfg.name!r} is image-to-video: pass first_frame (an image path, PIL image or array)")
-    ar_cache = strategy == "ar" and strategy_options.get("context", "cache") in (None, "cache")
+    ar_cache = strategy == "ar" and strategy_options.get("context", "cache") in (None, "cache") and (
+        options is None or getattr(options, "context", "cache") == "cache")
     ctl = None
     if control_opts:  # validated now; control branches / multi-view run ar through the runtime (history)
         from .control.setup import ControlSetup
@@ -169,24 +197,14 @@ def stream(
                            latent_frames=F_lat, first_frame_given=first_frame is not None)
         ar_cache, strategy_options = ctl.route(strategy, ar_cache, strategy_options)
         w = ctl.latent_width(w)  # multi-view: views side by side in the latent width
-    if strategy == "ar":
-        strategy_options = dict(strategy_options, chunk_frames=chunk_frames, sink_frames=sink_frames,
-                                window_frames=window_frames)
-    from .sampling import config_sigmas
-
-    plan = build_plan(strategy, F_lat, sigmas=config_sigmas(sampler).tolist(), first_given=first_given,
-                      **strategy_options)
-
-    # models: one per role the plan uses; a strategy wanting two gets the one given for both
-    roles = {"main": model}
-    if strategy in TWO_MODEL_STRATEGIES:
-        roles["coarse"] = model if coarse_model is None else _resolve_role_model(coarse_model, dtype, device, engine_config)
-        roles["fine"] = model if fine_model is None else _resolve_role_model(fine_model, dtype, device, engine_config)
-        for role in ("coarse", "fine"):
-            m = roles[role]
-            if m.config.out_channels != cfg.out_channels:
-                raise ValueError(f"{role} model has {m.config.out_channels} latent channels, the main model "
-                                 f"{cfg.out_channels}: coarse and fine models must share the VAE's latent space")
+    plan = plan_for(model, num_frames=num_frames, height=height, width=width, strategy=strategy,
+                    first_frame_given=first_frame is not None, sampler=sampler, chunk_frames=chunk_frames,
+                    sink_frames=sink_frames, window_frames=window_frames, options=options, **strategy_options)
+    if plan.num_frames != F_lat and (cfg.is_i2v or ctl is not None):
+        raise ValueError(f"{strategy} with separate clips ({len(plan.clips)} clips) re-encodes frames between clips; "
+                         f"whole-video conditions (an image-to-video model's first-frame condition, controls) are not "
+                         f"cut per clip yet: run it without clip options")
+    roles = _role_models(strategy, model, coarse_model, fine_model, dtype, device, engine_config)
 
     from .config import parse_dtype
 
@@ -197,26 +215,20 @@ def stream(
     def make_context(role, m):
         if m.config.text_dim != cfg.text_dim:  # its own text space (e.g. a CogVideoX coarse model beside Wan)
             own = Components(comps.vae, None, getattr(m, "source", None) is None)
-            return _prompt_context(m, own, prompt, None, negative_prompt, None, sampler.guidance_scale, image_embeds, seed)
-        return _prompt_context(m, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
+            return prompt_context(m, own, prompt, None, negative_prompt, None, sampler.guidance_scale, image_embeds, seed)
+        return prompt_context(m, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
                                sampler.guidance_scale, image_embeds, seed)
 
-    first_latent = condition = None
+    first_latent = condition = img = None
     if first_frame is not None:
-        img = _first_frame_tensor(first_frame, height, width).to(model.device)
+        img = first_frame_tensor(first_frame, height, width).to(model.device)
         if cfg.is_i2v:
             condition = i2v_condition(comps.vae, img, num_frames, height, width)
         else:
             first_latent = encode_frames(comps.vae, img[:, :, None])
-
     if ctl is not None:  # whole-timeline controls beside each DiT; every pass takes its positions' slice
-        condition = ctl.build(comps.vae, img if first_frame is not None else None, condition, (h, w))
+        condition = ctl.build(comps.vae, img, condition, (h, w))
         roles = {r: ctl.wrap(m) for r, m in roles.items()}
-        model = roles["main"]
-    make_decoder = ctl.decoder if ctl is not None else StreamingDecoder
-    run_stats = stats.runtime if stats is not None else RuntimeStats()
-    from .distributed import distributed_active, run_distributed
-
     if ar_cache and devices is not None and len(devices) > 1:
         import warnings
 
@@ -228,12 +240,62 @@ def stream(
         from .compile import compile_mode as mode_of
 
         compile_mode = mode_of(engine_config.compile, engine_config.cuda_graphs)
-    run = run_distributed if distributed_active() else execute  # under torchrun: this rank's share of the plan
-    it = run(plan, roles, devices=list(devices) if devices else [str(model.device)], make_context=make_context,
-             seed=seed, sampler=sampler, latent_hw=(h, w), inputs={0: first_latent} if first_given else {},
-             condition=condition, vae=comps.vae, make_decoder=make_decoder, to_frames=lambda v: to_uint8_frames(v)[0],
-             shuffle=shuffle, cpu_threads=cpu_threads, stats=run_stats, compile_mode=compile_mode)
+    return PreparedRun(plan=plan, models=roles, devices=list(devices) if devices else [str(model.device)],
+                       make_context=make_context, seed=seed, sampler=sampler, latent_hw=(h, w),
+                       inputs={0: first_latent} if first_latent is not None else {}, condition=condition,
+                       vae=comps.vae, make_decoder=_decoder_factory(decoder, ctl, StreamingDecoder),
+                       compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(cfg.fps))
+
+
+def _decoder_factory(decoder, ctl, default):
+    """vae -> a fresh streaming decoder: ``decoder`` (a class or callable) if given, the
+    controls' own (multi-view) if any, else ``default``."""
+    if decoder is not None:
+        if not callable(decoder):
+            raise TypeError(f"decoder must be a callable taking the VAE and returning a streaming decoder (reset, "
+                            f"decode_chunk), e.g. engine.models.vae.StreamingDecoder; got {type(decoder).__name__}")
+        if ctl is not None and ctl.views > 1:
+            raise ValueError("a custom decoder= cannot be combined with multi-view generation (views > 1)")
+        return decoder
+    return ctl.decoder if ctl is not None else default
+
+
+def _role_models(strategy, model, coarse_model, fine_model, dtype, device, engine_config) -> dict:
+    """One model per role the plan uses; a strategy wanting two gets the one given for both."""
+    roles = {"main": model}
+    if strategy in TWO_MODEL_STRATEGIES:
+        roles["coarse"] = model if coarse_model is None else resolve_role_model(coarse_model, dtype, device, engine_config)
+        roles["fine"] = model if fine_model is None else resolve_role_model(fine_model, dtype, device, engine_config)
+        for role in ("coarse", "fine"):
+            m = roles[role]
+            if m.config.out_channels != model.config.out_channels:
+                raise ValueError(f"{role} model has {m.config.out_channels} latent channels, the main model "
+                                 f"{model.config.out_channels}: coarse and fine models must share the VAE's latent space")
+    return roles
+
+
+def run(prepared: PreparedRun, stats: RunStats | None = None) -> Iterator[np.ndarray]:
+    """Execute a prepared run (in this process, or this rank's share under torch.distributed);
+    yields uint8 frames [t, H, W, 3] strictly in order."""
+    from .distributed import distributed_active, run_distributed
+
+    r = prepared
+    if stats is not None:
+        stats.video_fps = r.fps
+    execute_here = run_distributed if distributed_active() else execute
+    it = execute_here(r.plan, r.models, devices=r.devices, make_context=r.make_context, seed=r.seed,
+                      sampler=r.sampler, latent_hw=r.latent_hw, inputs=r.inputs, condition=r.condition, vae=r.vae,
+                      make_decoder=r.make_decoder, to_frames=lambda v: to_uint8_frames(v)[0], shuffle=r.shuffle,
+                      cpu_threads=r.cpu_threads, stats=stats.runtime if stats is not None else None,
+                      compile_mode=r.compile_mode)
     return _runtime_frames(it, stats)
+
+
+def stream(model, *, num_frames: int, stats: RunStats | None = None, **options) -> Iterator[np.ndarray]:
+    """Generate a video and return an iterator over its frames as they are decoded: uint8
+    arrays [t, H, W, 3], strictly in order. Every input is checked before this returns;
+    arguments as :func:`generate`."""
+    return run(prepare(model, num_frames=num_frames, **options), stats)
 
 
 def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
@@ -273,19 +335,22 @@ def generate(
     Options: negative_prompt, negative_prompt_embeds, image_embeds, dtype, sampler
     (:class:`SamplerConfig`), guidance_scale, chunk_frames (3), sink_frames,
     window_frames (attention window in latent frames; default bounded at 21 in total),
-    vae, text_encoder (objects or local folders), vae_dtype (float32 by default), engine_config (:class:`EngineConfig`:
-    device, dtype, attention backend, fused ops). Controls (:mod:`engine.control`, any
+    vae, text_encoder (objects or local folders), vae_dtype (float32 by default), decoder
+    (vae -> a streaming decoder; default :class:`~engine.models.vae.StreamingDecoder`),
+    engine_config (:class:`EngineConfig`: device, dtype, attention backend, fused ops,
+    compile / CUDA graphs). Controls (:mod:`engine.control`, any
     strategy): trajectory, intrinsics, warp_depth, save_warped (LongDWM); waypoints,
     cameras, views, cross_view (MiLA); depth, point_map, control_branches, control_blocks
     (LongVie 2).
 
-    strategy: ``ar`` (default; ``context="cache"`` runs the KV-cache rollout on the first
-    device, ``context="history"`` feeds ``history_frames`` in the sequence through the
-    runtime; ``unified_noise``), ``mmpl`` (segment_frames, anchor_frames, midpoint,
-    schedule="max_throughput"|"min_memory", noise_rho), ``longdwm`` (keyframes,
-    fps_ratio, coarse_rope), ``mila`` (anchor_stride, anchors_per_rollout, clip_frames,
-    history_frames, jdc_sigma, tpd, lookahead) -- see :mod:`engine.plans`. longdwm and mila
-    take ``coarse_model`` / ``fine_model`` (default: ``model`` for both).
+    strategy: ``ar`` (default; ``context="cache"``: the KV-cache chain on one worker,
+    ``context="history"`` feeds ``history_frames`` in the sequence; ``unified_noise``),
+    ``mmpl`` (segment_frames, anchor_frames, midpoint, schedule="max_throughput"|
+    "min_memory", noise_rho, segment_clips), ``longdwm`` (keyframes, fps_ratio,
+    coarse_rope, keyframe_clips), ``mila`` (anchor_stride, anchors_per_rollout,
+    clip_frames, history_frames, jdc_sigma, tpd, lookahead) -- see :mod:`engine.plans`;
+    as keywords or typed: ``options=MmplOptions(...)``. longdwm and mila take
+    ``coarse_model`` / ``fine_model`` (default: ``model`` for both).
     devices: one worker per entry (``["cuda:0", "cuda:1"]``, or CPU threads ``["cpu", "cpu"]``);
     cpu_threads: torch intra-op threads while the runtime runs (pinned so results do not
     depend on the worker count); shuffle: a seed to pick ready jobs at random (tests).

@@ -23,7 +23,7 @@ class Components:
     random_weights: bool
 
 
-def _resolve_model(model, dtype, device, engine_config: EngineConfig | None = None) -> WanDiT:
+def resolve_model(model, dtype, device, engine_config: EngineConfig | None = None) -> WanDiT:
     """A loaded model; an EngineConfig sets its device, dtype, attention backend and fused ops.
     Any other module with the Wan call convention (``config``, ``device``, ``dtype``; e.g.
     a CogVideoX DiT) is used as given, moved to ``device`` / ``dtype`` when asked."""
@@ -53,8 +53,8 @@ def _resolve_model(model, dtype, device, engine_config: EngineConfig | None = No
     return model
 
 
-def _resolve_role_model(model, dtype, device, engine_config: EngineConfig | None = None):
-    """A coarse / fine model: as :func:`_resolve_model`, but a CogVideoX preset name or DiT
+def resolve_role_model(model, dtype, device, engine_config: EngineConfig | None = None):
+    """A coarse / fine model: as :func:`resolve_model`, but a CogVideoX preset name or DiT
     (v-prediction on a DDPM schedule) is loaded and wrapped as a flow-velocity predictor
     (:class:`~engine.models.adapters.VPredictionAdapter`)."""
     from .models.adapters import as_flow_model
@@ -62,7 +62,7 @@ def _resolve_role_model(model, dtype, device, engine_config: EngineConfig | None
 
     if isinstance(model, str) and model.lower() in COGVIDEOX_PRESETS and not Path(model).exists():
         model = load_cogvideox(model, dtype=dtype, device=device or (engine_config.devices[0] if engine_config else None))
-    return as_flow_model(_resolve_model(model, dtype, device, engine_config))
+    return as_flow_model(resolve_model(model, dtype, device, engine_config))
 
 
 def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0,
@@ -130,7 +130,7 @@ def check_frames(num_frames: int, height: int, width: int, model: WanDiT) -> tup
     return (num_frames - 1) // st + 1, height // sh, width // sw
 
 
-def _prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds, seed):
+def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds, seed):
     from .models.text import resolve_prompt_embeds
 
     cfg = model.config
@@ -172,7 +172,7 @@ def _prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negati
     return model.prepare_context(text, img)
 
 
-def _first_frame_tensor(first_frame, height: int, width: int) -> torch.Tensor:
+def first_frame_tensor(first_frame, height: int, width: int) -> torch.Tensor:
     """An image (path, PIL image, uint8 array [H,W,3], or float tensor [3,H,W] in [-1,1])
     -> float tensor [1, 3, height, width] in [-1, 1], resized to the video size."""
     from PIL import Image

@@ -42,13 +42,13 @@ def test_stream_yields_chunks_in_order_and_matches_generate(tiny):
 
 def test_streamed_chunks_equal_one_full_decode(tiny):
     """The rollout's latents decoded in one pass equal the streamed frames."""
-    from engine.generation import _prompt_context, resolve_components
+    from engine.inputs import prompt_context, resolve_components
     from engine.models.vae import StreamingDecoder
     from engine.rollout import RolloutPlan, ar_rollout
     from engine.video import to_uint8_frames
 
     comps = resolve_components(tiny, seed=0)
-    ctx = _prompt_context(tiny, comps, "x", None, None, None, 1.0, None, 0)
+    ctx = prompt_context(tiny, comps, "x", None, None, None, 1.0, None, 0)
     lat = [x0 for _, x0 in ar_rollout(tiny, ctx, RolloutPlan(5, 2), latent_hw=(4, 4), sampler=SamplerConfig(), seed=0)]
     full = StreamingDecoder(comps.vae).decode_all(torch.cat(lat, 2).float())
     streamed = engine.generate(tiny, num_frames=17, prompt="x", seed=0, chunk_frames=2, progress=False, **SMALL)

@@ -156,3 +156,25 @@ def test_cli_strategies(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "engine", "generate", "--strategy", "mmpl", "--keyframes", "3",
                           "--num-frames", "33", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "do not apply" in bad.stderr
+
+
+def test_initial_latents_kernel_path_equals_reference():
+    """The runtime's CUDA path (Triton noise_init: interpolation, fresh share and anchor
+    re-noising in one pass) equals its torch reference path -- here under the interpreter."""
+    from engine.plans import make_job
+    from engine.runtime import initial_latents
+
+    base = [1.0, 0.6, 0.0]
+    frames = {0: (False, "a"), 1: (True, None), 2: (True, "c"), 3: (True, None), 5: (False, "b")}
+    job = make_job("j", "main", frames, base=base, outputs=[1, 3], start={2: 0.4}, noise="interp",
+                   planning=(0, 5), noise_rho=0.3, noise_stream=1)
+    x0 = {2: torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(3))}
+    ref = initial_latents(job, x0, seed=7, shape_chw=(4, 8, 8), device="cpu", use_kernel=False)
+    ker = initial_latents(job, x0, seed=7, shape_chw=(4, 8, 8), device="cpu", use_kernel=True)
+    assert ref.shape == (1, 4, 3, 8, 8) and ref.std() > 0.3
+    torch.testing.assert_close(ker, ref, rtol=1e-5, atol=1e-5)
+    plain = make_job("j", "main", frames, base=base, outputs=[1, 3], noise="interp", planning=(0, 5), noise_rho=0.3,
+                     noise_stream=1)
+    eps = initial_latents(plain, {}, seed=7, shape_chw=(4, 8, 8), device="cpu", use_kernel=False)
+    torch.testing.assert_close(ref[:, :, 1], 0.6 * x0[2][:, :, 0] + 0.4 * eps[:, :, 1])  # x = (1 - s) x0 + s eps
+    torch.testing.assert_close(ref[:, :, [0, 2]], eps[:, :, [0, 2]])

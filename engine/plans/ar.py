@@ -12,6 +12,8 @@ noise k), LongVie 2's unified noise initialisation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 from .core import INPUT, CacheSpec, Plan, PlanError, make_job
 
 # Total latent frames one chunk may attend to (Self-Forcing trains on 21): when neither a
@@ -19,12 +21,24 @@ from .core import INPUT, CacheSpec, Plan, PlanError, make_job
 # a window of the most recent frames.
 DEFAULT_ATTENTION_FRAMES = 21
 
-OPTIONS = ("chunk_frames", "context", "history_frames", "sink_frames", "window_frames", "unified_noise")
+@dataclass(frozen=True)
+class ArOptions:
+    """Options of ``ar`` (see the module docstring); None: derived (bounded window)."""
+
+    chunk_frames: int = 3
+    context: str = "cache"
+    history_frames: int | None = None
+    sink_frames: int | None = None
+    window_frames: int | None = None
+    unified_noise: bool = False
 
 
-def build_ar(num_frames: int, *, base: list[float], first_given: bool = False, chunk_frames: int = 3,
-             context: str = "cache", history_frames: int | None = None, sink_frames: int | None = None,
-             window_frames: int | None = None, unified_noise: bool = False) -> Plan:
+OPTIONS = tuple(f.name for f in fields(ArOptions))
+
+
+def build_ar(num_frames: int, *, base: list[float], first_given: bool = False, chunk_frames: int,
+             context: str, history_frames: int | None, sink_frames: int | None, window_frames: int | None,
+             unified_noise: bool) -> Plan:
     if chunk_frames < 1:
         raise PlanError(f"chunk_frames must be >= 1, got {chunk_frames}")
     if context not in ("cache", "history"):

@@ -18,14 +18,29 @@ coarse and fine noise differ.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 from .core import INPUT, Plan, PlanError, make_job
 
-OPTIONS = ("anchor_stride", "anchors_per_rollout", "clip_frames", "history_frames", "jdc_sigma", "tpd", "lookahead")
+@dataclass(frozen=True)
+class MilaOptions:
+    """Options of ``mila`` (see the module docstring)."""
+
+    anchor_stride: int = 4
+    anchors_per_rollout: int = 5
+    clip_frames: int = 4
+    history_frames: int = 2
+    jdc_sigma: float = 0.5
+    tpd: float = 1.0
+    lookahead: int = 1
 
 
-def build_mila(num_frames: int, *, base: list[float], first_given: bool = False, anchor_stride: int = 4,
-               anchors_per_rollout: int = 5, clip_frames: int = 4, history_frames: int = 2, jdc_sigma: float = 0.5,
-               tpd: float = 1.0, lookahead: int = 1) -> Plan:
+OPTIONS = tuple(f.name for f in fields(MilaOptions))
+
+
+def build_mila(num_frames: int, *, base: list[float], first_given: bool = False, anchor_stride: int,
+               anchors_per_rollout: int, clip_frames: int, history_frames: int, jdc_sigma: float, tpd: float,
+               lookahead: int) -> Plan:
     r, K, n = int(anchor_stride), int(anchors_per_rollout), int(clip_frames)
     if r < 1 or K < 2 or n < 1:
         raise PlanError(f"mila needs anchor_stride >= 1, anchors_per_rollout >= 2, clip_frames >= 1; got {r}, {K}, {n}")

@@ -23,18 +23,40 @@ planning waits until this segment is populated up to its midpoint (stage 1), so 
 segments are alive at a time.
 
 A video fits when its latent frame count is n * L + b (n >= 1 segments).
+
+``segment_clips=True``: every segment is its own VAE clip of L + b latents with RoPE
+positions from 0 (as the MMPL release cuts its video). The next segment's initial bundle
+is not shared latents but a pixel hand-off: a hand-off decode of [initial, copy of
+terminal, terminal] as one causal sequence (MMPL's drift-resilient re-encoding), whose
+last 4b-3 frames of the copy are encoded as the next clip's initial latents; the next
+clip's first 4b-3 decoded frames (the same moment as the terminal's) are dropped from the
+output. Clips decode independently, so they decode in parallel. The video has the same
+frame count; timeline positions: n * (L + b).
 """
 
 from __future__ import annotations
 
-from .core import INPUT, Plan, PlanError, conditioned_visibility, frames_hint, make_job
+from dataclasses import dataclass, fields
 
-OPTIONS = ("segment_frames", "anchor_frames", "midpoint", "schedule", "noise_rho")
+from .core import INPUT, Clip, DecodeJob, EncodeJob, Plan, PlanError, conditioned_visibility, frames_hint, make_job
+
+@dataclass(frozen=True)
+class MmplOptions:
+    """Options of ``mmpl`` (see the module docstring); midpoint None: (L + b) // 2."""
+
+    segment_frames: int = 8
+    anchor_frames: int = 1
+    midpoint: int | None = None
+    schedule: str = "max_throughput"
+    noise_rho: float = 0.0
+    segment_clips: bool = False
 
 
-def build_mmpl(num_frames: int, *, base: list[float], first_given: bool = False, segment_frames: int = 8,
-               anchor_frames: int = 1, midpoint: int | None = None, schedule: str = "max_throughput",
-               noise_rho: float = 0.0) -> Plan:
+OPTIONS = tuple(f.name for f in fields(MmplOptions))
+
+
+def build_mmpl(num_frames: int, *, base: list[float], first_given: bool = False, segment_frames: int,
+               anchor_frames: int, midpoint: int | None, schedule: str, noise_rho: float, segment_clips: bool) -> Plan:
     L, b = int(segment_frames), int(anchor_frames)
     if b < 1:
         raise PlanError(f"anchor_frames must be >= 1, got {anchor_frames}")
@@ -51,9 +73,12 @@ def build_mmpl(num_frames: int, *, base: list[float], first_given: bool = False,
     nseg = (num_frames - b) // L
     producer: dict[int, str] = {0: INPUT} if first_given else {}
     jobs = []
+    clips, decodes, encodes = [], [], []
     prev_stage1 = None
     for k in range(nseg):
-        S = k * L
+        S = k * (L + b) if segment_clips else k * L
+        if segment_clips:
+            clips.append(Clip(f"seg{k}", S, L + b, rope_origin=S, drop=0 if k == 0 else 4 * b - 3))
         init = list(range(S, S + b))
         early = list(range(S + b, S + 2 * b))
         mid = list(range(S + m, S + m + b))
@@ -102,5 +127,17 @@ def build_mmpl(num_frames: int, *, base: list[float], first_given: bool = False,
                                  noise_rho=noise_rho))
             for p in gen2:
                 producer[p] = sid
-    opts = dict(segment_frames=L, anchor_frames=b, midpoint=m, schedule=schedule, noise_rho=noise_rho)
-    return Plan("mmpl", num_frames, jobs, inputs=(0,) if first_given else (), options=opts)
+        if segment_clips and k + 1 < nseg:  # hand-off: decode [initial, copy of terminal, terminal], re-encode
+            did = f"mmpl/seg{k}/handoff"
+            decodes.append(DecodeJob(did, tuple((p, producer[p]) for p in init + term + term)))
+            first = 8 * b - 4 - (4 * b - 3) + 1  # the copy's frames are 4b-3 .. 8b-4; keep its last 4b-3
+            nxt = list(range(S + L + b, S + L + 2 * b))
+            eid = f"mmpl/seg{k + 1}/reencode"
+            encodes.append(EncodeJob(eid, tuple((did, i) for i in range(first, 8 * b - 3)), tuple(nxt)))
+            for p in nxt:
+                producer[p] = eid
+    opts = dict(segment_frames=L, anchor_frames=b, midpoint=m, schedule=schedule, noise_rho=noise_rho,
+                segment_clips=segment_clips)
+    F = nseg * (L + b) if segment_clips else num_frames
+    return Plan("mmpl", F, jobs, inputs=(0,) if first_given else (), options=opts, clips=clips, decodes=decodes,
+                encodes=encodes)
