@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, ModelConfig, get_preset, parse_dtype
-from .models.wan import WanDiT, init_random_weights, split_control_state
+from .models.wan import WanDiT, init_random_weights
+from .models.wan_control import ControlledWanDiT, split_control_state
 from .models.weights import (
     CheckpointError,
     check_state_dict,
@@ -43,14 +44,15 @@ def load_model(
     attention_backend: see :mod:`engine.attention` (``auto`` picks the fastest available);
     fused_ops: use the fused Triton LayerNorm+AdaLN and QK-norm+RoPE kernels.
     device: default cuda:0 when available, else cpu; dtype: default bfloat16 on CUDA,
-    float32 on CPU. The returned model has ``.source`` (the path, or None for presets).
+    float32 on CPU. The returned model has ``.source`` (the path, or None for presets); a
+    checkpoint holding control layers gives a :class:`ControlledWanDiT`.
     An export folder (one holding ``manifest.json``, from ``python -m export onnx``) gives an
-    :class:`engine.models.exported.ExportedDiT` that runs the exported graphs instead.
+    :class:`export.model.ExportedDiT` that runs the exported graphs instead.
     """
     if getattr(path_or_preset, "is_exported", False):  # an ExportedDiT handed back in (e.g. by generate)
         return path_or_preset.to(device=device, dtype=dtype)
     if (Path(str(path_or_preset)).expanduser() / "manifest.json").is_file():  # an export folder
-        from .models.exported import load_exported
+        from export.model import load_exported
 
         return load_exported(Path(str(path_or_preset)).expanduser(), dtype=dtype, device=device)
     device = torch.device(device) if device is not None else torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -72,7 +74,8 @@ def load_model(
     if config is None:
         config = infer_config(state, config_from_json(cfg_json) if cfg_json else None)
     with torch.device("meta"):
-        model = WanDiT(config, attention_backend=attention_backend, fused_ops=fused_ops)
+        cls = ControlledWanDiT if control_state else WanDiT
+        model = cls(config, attention_backend=attention_backend, fused_ops=fused_ops)
     check_state_dict(model, state, source=str(path))
     try:
         model.load_state_dict(state, strict=True, assign=True)

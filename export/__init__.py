@@ -3,10 +3,11 @@
 - :mod:`export.onnx`     -- step / block / context graphs, :func:`export_model` (a folder).
 - :mod:`export.manifest` -- the versioned JSON manifest: schema, validation, loading.
 - :mod:`export.runtime`  -- ONNX Runtime runner; :mod:`export.trt` -- TensorRT build + runner.
+- :mod:`export.model`    -- :class:`~export.model.ExportedDiT`, the exported graphs as a model.
 - :mod:`export.host`     -- the native (C++) host's Python face.
 
 ``python -m export onnx --model tiny --out DIR`` writes a folder; ``engine.load_model(DIR)``
-serves it as a model backend (:class:`engine.models.exported.ExportedDiT`).
+serves it as a model backend (:class:`export.model.ExportedDiT`).
 """
 
 from __future__ import annotations

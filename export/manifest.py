@@ -339,9 +339,9 @@ def load_manifest(directory: str | Path, *, verify_hashes: bool = True, check_gr
 # ----------------------------------------------------------------------------------
 def sampler_section(sampler) -> dict:
     """Sampler constants of a :class:`engine.config.SamplerConfig` (sigmas precomputed)."""
-    from engine.rollout import _sampler_for
+    from engine.sampling import sampler_for
 
-    s = _sampler_for(sampler)
+    s = sampler_for(sampler)
     return {
         "kind": sampler.kind,
         "shift": float(sampler.shift),
@@ -365,13 +365,13 @@ def base_manifest(model, *, precision: str, sampler, chunk_frames: int, cache_sl
     import onnx
     import torch
 
-    import engine
+    from engine.version import __version__
 
     cfg = model.config
     return {
         "schema": SCHEMA_ID,
         "schema_version": SCHEMA_VERSION,
-        "created_by": {"worldengine": engine.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+        "created_by": {"worldengine": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                        "python": platform.python_version(), "exporter": "torch.onnx.export(dynamo=True)"},
         "model": {"name": cfg.name, "config": cfg.to_dict(), "source": None if source is None else str(source)},
         "precision": precision,

@@ -20,8 +20,13 @@ from pathlib import Path
 
 import torch
 
-from ..kvcache import ChunkSlots, KVCache
-from .wan import Context
+from engine.config import parse_dtype
+from engine.kvcache import ChunkSlots, KVCache
+from engine.models.wan import Context
+
+from . import trt
+from .manifest import load_manifest
+from .runtime import TORCH_DTYPES, OrtRunner
 
 PROVIDERS = ("auto", "onnxruntime", "tensorrt")
 
@@ -39,9 +44,6 @@ class ExportedDiT:
 
     def __init__(self, directory: str | Path, *, provider: str = "auto", opset: int | None = None, verify: bool = True,
                  threads: int | None = None):
-        from export.manifest import load_manifest
-        from export.runtime import TORCH_DTYPES
-
         if provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
         self.manifest = load_manifest(directory, verify_hashes=verify)
@@ -59,8 +61,6 @@ class ExportedDiT:
 
     # -- set-up ---------------------------------------------------------------------
     def _pick_provider(self, provider: str) -> str:
-        from export import trt
-
         has_engines = bool((self.manifest.data.get("tensorrt") or {}).get("engines"))
         if provider == "onnxruntime":
             return provider
@@ -85,12 +85,8 @@ class ExportedDiT:
         r = self._runners.get(graph["name"])
         if r is None:
             if self.provider == "tensorrt":
-                from export.trt import TrtRunner
-
-                r = TrtRunner.from_manifest(self.manifest, graph)
+                r = trt.TrtRunner.from_manifest(self.manifest, graph)
             else:
-                from export.runtime import OrtRunner
-
                 r = OrtRunner(self.manifest, graph, threads=self.threads)
             self._runners[graph["name"]] = r
         return r
@@ -112,8 +108,6 @@ class ExportedDiT:
         return (height // ph) * (width // pw)
 
     def to(self, device=None, dtype=None, **_):
-        from ..config import parse_dtype
-
         if dtype is not None and parse_dtype(dtype, self.device) != self.dtype:
             raise ValueError(f"this export is {self.manifest.precision}; re-export with --precision to change the dtype")
         if device is not None and torch.device(device).type != self.device.type:
@@ -159,7 +153,7 @@ class ExportedDiT:
     def forward(self, latents, timesteps, text_embeds, *, image_embeds=None, condition=None, frame_positions=None,
                 visibility=None, kv_cache: KVCache | None = None, cache_slots: ChunkSlots | None = None) -> torch.Tensor:
         """As :meth:`WanDiT.forward`; one step graph call per invocation."""
-        from export.onnx import rope_tables
+        from .onnx import rope_tables
 
         cfg = self.config
         if condition is not None:

@@ -57,8 +57,9 @@ CASES = {
 def controlled_model():
     """The tiny model with every control layer enabled and non-zero."""
     import engine
+    from engine.models.wan_control import ControlledWanDiT
 
-    m = engine.load_model("tiny", device="cpu")
+    m = ControlledWanDiT.from_base(engine.load_model("tiny", device="cpu"))
     torch.manual_seed(0)  # the layers' default init draws from the global generator
     m.enable_control("warp")
     m.enable_control("waypoints", in_features=6)

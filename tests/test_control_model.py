@@ -1,4 +1,4 @@
-"""Control injection in the Wan DiT: zero-initialised layers change nothing, non-zero ones
+"""Control injection in the controlled Wan DiT: zero-initialised layers change nothing, non-zero ones
 change only the frames that can see a controlled frame; multi-view attention over
 (view, frame) equals an explicit dense mask; control weights load from checkpoints."""
 
@@ -7,12 +7,13 @@ import torch
 
 import engine
 from engine.attention import FrameVisibility, attention, attention_reference
-from engine.control import (ControlError, ControlPass, branch_state_dict, load_control_branches,
-                            multiview_visibility)
+from engine.control import ControlError, branch_state_dict, load_control_branches, multiview_visibility
 from engine.control.multiview import frames_to_views, views_to_frames
-from engine.control.setup import ControlledDiT
+from engine.control.setup import TimelineControlledDiT
 from engine.kvcache import KVCache
 from engine.loading import build_model
+from engine.models.wan import WanDiT
+from engine.models.wan_control import ControlledWanDiT, ControlPass
 from engine.models.weights import CheckpointError, save_original_layout
 from kernels import patterns
 
@@ -20,7 +21,7 @@ CFG = engine.PRESETS["tiny"].replace(num_layers=3)
 
 
 def fresh(seed=3):
-    return build_model(CFG, seed=seed).eval().requires_grad_(False)
+    return ControlledWanDiT.from_base(build_model(CFG, seed=seed).eval().requires_grad_(False))
 
 
 def inputs(nf=4, h=4, w=6, seed=0, batch=1):
@@ -55,9 +56,17 @@ def full_control(d, mask=None):
 
 @torch.no_grad()
 def test_default_model_has_no_control_parameters():
-    m = fresh()
-    assert not [k for k in m.state_dict() if "control" in k]
+    base = build_model(CFG, seed=3).eval().requires_grad_(False)
+    assert not hasattr(base, "control_layers") and not hasattr(base, "enable_control")
+    m = ControlledWanDiT.from_base(base)
+    assert m.state_dict().keys() == base.state_dict().keys()
+    assert all(a is b for a, b in zip(m.parameters(), base.parameters()))  # shared, not copied
+    assert not any(p.requires_grad for p in base.parameters()) and not m.training
+    assert ControlledWanDiT.from_base(m) is m
+    d = inputs()
+    assert torch.equal(m(d["x"], d["t"], d["text"]), base(d["x"], d["t"], d["text"]))
     enable_all(m)
+    assert not hasattr(base, "control_layers")
     assert {k.split(".")[1] for k in m.state_dict() if k.startswith("control_layers.")} == {
         "warp", "waypoints", "camera", "dense", "sparse"}
 
@@ -203,7 +212,7 @@ def test_multiview_model_pass_equals_the_flattened_dense_pattern():
     V, n, h, w = 2, 3, 4, 4
     g = torch.Generator().manual_seed(2)
     cams = torch.randn(n + 2, V, 16, generator=g)
-    wrapped = ControlledDiT(m, {"camera": cams}, views=V)
+    wrapped = TimelineControlledDiT(m, {"camera": cams}, views=V)
     x = torch.randn(1, 16, n, h, V * w, generator=g)
     t = torch.rand(1, n, generator=g) * 1000
     text = torch.randn(1, 5, 32, generator=g)
@@ -240,8 +249,11 @@ def test_control_branch_weights_load_from_their_own_file_with_a_key_map(tmp_path
         renamed["controlnet." + k2] = v
     path = tmp_path / "branches.safetensors"
     save_file(renamed, str(path))
-    other = fresh()
-    assert load_control_branches(other, path) == ("dense", "sparse")
+    plain = build_model(CFG, seed=3).eval().requires_grad_(False)
+    other = load_control_branches(plain, path)
+    assert isinstance(other, ControlledWanDiT) and set(other.control_layers) == {"dense", "sparse"}
+    assert other.blocks[0].ffn[0].weight is plain.blocks[0].ffn[0].weight
+    assert load_control_branches(other, path) is other
     d = inputs()
     ctl = ControlPass(dense=d["dense"], sparse=d["sparse"])
     assert torch.equal(other(d["x"], d["t"], d["text"], control=ctl), m(d["x"], d["t"], d["text"], control=ctl))
@@ -259,12 +271,13 @@ def test_checkpoint_control_layers_load_and_absent_ones_are_zero(tmp_path):
     m = fresh()
     folder = save_original_layout(m, tmp_path / "plain")
     loaded = engine.load_model(str(folder), device="cpu")
-    assert not len(loaded.control_layers)
+    assert type(loaded) is WanDiT  # a plain checkpoint gives the plain model
     m.enable_control("warp")
     m.enable_control("waypoints", in_features=6)
     randomize_controls(m)
     folder = save_original_layout(m, tmp_path / "with_controls")
     loaded = engine.load_model(str(folder), device="cpu")
+    assert isinstance(loaded, ControlledWanDiT) and set(loaded.control_layers) == {"warp", "waypoints"}
     d = inputs()
     ctl = ControlPass(warp=d["lat"], waypoints=d["wp"])
     assert torch.equal(loaded(d["x"], d["t"], d["text"], control=ctl), m(d["x"], d["t"], d["text"], control=ctl))

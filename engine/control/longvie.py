@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from ..models.wan import WanDiT
+from ..models.wan_control import ControlledWanDiT
 from .validate import ControlError
 
 PERCENTILES = (5.0, 95.0)
@@ -109,10 +111,12 @@ def map_branch_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_control_branches(model, path_or_state, source: str | None = None) -> tuple[str, ...]:
-    """Load dense and/or sparse control branches into ``model`` (a WanDiT) from their own
-    safetensors file (or a state dict). Returns the branch kinds loaded. Missing,
-    unexpected or mis-shaped keys are reported together in one error."""
+def load_control_branches(model, path_or_state, source: str | None = None) -> ControlledWanDiT:
+    """Load dense and/or sparse control branches from their own safetensors file (or a
+    state dict) into ``model`` (a WanDiT). Returns the controlled model: ``model`` itself
+    when it is a :class:`ControlledWanDiT`, else one sharing its weights
+    (:meth:`ControlledWanDiT.from_base`). Missing, unexpected or mis-shaped keys are
+    reported together in one error."""
     if isinstance(path_or_state, (str, Path)):
         p = Path(path_or_state).expanduser()
         if not p.is_file():
@@ -129,18 +133,20 @@ def load_control_branches(model, path_or_state, source: str | None = None) -> tu
     bad = [k for k in kinds if k not in ("dense", "sparse")]
     if bad:
         raise ControlError(f"{source}: keys must start with 'dense.' or 'sparse.' (after the key map); found {bad}")
-    if not hasattr(model, "load_control_state"):
+    if not isinstance(model, WanDiT):
         raise ControlError(f"model {type(model).__name__} takes no control branches")
+    model = ControlledWanDiT.from_base(model)
     model.load_control_state(state, source=source)
-    return tuple(kinds)
+    return model
 
 
 def branch_state_dict(model) -> dict[str, torch.Tensor]:
     """The dense/sparse branch weights of ``model`` in the file layout (to save with
-    ``safetensors.torch.save_file``)."""
+    ``safetensors.torch.save_file``); empty for a model without control layers."""
     out = {}
+    layers = getattr(model, "control_layers", {})
     for kind in ("dense", "sparse"):
-        if kind in model.control_layers:
-            for k, v in model.control_layers[kind].state_dict().items():
+        if kind in layers:
+            for k, v in layers[kind].state_dict().items():
                 out[f"{kind}.{k}"] = v.detach().contiguous().cpu()
     return out

@@ -3,12 +3,13 @@ per job by position.
 
 :class:`ControlSetup` checks every control option of a run, builds the whole-video
 control tensors (warped-frame latents, normalised depth / point-map latents, waypoint and
-camera vectors) and wraps each DiT in a :class:`ControlledDiT`.
+camera vectors) and wraps each DiT in a :class:`TimelineControlledDiT` around a
+:class:`~engine.models.wan_control.ControlledWanDiT`.
 
 How a job finds its slice: a model that declares ``takes_timeline_positions = True`` is
 called by the runtime and the KV-cache rollout with ``timeline_positions=`` (the pass's
 absolute latent positions on the video timeline, which may differ from its RoPE
-``frame_positions``, e.g. longdwm's coarse pass). :class:`ControlledDiT` declares it,
+``frame_positions``, e.g. longdwm's coarse pass). :class:`TimelineControlledDiT` declares it,
 takes the controls at those positions (kept in float32 beside the model) and calls the DiT
 with ``control=ControlPass(...)``. So every strategy (ar with or without KV cache, mmpl,
 longdwm, mila) and any worker count get the same control for the same frame, and the
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .layers import CAMERA_FEATURES, ControlPass, default_branch_blocks
+from ..models.wan import WanDiT
+from ..models.wan_control import CAMERA_FEATURES, ControlledWanDiT, ControlPass, default_branch_blocks
 from .longvie import MAX_HISTORY_FRAMES, load_control_branches, normalize_depth
 from .multiview import CROSS_VIEW, MultiViewDecoder, frames_to_views, multiview_visibility, views_to_frames
 from .trajectory import DEFAULT_DEPTH, check_intrinsics, check_trajectory, warp_video
@@ -63,7 +65,7 @@ class ControlSetup:
         o = {k: v for k, v in options.items() if v is not None}
         self.num_frames, self.height, self.width, self.latent_frames = num_frames, height, width, latent_frames
         cfg = model.config
-        if not hasattr(model, "enable_control"):
+        if not isinstance(model, WanDiT):
             raise ControlError(f"model {type(model).__name__} ({cfg.name}) takes no control inputs; controls need a Wan DiT")
         # -- multi-view
         views = o.get("views", 1)
@@ -139,7 +141,7 @@ class ControlSetup:
         if not self.kinds():
             raise ControlError("no control given: pass trajectory, waypoints, cameras, depth or point_map")
         self.warped: torch.Tensor | None = None
-        self._wrapped: dict[int, ControlledDiT] = {}
+        self._wrapped: dict[int, TimelineControlledDiT] = {}
         self._built: dict | None = None
 
     # -- queries -----------------------------------------------------------------------
@@ -220,13 +222,18 @@ class ControlSetup:
         self._built = built
         return condition
 
-    def wrap(self, model) -> "ControlledDiT":
-        """The model with its control layers enabled (zero-initialised where absent;
-        branches loaded from ``control_branches``) and the timeline controls attached."""
+    def wrap(self, model) -> "TimelineControlledDiT":
+        """The model as a :class:`ControlledWanDiT` (sharing its weights) with its control
+        layers enabled (zero-initialised where absent; branches loaded from
+        ``control_branches``) and the timeline controls attached."""
         if self._built is None:
             raise RuntimeError("ControlSetup.build() must run before wrap()")
         key = id(model)
         if key not in self._wrapped:
+            if not isinstance(model, WanDiT):
+                raise ControlError(f"model {type(model).__name__} ({model.config.name}) takes no control inputs; "
+                                   f"controls need a Wan DiT")
+            model = ControlledWanDiT.from_base(model)
             if self.branch_source is not None:
                 load_control_branches(model, self.branch_source)
             for kind, z in self._built.items():
@@ -239,7 +246,7 @@ class ControlSetup:
                 if kind == "waypoints" and layer.in_features != z.shape[-1]:
                     raise ControlError(f"the model's waypoint embedding takes {layer.in_features // 2} waypoints per "
                                        f"frame, the control has {z.shape[-1] // 2}")
-            self._wrapped[key] = ControlledDiT(model, self._built, views=self.views, cross_view=self.cross_view)
+            self._wrapped[key] = TimelineControlledDiT(model, self._built, views=self.views, cross_view=self.cross_view)
         return self._wrapped[key]
 
     def decoder(self, vae):
@@ -252,13 +259,13 @@ def _vae_device(vae) -> torch.device:
     return next(vae.parameters()).device
 
 
-class ControlledDiT(nn.Module):
-    """A Wan DiT plus the whole-timeline controls of a run: the DiT's call convention plus
-    ``timeline_positions=`` (see the module docstring)."""
+class TimelineControlledDiT(nn.Module):
+    """A :class:`ControlledWanDiT` plus the whole-timeline controls of a run: the DiT's call
+    convention plus ``timeline_positions=`` (see the module docstring)."""
 
     takes_timeline_positions = True
 
-    def __init__(self, base: nn.Module, controls: dict[str, torch.Tensor], *, views: int = 1,
+    def __init__(self, base: ControlledWanDiT, controls: dict[str, torch.Tensor], *, views: int = 1,
                  cross_view: str = "same_frame"):
         super().__init__()
         self.base = base

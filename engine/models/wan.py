@@ -270,6 +270,22 @@ class Context:
         return self.text.shape[0]
 
 
+@dataclass
+class DiTPass:
+    """One forward pass between :meth:`WanDiT.prepare_pass` and :meth:`WanDiT.output`.
+
+    tokens [B, gf, tpf, D]; time: per-frame time embedding [B*gf, D] (model dtype; a
+    subclass may add to it before :meth:`WanDiT.frame_modulation`); context: the text context;
+    attn: the self-attention context; dims: (B, F, H, W, gf, gh, gw), latent and patch grid.
+    """
+
+    tokens: torch.Tensor
+    time: torch.Tensor
+    context: Context
+    attn: SelfAttnContext
+    dims: tuple[int, int, int, int, int, int, int]
+
+
 # ----------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------
@@ -291,9 +307,6 @@ class WanDiT(nn.Module):
         self.head = Head(dim, cfg.out_channels * math.prod(cfg.patch_size), cfg.eps)
         if cfg.is_i2v:
             self.img_emb = ImageProjection(cfg.image_dim, dim)
-        # control injection layers (engine.control.layers): empty unless enabled or loaded,
-        # so a model without them has exactly the original parameters and output
-        self.control_layers = nn.ModuleDict()
 
     # -- helpers ------------------------------------------------------------------
     @property
@@ -390,51 +403,6 @@ class WanDiT(nn.Module):
             raise ValueError(f"timesteps must be [B] or [B, F] = [{batch}, {frames}]; got {tuple(t.shape)}")
         return t
 
-    # -- control layers (issue 7) ---------------------------------------------------
-    def enable_control(self, kind: str, **kw) -> nn.Module:
-        """The control layer of ``kind`` (``warp``, ``waypoints``, ``camera``, ``dense``,
-        ``sparse``; see :mod:`engine.control.layers`), created zero-initialised on first
-        use (a ``dense``/``sparse`` branch takes ``num_blocks`` and starts as a copy of its
-        half of the first blocks). An existing (e.g. loaded) layer is returned as it is."""
-        from ..control.layers import make_layer
-
-        if kind not in self.control_layers:
-            layer = make_layer(kind, self.config, **kw)
-            if kind in ("dense", "sparse"):
-                layer.copy_from(self)
-            self.control_layers[kind] = layer.to(device=self.device, dtype=self.dtype).requires_grad_(False)
-        return self.control_layers[kind]
-
-    def load_control_state(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Load control layers from ``{"<kind>.<param>": tensor}`` (keys relative to
-        ``control_layers``), building each layer to fit; every mismatch is one error."""
-        from ..control.layers import CONTROL_KINDS, layer_from_state
-
-        groups: dict[str, dict[str, torch.Tensor]] = {}
-        for k, v in state.items():
-            kind, _, rest = k.partition(".")
-            if kind not in CONTROL_KINDS:
-                raise ValueError(f"{source}: unknown control layer {kind!r} in key {k!r}; known: {CONTROL_KINDS}")
-            groups.setdefault(kind, {})[rest] = v
-        for kind, sd in groups.items():
-            layer = layer_from_state(kind, self.config, sd)
-            expected = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
-            missing = sorted(set(expected) - set(sd))
-            unexpected = sorted(set(sd) - set(expected))
-            bad = sorted(f"{k}: {tuple(sd[k].shape)} vs {expected[k]}" for k in set(sd) & set(expected)
-                         if tuple(sd[k].shape) != expected[k])
-            if missing or unexpected or bad:
-                raise ValueError(f"{source}: control layer {kind!r} does not fit model {self.config.name!r}: "
-                                 f"missing {missing[:10]}, unexpected {unexpected[:10]}, mis-shaped {bad[:10]}")
-            layer.load_state_dict({k: v.float() for k, v in sd.items()})
-            self.control_layers[kind] = layer.to(device=self.device, dtype=self.dtype).requires_grad_(False)
-
-    def _control_layer(self, kind: str) -> nn.Module:
-        if kind not in self.control_layers:
-            raise ValueError(f"model {self.config.name!r} has no {kind!r} control layer: load weights that hold it or "
-                             f"call model.enable_control({kind!r}, ...) (zero-initialised)")
-        return self.control_layers[kind]
-
     # -- forward ------------------------------------------------------------------
     def forward(
         self,
@@ -448,7 +416,6 @@ class WanDiT(nn.Module):
         visibility: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         cache_slots: ChunkSlots | None = None,
-        control=None,
     ) -> torch.Tensor:
         """Predict the flow velocity.
 
@@ -458,10 +425,22 @@ class WanDiT(nn.Module):
         frame_positions [F] absolute latent-frame indices for RoPE (default 0..F-1);
         visibility bool [F,F] over this pass's frames (default: full), or, with a KV cache,
         ``cache_slots`` from ``kv_cache.claim(positions)`` whose visibility spans the cache.
-        control: an :class:`engine.control.ControlPass` of this pass's frames (warp latents,
-        waypoint / camera vectors, dense / sparse branch latents), applied through
-        ``control_layers``. Returns [B, out_channels, F, H, W].
+        Returns [B, out_channels, F, H, W].
         """
+        p = self.prepare_pass(latents, timesteps, text_embeds, image_embeds=image_embeds, condition=condition,
+                              frame_positions=frame_positions, visibility=visibility, kv_cache=kv_cache,
+                              cache_slots=cache_slots)
+        e0 = self.frame_modulation(p)
+        tokens = p.tokens
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, e0, p.context.cross_kv[i], p.attn, i)
+        return self.output(p, tokens)
+
+    # -- the stages of a pass: prepare_pass, frame_modulation, the blocks, output ----
+    def prepare_pass(self, latents, timesteps, text_embeds, *, image_embeds=None, condition=None,
+                     frame_positions=None, visibility=None, kv_cache=None, cache_slots=None) -> DiTPass:
+        """Check the inputs (as :meth:`forward` takes them) and embed them: patch tokens,
+        per-frame time embedding, text context, RoPE tables and visibility."""
         cfg = self.config
         x = self._check_latents(latents, condition).to(self.dtype)
         B, _, nf, h, w = x.shape
@@ -494,120 +473,23 @@ class WanDiT(nn.Module):
 
         t = self._time(timesteps, B, nf)[:, ::pt]  # [B, gf]
         e = self.time_embedding(timestep_embedding(t.reshape(-1), cfg.freq_dim).to(self.dtype))
-        if control is not None:
-            e = self._control_frame_embedding(control, e, B, gf, pt)
-        e0 = self.time_projection(e).float().view(B, gf, 6, cfg.dim)
-        e = e.view(B, gf, cfg.dim)
-
         tokens = self.patch_embedding(x).flatten(3).permute(0, 2, 3, 1).contiguous()  # [B, gf, tpf, D]
-        if control is not None:
-            return self._forward_controlled(control, tokens, e0, e, ctx_in, actx, (B, nf, h, w, gf, gh, gw))
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx_in.cross_kv[i], actx, i)
-        out = self.head(tokens, e)  # [B, gf, tpf, C*pt*ph*pw]
-        out = out.view(B, gf, gh, gw, pt, ph, pw, cfg.out_channels)
-        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(B, cfg.out_channels, nf, h, w)
+        return DiTPass(tokens, e, ctx_in, actx, (B, nf, h, w, gf, gh, gw))
 
+    def frame_modulation(self, p: DiTPass) -> torch.Tensor:
+        """The blocks' per-frame modulation [B, gf, 6, D] (float32) from ``p.time``."""
+        B, gf = p.dims[0], p.dims[4]
+        return self.time_projection(p.time).float().view(B, gf, 6, self.config.dim)
 
-    # -- controlled forward (engine.control) -------------------------------------------
-    def _control_mask(self, control, B: int, gf: int, pt: int) -> torch.Tensor | None:
-        if control.mask is None:
-            return None
-        m = torch.as_tensor(control.mask, device=self.device).float()
-        if m.dim() == 1:
-            m = m[None].expand(B, -1)
-        if m.shape != (B, gf * pt):
-            raise ValueError(f"control.mask must be [B, F] = [{B}, {gf * pt}]; got {tuple(m.shape)}")
-        return m[:, ::pt]
-
-    def _control_frame_embedding(self, control, e: torch.Tensor, B: int, gf: int, pt: int) -> torch.Tensor:
-        """Add the waypoint / camera embeddings (MiLA) to the per-frame embedding e [B*gf, D]."""
-        add = None
-        for kind in ("waypoints", "camera"):
-            v = getattr(control, kind)
-            if v is None:
-                continue
-            v = torch.as_tensor(v, device=self.device)
-            if v.dim() != 3 or v.shape[:2] != (B, gf * pt):
-                raise ValueError(f"control.{kind} must be [B, F, features] = [{B}, {gf * pt}, ...]; got {tuple(v.shape)}")
-            emb = self._control_layer(kind)(v[:, ::pt])  # [B, gf, D] float32
-            add = emb if add is None else add + emb
-        if add is None:
-            return e
-        m = self._control_mask(control, B, gf, pt)
-        if m is not None:
-            add = add * m[:, :, None]
-        return (e.float() + add.reshape(B * gf, -1)).to(e.dtype)
-
-    def _forward_controlled(self, control, tokens, e0, e, ctx_in, actx, dims) -> torch.Tensor:
-        """The block loop with control injections: warp tokens before every block, control
-        branches beside the first blocks (their outputs added after base block i)."""
+    def output(self, p: DiTPass, tokens: torch.Tensor) -> torch.Tensor:
+        """The head over the last block's tokens [B, gf, tpf, D], unpatchified to
+        [B, out_channels, F, H, W]."""
         cfg = self.config
-        B, nf, h, w, gf, gh, gw = dims
+        B, nf, h, w, gf, gh, gw = p.dims
         pt, ph, pw = cfg.patch_size
-        mask = self._control_mask(control, B, gf, pt)
-        m4 = None if mask is None else mask[:, :, None, None]
-
-        def check_map(name, z):
-            z = torch.as_tensor(z, device=self.device)
-            if z.dim() != 5 or z.shape[0] != B or tuple(z.shape[2:]) != (nf, h, w):
-                raise ValueError(f"control.{name} must be latents [B, C, F, h, w] = [{B}, {cfg.latent_channels}, {nf}, "
-                                 f"{h}, {w}]; got {tuple(z.shape)}")
-            return z
-
-        warp = None
-        if control.warp is not None:
-            warp = self._control_layer("warp")(check_map("warp", control.warp))
-            if m4 is not None:
-                warp = warp * m4.to(warp.dtype)
-            warp = warp.to(tokens.dtype)
-        branches = []
-        for kind in ("dense", "sparse"):
-            z = getattr(control, kind)
-            if z is None:
-                continue
-            if actx.cache is not None:
-                raise ValueError(f"the {kind!r} control branch cannot run over a KV cache (its blocks keep no cache): "
-                                 f"run the ar strategy with context='history'")
-            br = self._control_layer(kind)
-            hb = (tokens[..., br.features].float() + br.embed(check_map(kind, z)).float()).to(tokens.dtype)
-            bctx = SelfAttnContext(actx.cos, actx.sin, actx.vis, actx.backend, fused=actx.fused)
-            branches.append([br, hb, br.context_kv(ctx_in), e0[..., br.features].contiguous(), bctx])
-        for i, block in enumerate(self.blocks):
-            if warp is not None:
-                tokens = tokens + warp
-            tokens = block(tokens, e0, ctx_in.cross_kv[i], actx, i)
-            for st in branches:
-                br = st[0]
-                if i < len(br.blocks):
-                    st[1] = br.blocks[i](st[1], st[3], st[2][i], st[4], i)
-                    inj = br.inject[i](st[1])
-                    if m4 is not None:
-                        inj = inj * m4.to(inj.dtype)
-                    tokens = tokens + inj.to(tokens.dtype)
-        out = self.head(tokens, e)
+        out = self.head(tokens, p.time.view(B, gf, cfg.dim))  # [B, gf, tpf, C*pt*ph*pw]
         out = out.view(B, gf, gh, gw, pt, ph, pw, cfg.out_channels)
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(B, cfg.out_channels, nf, h, w)
-
-
-def split_control_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """(base weights, control-layer weights) of a checkpoint. Control keys are
-    ``control_layers.<kind>.<param>`` (also read: ``warp_embedding.*`` /
-    ``trajectory_embedding.*`` for the warp patch embedding); a checkpoint without any
-    gives an empty second dict, and the model's control layers start at zero."""
-    import re
-
-    base, ctl = {}, {}
-    for k, v in state.items():
-        if k.startswith("control_layers."):
-            ctl[k[len("control_layers."):]] = v
-            continue
-        m = re.match(r"^(?:warp|traj|trajectory)_(?:patch_)?embedding\.(weight|bias)$", k)
-        if m:
-            ctl[f"warp.patch_embedding.{m.group(1)}"] = v
-            continue
-        base[k] = v
-    return base, ctl
 
 
 def init_random_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
