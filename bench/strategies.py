@@ -6,8 +6,10 @@ populating speed-up of 2 workers over 1 on this machine.
 
 Writes bench/results/strategies-<device>-<date>.json. The speed-up runs the same plan on
 1 and on W workers (alternating, best of --repeats), DiT only (latents out, no VAE) and
-(with --with-vae) the full generate() including the VAE decode, which runs on one decode
-thread in frame order; the outputs are checked to be bit-identical.
+(with --with-vae) the full generate() including the VAE: decode and encode jobs run on the
+workers like denoise jobs, so plans over several clips (``segment_clips``,
+``keyframe_clips``) decode their clips in parallel, while a single-clip plan decodes its
+one causal sequence in order. The outputs are checked to be bit-identical.
 """
 
 from __future__ import annotations
@@ -77,46 +79,62 @@ def speedups(args) -> dict:
     workers = args.devices
     one = workers[:1]
     res = {}
-    for name, opts, frames in [("mmpl", dict(segment_frames=8), args.mmpl_frames),
-                               ("mmpl", dict(segment_frames=8, schedule="min_memory"), args.mmpl_frames),
-                               ("longdwm", dict(keyframes=5, fps_ratio=3), args.longdwm_frames)]:
+    W = len(workers)
+    for name, opts, frames in SPEED_CONFIGS(args):
         F = (frames - 1) // 4 + 1
         plan = build_plan(name, F, **opts)
-        _time_runtime(model, plan, one, hw, sampler)  # warm-up
-        best = {1: float("inf"), len(workers): float("inf")}
-        outs = {}
-        stats = {}
-        for _ in range(args.repeats):
-            for devs in (one, workers):
-                dt, lat, rs = _time_runtime(model, plan, devs, hw, sampler)
-                if dt < best[len(devs)]:
-                    best[len(devs)], stats[len(devs)] = dt, rs
-                outs[len(devs)] = lat
-        gen = {}
-        if args.with_vae:
-            for devs in (one, workers):
-                t = time.perf_counter()
-                v = engine.generate(model, num_frames=frames, strategy=name, devices=devs, height=args.height,
-                                    width=args.width, progress=False, seed=0, **opts)
-                gen[len(devs)] = (time.perf_counter() - t, v.frames)
-        W = len(workers)
         key = name + "".join(f" {k}={v}" for k, v in opts.items())
-        res[key] = {
-            "video_frames": frames, "latent_frames": F, "options": opts, "jobs": len(plan.jobs),
-            "critical_path_passes": plan.critical_path()[0], "total_passes": plan.total_passes(),
-            "dit_seconds": {"1": round(best[1], 3), str(W): round(best[W], 3)},
-            "dit_speedup": round(best[1] / best[W], 2),
-            "idle_fraction": {str(k): {w: round(f, 3) for w, f in s.idle_fraction.items()} for k, s in stats.items()},
-            "bit_identical": bool(torch.equal(outs[1], outs[W])),
-        }
-        if gen:
+        res[key] = {"video_frames": frames, "latent_frames": F, "options": opts, "jobs": len(plan.jobs),
+                    "clips": len(plan.clips), "critical_path_passes": plan.critical_path()[0],
+                    "total_passes": plan.total_passes()}
+        if not plan.encodes and not args.vae_only:  # DiT only: latents out (plans without pixel hand-offs)
+            _time_runtime(model, plan, one, hw, sampler)  # warm-up
+            best = {1: float("inf"), W: float("inf")}
+            outs, stats = {}, {}
+            for _ in range(args.repeats):
+                for devs in (one, workers):
+                    dt, lat, rs = _time_runtime(model, plan, devs, hw, sampler)
+                    if dt < best[len(devs)]:
+                        best[len(devs)], stats[len(devs)] = dt, rs
+                    outs[len(devs)] = lat
             res[key].update({
-                "generate_seconds_with_vae": {"1": round(gen[1][0], 3), str(W): round(gen[W][0], 3)},
-                "generate_speedup_with_vae": round(gen[1][0] / gen[W][0], 2),
-                "generate_bit_identical": bool((gen[1][1] == gen[W][1]).all()),
+                "dit_seconds": {"1": round(best[1], 3), str(W): round(best[W], 3)},
+                "dit_speedup": round(best[1] / best[W], 2),
+                "idle_fraction": {str(k): {w: round(f, 3) for w, f in s.idle_fraction.items()} for k, s in stats.items()},
+                "bit_identical": bool(torch.equal(outs[1], outs[W])),
+            })
+        if args.with_vae:
+            gen, frames_of, vstats = {1: float("inf"), W: float("inf")}, {}, {}
+            for _ in range(args.repeats):
+                for devs in (one, workers):
+                    t = time.perf_counter()
+                    v = engine.generate(model, num_frames=frames, strategy=name, devices=devs, height=args.height,
+                                        width=args.width, progress=False, seed=0, **opts)
+                    dt = time.perf_counter() - t
+                    if dt < gen[len(devs)]:
+                        gen[len(devs)], vstats[len(devs)] = dt, v.stats.runtime
+                    frames_of[len(devs)] = v.frames
+            vae_busy = {k: round(sum(j["end"] - j["start"] for j in s.jobs if j["kind"] in ("decode", "encode")), 3)
+                        for k, s in vstats.items()}
+            res[key].update({
+                "generate_seconds_with_vae": {"1": round(gen[1], 3), str(W): round(gen[W], 3)},
+                "generate_speedup_with_vae": round(gen[1] / gen[W], 2),
+                "vae_job_seconds": {str(k): v for k, v in vae_busy.items()},
+                "generate_idle_fraction": {str(k): {w: round(f, 3) for w, f in s.idle_fraction.items()}
+                                           for k, s in vstats.items()},
+                "generate_bit_identical": bool((frames_of[1] == frames_of[W]).all()),
             })
         print(key, json.dumps(res[key]), flush=True)
     return res
+
+
+def SPEED_CONFIGS(args):  # noqa: N802 -- a table
+    """(strategy, options, video frames) timed by :func:`speedups`."""
+    return [("mmpl", dict(segment_frames=8), args.mmpl_frames),
+            ("mmpl", dict(segment_frames=8, schedule="min_memory"), args.mmpl_frames),
+            ("mmpl", dict(segment_frames=8, segment_clips=True), args.mmpl_frames),
+            ("longdwm", dict(keyframes=5, fps_ratio=3), args.longdwm_frames),
+            ("longdwm", dict(keyframes=5, fps_ratio=3, keyframe_clips=True), args.longdwm_frames)]
 
 
 def main():
@@ -128,6 +146,7 @@ def main():
     p.add_argument("--mmpl-frames", type=int, default=4 * 48 + 1)  # 6 segments of 8 latent frames
     p.add_argument("--longdwm-frames", type=int, default=4 * 24 + 1)  # 25 latent: 2 rollouts, 8 pairs
     p.add_argument("--with-vae", action="store_true", help="also time generate() with the VAE decode")
+    p.add_argument("--vae-only", action="store_true", help="with --with-vae: skip the DiT-only timing")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-speed", action="store_true", help="critical paths only")
     p.add_argument("--out", default=None)
@@ -142,8 +161,9 @@ def main():
                    else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"),
         "host_cpus": __import__("os").cpu_count(),
         "load_average_before": list(__import__("os").getloadavg()),
-        "note": ("CPU speed-ups are DiT-only (latents out): the tiny VAE's decode is sequential in frame order and "
-                 "dominates a CPU generate() at these sizes. The host's 2 cores are shared with other jobs: see "
+        "note": ("dit_* rows: latents out, no VAE. generate_* rows (--with-vae): the whole run, decode and encode "
+                 "jobs on the workers; a single-clip plan decodes one causal sequence in order, clip plans decode "
+                 "their clips in parallel. The host's cores may be shared with other jobs: see "
                  "load_average_before/after."),
         "workers": args.devices,
         "model": args.model,
