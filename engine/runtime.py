@@ -30,8 +30,9 @@ Placement: :class:`Placement` says which jobs run in this process and which late
 from or go to other processes; :mod:`engine.distributed` runs the same :class:`Executor`
 with a rank's placement and a communication thread.
 
-Failure: if a job raises, the runtime stops issuing jobs, hands out every frame that was
-already decoded, then raises :class:`JobError` naming the job.
+Failure: if a job raises, the runtime stops issuing denoise and encode jobs, still runs
+the decode jobs whose latents exist, hands out every frame that is complete in order,
+then raises :class:`JobError` naming the job.
 """
 
 from __future__ import annotations
@@ -362,6 +363,8 @@ class Executor:
         self.rng = random.Random(shuffle) if shuffle is not None else None
         self.cond = threading.Condition()
         self.issued = 0
+        self.running = 0  # jobs being run now
+        self.alive = len(self.devices)  # worker threads not yet stopped
         self.n_jobs = len(self.jobs)
         self.error: JobError | None = None
         self.cancelled = False
@@ -442,11 +445,19 @@ class Executor:
         heapq.heappush(self.own[self.pins[pin]] if pin in self.pins else self.shared, item)
 
     def _pop(self, w: int) -> str | None:
-        """The next job for worker ``w`` (its own pinned jobs compete with the shared queue)."""
+        """The next job for worker ``w`` (its own pinned jobs compete with the shared queue);
+        after a failure only decode jobs (the frames already made still come out)."""
         queues = [q for q in (self.own[w], self.shared) if q]
-        if not queues:
+        if self.error is not None:
+            cands = [(q, k) for q in queues for k, it in enumerate(q) if self.plan.job(it[3]).kind == "decode"]
+            if not cands:
+                return None
+            q, k = min(cands, key=lambda c: c[0][c[1]])
+            item = q.pop(k)
+            heapq.heapify(q)
+        elif not queues:
             return None
-        if self.rng is not None:
+        elif self.rng is not None:
             cands = [(q, k) for q in queues for k in range(len(q))]
             q, k = cands[self.rng.randrange(len(cands))]
             item = q.pop(k)
@@ -464,8 +475,18 @@ class Executor:
             heapq.heapify(self.shared)
         return jid
 
-    def _has_work(self, w: int) -> bool:
-        return bool(self.own[w] or self.shared)
+    def _next_job(self, w: int) -> str | None:
+        """Wait for the next job of worker ``w``; None when it should stop: cancelled, every
+        job issued, or failed with no decode left that could still come (callers hold
+        self.cond)."""
+        while not self.cancelled:
+            jid = self._pop(w)
+            if jid is not None:
+                return jid
+            if self.issued >= self.n_jobs or (self.error is not None and self.running == 0):
+                return None
+            self.cond.wait()
+        return None
 
     def put(self, key, tensor, event, dev: str):
         """Store ``tensor`` under ``key`` if anyone will read it."""
@@ -500,56 +521,63 @@ class Executor:
     # -- workers ----------------------------------------------------------------------
     def worker(self, w: int):
         dev = self.devices[w]
-        key = str(dev)
-        lane = self.lanes[key]
         if dev.type == "cpu":
             torch.set_num_threads(self.cpu_threads)
         else:
             torch.cuda.set_device(dev)
-        with torch.no_grad():
-            while True:
-                with self.cond:
-                    while not self._has_work(w) and self.issued < self.n_jobs and not (self.error or self.cancelled):
-                        self.cond.wait()
-                    if self.error or self.cancelled or not self._has_work(w):
-                        if self.issued >= self.n_jobs or self.error or self.cancelled:
-                            return
-                        continue
-                    jid = self._pop(w)
-                    self.issued += 1
-                    job = self.plan.job(jid)
-                    reads = self.plan.reads_of(job)
-                    entries = {p: self.store[(s, p)] for p, s in reads}
-                    pixels = {d: self.store[(d, "px")] for d, _ in self.plan.pixel_reads_of(job)}
-                start = time.perf_counter()
-                try:
-                    with lane.compute_ctx():
-                        outs = self._run_job(job, w, lane, entries, pixels)
-                    event = lane.record()
-                except BaseException as exc:  # noqa: BLE001 -- reported with the job's name
-                    with self.cond:
-                        err = JobError(f"{job.kind} job {jid!r} failed on worker {self.names[w]}: "
-                                       f"{type(exc).__name__}: {exc}", jid, self.names[w])
-                        err.__cause__ = exc
-                        self.fail(err)
+        try:
+            with torch.no_grad():
+                self._work(w)
+        finally:
+            with self.cond:
+                self.alive -= 1
+                self.cond.notify_all()
+
+    def _work(self, w: int):
+        key = str(self.devices[w])
+        lane = self.lanes[key]
+        while True:
+            with self.cond:
+                jid = self._next_job(w)
+                if jid is None:
                     return
-                end = time.perf_counter()
+                self.issued += 1
+                self.running += 1
+                job = self.plan.job(jid)
+                reads = self.plan.reads_of(job)
+                entries = {p: self.store[(s, p)] for p, s in reads}
+                pixels = {d: self.store[(d, "px")] for d, _ in self.plan.pixel_reads_of(job)}
+            start = time.perf_counter()
+            try:
+                with lane.compute_ctx():
+                    outs = self._run_job(job, w, lane, entries, pixels)
+                event = lane.record()
+            except BaseException as exc:  # noqa: BLE001 -- reported with the job's name
                 with self.cond:
-                    self.busy[w] += end - start
-                    self.stats.jobs.append({"id": jid, "kind": job.kind, "model": job.model, "worker": self.names[w],
-                                            "device": key, "start": start - self.t0, "end": end - self.t0,
-                                            "passes": job.passes})
-                    for k, t in outs.items():
-                        self.put(k, t, event, key)
-                    for p, s in reads:
-                        self.release((s, p))
-                    for d in pixels:
-                        self.release((d, "px"))
-                    for c in self.children[jid]:
-                        self.waiting[c] -= 1
-                        if self.waiting[c] == 0:
-                            self._push(c)
-                    self.cond.notify_all()
+                    self.running -= 1
+                    err = JobError(f"{job.kind} job {jid!r} failed on worker {self.names[w]}: "
+                                   f"{type(exc).__name__}: {exc}", jid, self.names[w])
+                    err.__cause__ = exc
+                    self.fail(err)
+                return
+            end = time.perf_counter()
+            with self.cond:
+                self.running -= 1
+                self.busy[w] += end - start
+                self.stats.jobs.append({"id": jid, "kind": job.kind, "model": job.model, "worker": self.names[w],
+                                        "device": key, "start": start - self.t0, "end": end - self.t0,
+                                        "passes": job.passes})
+                for k, t in outs.items():
+                    self.put(k, t, event, key)
+                for p, s in reads:
+                    self.release((s, p))
+                for d in pixels:
+                    self.release((d, "px"))
+                for c in self.children[jid]:
+                    self.waiting[c] -= 1
+                    if self.waiting[c] == 0:
+                        self._push(c)
+                self.cond.notify_all()
 
     def _run_job(self, job, w: int, lane: Lane, entries: dict, pixels: dict) -> dict:
         """Run one job of any kind on worker ``w``; returns {store key: tensor}."""
@@ -601,8 +629,10 @@ class Executor:
 
     # -- in-order output ------------------------------------------------------------------
     def _wait(self, key) -> Entry | None:
+        """The stored entry ``key`` once it exists; None when it never will (cancelled, or a
+        failure after which every worker stopped)."""
         with self.cond:
-            while key not in self.store and not self.cancelled and self.error is None:
+            while key not in self.store and not self.cancelled and not (self.error is not None and self.alive == 0):
                 self.cond.wait()
             return self.store.get(key) if not self.cancelled else None
 
@@ -631,7 +661,7 @@ class Executor:
             for d in chain:
                 e = self._wait((d.id, "px"))
                 if e is None:
-                    return out.put(("end", None, None)) if self.cancelled else None
+                    return
                 if e.event is not None:
                     e.event.synchronize()
                 video = e.tensor
