@@ -205,6 +205,9 @@ def prepare(
                          f"whole-video conditions (an image-to-video model's first-frame condition, controls) are not "
                          f"cut per clip yet: run it without clip options")
     roles = _role_models(strategy, model, coarse_model, fine_model, dtype, device, engine_config)
+    for m in roles.values():  # a model with fixed shapes (an exported one) says now if it cannot run this size
+        if hasattr(m, "check_latent_size"):
+            m.check_latent_size(h, w)
 
     from .config import parse_dtype
 

@@ -24,7 +24,7 @@ out in position order instead (the plan's decode jobs are not run).
 Determinism: a job's result depends only on its inputs (dependency latents, decoded
 frames and noise addressed by (seed, stream, position)), never on the worker, the order
 or the device count. On CPU the intra-op thread count also changes float results, so the
-runtime pins it (``cpu_threads``, default 1 per worker) for the whole run.
+runtime pins it in every worker thread (``cpu_threads``, default 1 per worker).
 
 Placement: :class:`Placement` says which jobs run in this process and which latents come
 from or go to other processes; :mod:`engine.distributed` runs the same :class:`Executor`
@@ -365,6 +365,7 @@ class Executor:
         self.issued = 0
         self.running = 0  # jobs being run now
         self.alive = len(self.devices)  # worker threads not yet stopped
+        self.started = threading.Barrier(len(self.devices))
         self.n_jobs = len(self.jobs)
         self.error: JobError | None = None
         self.cancelled = False
@@ -521,11 +522,22 @@ class Executor:
     # -- workers ----------------------------------------------------------------------
     def worker(self, w: int):
         dev = self.devices[w]
-        if dev.type == "cpu":
-            torch.set_num_threads(self.cpu_threads)
-        else:
-            torch.cuda.set_device(dev)
         try:
+            try:
+                if dev.type == "cpu":
+                    pin_threads(self.cpu_threads)
+                else:
+                    torch.cuda.set_device(dev)
+            except BaseException as exc:  # noqa: BLE001
+                self.started.abort()
+                with self.cond:
+                    self.fail(JobError(f"worker {self.names[w]} could not start on {dev}: {type(exc).__name__}: "
+                                       f"{exc}", "worker", self.names[w]))
+                return
+            try:
+                self.started.wait()  # every worker has set its threads before any job (and any compile) starts
+            except threading.BrokenBarrierError:
+                return
             with torch.no_grad():
                 self._work(w)
         finally:
@@ -640,9 +652,7 @@ class Executor:
         """Hand out the video in order: decoded frames per decode job of the output clips
         (their ``drop`` leading frames cut), or clean latents by position."""
         dev = self.devices[0]
-        if dev.type == "cpu":
-            torch.set_num_threads(self.cpu_threads)
-        else:
+        if dev.type == "cuda":
             torch.cuda.set_device(dev)
         try:
             if self.decoding:
@@ -776,22 +786,20 @@ def start_stats(plan: Plan, stats: RuntimeStats | None, workers: list[str]) -> R
     return stats
 
 
-@contextlib.contextmanager
-def pinned_threads(devices: list[str], cpu_threads: int):
-    """torch's intra-op thread count pinned to ``cpu_threads`` while CPU workers run, and
-    CUDA peak-memory counters reset."""
-    old = torch.get_num_threads()
-    use_cpu = any(torch.device(d).type == "cpu" for d in devices)
-    if use_cpu:
-        torch.set_num_threads(cpu_threads)
+def pin_threads(n: int) -> None:
+    """torch intra-op threads = ``n`` for the calling thread (a per-thread setting: each
+    worker pins its own; the caller's thread is never changed, so nothing is restored
+    later -- a restore run by a generator's finaliser in the middle of a torch.compile
+    trace broke dynamo's guard on it)."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def reset_peak_memory(devices: list[str]) -> None:
+    """Reset the CUDA peak-memory counters of ``devices`` (the run's stats report peaks)."""
     for d in dict.fromkeys(devices):
         if torch.device(d).type == "cuda":
             torch.cuda.reset_peak_memory_stats(torch.device(d))
-    try:
-        yield
-    finally:
-        if use_cpu:
-            torch.set_num_threads(old)
 
 
 def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Callable, seed: int = 0,
@@ -830,11 +838,11 @@ def _execute(plan, models, devices, make_context, seed, sampler, latent_hw, inpu
              to_frames, shuffle, cpu_threads, stats, compile_mode, placement, worker_prefix, extra_threads):
     from .compile import compiled_models
 
-    with pinned_threads(devices, cpu_threads):
-        run = Executor(plan, models, devices, make_context, seed=seed, sampler=sampler, latent_hw=latent_hw,
-                       inputs=inputs, condition=condition, vae=vae, make_decoder=make_decoder, to_frames=to_frames,
-                       shuffle=shuffle, cpu_threads=cpu_threads, stats=stats, placement=placement,
-                       worker_prefix=worker_prefix)
-        distinct = {id(m): m for per in run.models.values() for m in per.values()}
-        with compiled_models(list(distinct.values()), compile_mode):
-            yield from run.run(extra_threads(run) if extra_threads is not None else ())
+    reset_peak_memory(devices)
+    run = Executor(plan, models, devices, make_context, seed=seed, sampler=sampler, latent_hw=latent_hw,
+                   inputs=inputs, condition=condition, vae=vae, make_decoder=make_decoder, to_frames=to_frames,
+                   shuffle=shuffle, cpu_threads=cpu_threads, stats=stats, placement=placement,
+                   worker_prefix=worker_prefix)
+    distinct = {id(m): m for per in run.models.values() for m in per.values()}
+    with compiled_models(list(distinct.values()), compile_mode):
+        yield from run.run(extra_threads(run) if extra_threads is not None else ())

@@ -103,6 +103,11 @@ class ExportedDiT:
         return found[0]
 
     # -- WanDiT-like surface -------------------------------------------------------
+    def check_latent_size(self, height: int, width: int) -> None:
+        """Raise ValueError (naming the exported buckets) unless a step graph exists for
+        latents of ``height`` x ``width``; ``engine.generate`` asks before any work."""
+        self._graph("step", latent_height=height, latent_width=width)
+
     def tokens_per_frame(self, height: int, width: int) -> int:
         _, ph, pw = self.config.patch_size
         return (height // ph) * (width // pw)
