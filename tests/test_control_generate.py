@@ -7,8 +7,8 @@ import torch
 
 import engine
 from engine.control import split_views
-from engine.models.wan_control import ControlledWanDiT
 from engine.video import read_video_frames
+from golden_videos import controlled_model
 
 SMALL = dict(height=32, width=32, progress=False, seed=4, prompt="x")
 N = 13  # 4 latent frames
@@ -40,17 +40,7 @@ CONTROLS = {
 @pytest.fixture(scope="module")
 def model():
     """A tiny model whose control layers are non-zero (so the controls matter)."""
-    m = ControlledWanDiT.from_base(engine.load_model("tiny", device="cpu"))
-    m.enable_control("warp")
-    m.enable_control("waypoints", in_features=6)
-    m.enable_control("camera")
-    m.enable_control("dense", num_blocks=1)
-    m.enable_control("sparse", num_blocks=1)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.control_layers.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return m
+    return controlled_model()
 
 
 @pytest.mark.parametrize("kind", list(CONTROLS))

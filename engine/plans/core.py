@@ -743,6 +743,25 @@ def make_job(job_id: str, model: str, frames: dict[int, tuple[bool, str | None]]
                visibility=tuple(tuple(bool(v) for v in r) for r in vis), outputs=tuple(sorted(outputs)), **kw)
 
 
+def coarse_rollouts(keyframes: list[int], per_rollout: int, first_given: bool) -> list[tuple[list[int], list[int]]]:
+    """(context, generated) keyframe positions of each coarse rollout: up to ``per_rollout``
+    keyframes per joint job, every rollout after the first (and the first, when frame 0 is
+    given) starting from the last keyframe before it as clean context."""
+    have = {0} if first_given else set()
+    out, i = [], 0
+    while True:
+        ctx = [keyframes[i]] if keyframes[i] in have else []
+        gen = [p for p in keyframes[i:i + per_rollout] if p not in have]
+        if not gen:
+            break
+        out.append((ctx, gen))
+        have.update(gen)
+        i = keyframes.index(gen[-1])
+        if i == len(keyframes) - 1:
+            break
+    return out
+
+
 def frames_hint(latent_ok: list[int]) -> str:
     """'e.g. num_frames 33 or 65' for a few valid latent frame counts."""
     vids = [4 * (f - 1) + 1 for f in latent_ok if f >= 1][:3]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .core import INPUT, Clip, EncodeJob, Plan, PlanError, frames_hint, make_job
+from .core import INPUT, Clip, EncodeJob, Plan, PlanError, coarse_rollouts, frames_hint, make_job
 
 @dataclass(frozen=True)
 class LongdwmOptions:
@@ -65,24 +65,9 @@ def build_longdwm(num_frames: int, *, base: list[float], first_given: bool = Fal
     kf = list(range(0, num_frames, r))
     producer: dict[int, str] = {0: INPUT} if first_given else {}
     jobs = []
-    j, i = 0, 0  # rollout index, index of the rollout's first keyframe
-    while True:
-        ctx = [kf[i]] if kf[i] in producer else []
-        gen = [p for p in kf[i:i + K] if p not in producer]
-        if not gen:
-            break
-        jid = f"longdwm/coarse{j}"
-        frames = {p: (False, producer[p]) for p in ctx}
-        frames.update({p: (True, None) for p in gen})
-        pos = sorted(frames)
-        rope = tuple(p // r for p in pos) if coarse_rope == "keyframe" else None
-        jobs.append(make_job(jid, "coarse", frames, base=base, outputs=gen, kind="plan", rope=rope))
-        for p in gen:
-            producer[p] = jid
-        i = kf.index(gen[-1])
-        j += 1
-        if i == len(kf) - 1:
-            break
+    for j, (ctx, gen) in enumerate(coarse_rollouts(kf, K, first_given)):
+        rope = tuple(p // r for p in ctx + gen) if coarse_rope == "keyframe" else None
+        jobs.append(_coarse_job(j, ctx, gen, producer, base, rope))
     if r > 1:
         for a, bpos in zip(kf, kf[1:]):
             gen = list(range(a + 1, bpos))
@@ -93,6 +78,17 @@ def build_longdwm(num_frames: int, *, base: list[float], first_given: bool = Fal
     return Plan("longdwm", num_frames, jobs, inputs=(0,) if first_given else (), options=opts)
 
 
+def _coarse_job(j: int, ctx: list[int], gen: list[int], producer: dict[int, str], base: list[float], rope):
+    """Coarse rollout ``j``: generates keyframes ``gen`` from the clean keyframes ``ctx``
+    (noting itself as their producer)."""
+    frames = {p: (False, producer[p]) for p in ctx}
+    frames.update({p: (True, None) for p in gen})
+    jid = f"longdwm/coarse{j}"
+    for p in gen:
+        producer[p] = jid
+    return make_job(jid, "coarse", frames, base=base, outputs=gen, kind="plan", rope=rope)
+
+
 def _keyframe_clip_plan(num_frames: int, base: list[float], first_given: bool, K: int, r: int,
                         coarse_rope: str) -> Plan:
     n_kf = (num_frames - 1) // r + 1
@@ -100,24 +96,9 @@ def _keyframe_clip_plan(num_frames: int, base: list[float], first_given: bool, K
     clips = [Clip(f"kf{i}", i, 1, kind="image", rope_origin=i, output=False) for i in kf]
     producer: dict[int, str] = {0: INPUT} if first_given else {}
     jobs, encodes = [], []
-    j, i = 0, 0
-    while True:
-        ctx = [kf[i]] if kf[i] in producer else []
-        gen = [p for p in kf[i:i + K] if p not in producer]
-        if not gen:
-            break
-        jid = f"longdwm/coarse{j}"
-        frames = {p: (False, producer[p]) for p in ctx}
-        frames.update({p: (True, None) for p in gen})
-        pos = sorted(frames)
-        rope = tuple(pos) if coarse_rope == "keyframe" else tuple(p * r for p in pos)
-        jobs.append(make_job(jid, "coarse", frames, base=base, outputs=gen, kind="plan", rope=rope))
-        for p in gen:
-            producer[p] = jid
-        i = gen[-1]
-        j += 1
-        if i == n_kf - 1:
-            break
+    for j, (ctx, gen) in enumerate(coarse_rollouts(kf, K, first_given)):
+        rope = tuple(ctx + gen) if coarse_rope == "keyframe" else tuple(p * r for p in ctx + gen)
+        jobs.append(_coarse_job(j, ctx, gen, producer, base, rope))
     for a in kf[:-1]:
         start = n_kf + a * (r + 1)
         cid = f"pair{a}"

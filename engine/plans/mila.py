@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .core import INPUT, Plan, PlanError, make_job
+from .core import INPUT, Plan, PlanError, coarse_rollouts, make_job
 
 @dataclass(frozen=True)
 class MilaOptions:
@@ -51,22 +51,13 @@ def build_mila(num_frames: int, *, base: list[float], first_given: bool = False,
     anchors = list(range(0, num_frames, r))
     coarse_of: dict[int, str] = {0: INPUT} if first_given else {}
     jobs = []
-    j, i = 0, 0
-    while True:
-        ctx = [anchors[i]] if anchors[i] in coarse_of else []
-        gen = [p for p in anchors[i:i + K] if p not in coarse_of]
-        if not gen:
-            break
+    for j, (ctx, gen) in enumerate(coarse_rollouts(anchors, K, first_given)):
         jid = f"mila/coarse{j}"
         frames = {p: (False, coarse_of[p]) for p in ctx}
         frames.update({p: (True, None) for p in gen})
         jobs.append(make_job(jid, "coarse", frames, base=base, outputs=(), kind="plan", noise_stream=1))
         for p in gen:
             coarse_of[p] = jid
-        i = anchors.index(gen[-1])
-        j += 1
-        if i == len(anchors) - 1:
-            break
     fine_of: dict[int, str] = {0: INPUT} if first_given else {}
     start = 1 if first_given else 0
     anchor_set = set(anchors)
