@@ -81,6 +81,8 @@ def speedups(args) -> dict:
     res = {}
     W = len(workers)
     for name, opts, frames in SPEED_CONFIGS(args):
+        if args.only and not any(o in name + "".join(f" {k}={v}" for k, v in opts.items()) for o in args.only):
+            continue
         F = (frames - 1) // 4 + 1
         plan = build_plan(name, F, **opts)
         key = name + "".join(f" {k}={v}" for k, v in opts.items())
@@ -148,6 +150,8 @@ def main():
     p.add_argument("--with-vae", action="store_true", help="also time generate() with the VAE decode")
     p.add_argument("--vae-only", action="store_true", help="with --with-vae: skip the DiT-only timing")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--only", action="append", help="time only the configurations whose key contains this text "
+                   "(repeatable), e.g. --only segment_clips")
     p.add_argument("--no-speed", action="store_true", help="critical paths only")
     p.add_argument("--out", default=None)
     args = p.parse_args()
