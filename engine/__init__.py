@@ -4,7 +4,9 @@ Public entry points (imported lazily so that light submodules such as
 ``engine.sampling`` import without pulling in the whole stack):
 
 - :func:`engine.load_model` -- a DiT from a preset name, a checkpoint file or folder.
-- :func:`engine.generate` -- a long video from a model, a prompt and options.
+- :func:`engine.generate` -- a long video from a model, a prompt and options
+  (:func:`engine.stream`: its frames as they come; :func:`engine.plan_for`: the plan it
+  would run -- clips, denoise / decode / encode jobs).
 - :class:`engine.Video` -- uint8 frames plus fps, ``.save(path)`` writes mp4.
 - :class:`engine.ModelConfig`, :class:`engine.SamplerConfig`, :class:`engine.EngineConfig`.
 """
@@ -19,6 +21,7 @@ _LAZY = {
     "load_model": "engine.loading",
     "generate": "engine.generation",
     "stream": "engine.generation",
+    "plan_for": "engine.generation",
     "Video": "engine.video",
     "ModelConfig": "engine.config",
     "SamplerConfig": "engine.config",

@@ -100,6 +100,13 @@ def test_first_frame_arrives_before_the_last_clip_is_denoised(tiny):
     assert rs.first_output_seconds < last
 
 
+def test_plan_for_a_model_is_the_plan_generate_runs(tiny):
+    plan = engine.plan_for(tiny, num_frames=33, height=32, width=32, **MMPL3)
+    assert plan.video_frames == 33 and [c.id for c in plan.clips] == ["seg0", "seg1"]
+    v = engine.generate(tiny, num_frames=33, seed=1, **SMALL, **MMPL3)
+    assert sorted(j["id"] for j in v.stats.runtime.jobs) == sorted(j.id for j in plan.all_jobs())
+
+
 def test_keyframe_image_clips_same_video_on_any_workers(tiny):
     plan = build_plan("longdwm", 7, keyframes=3, fps_ratio=2, keyframe_clips=True)
     kf = [c for c in plan.clips if c.kind == "image"]
