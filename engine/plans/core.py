@@ -261,7 +261,6 @@ class EncodeJob:
                 "outputs": list(self.positions)}
 
 
-AnyJob = "Job | DecodeJob | EncodeJob"
 
 
 @dataclass
