@@ -261,8 +261,6 @@ class EncodeJob:
                 "outputs": list(self.positions)}
 
 
-
-
 @dataclass
 class Plan:
     """A strategy's DAG (see the module docstring): denoise ``jobs`` (topologically
