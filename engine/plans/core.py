@@ -520,8 +520,9 @@ class Plan:
             self._validate_job(j)
         for e in self.encodes:
             self._validate_encode(e)
+        owner_of = self.output_map()
         for d in self.decodes:
-            self._validate_decode(d)
+            self._validate_decode(d, owner_of)
         self.topo_order()
         # coverage: every position output exactly once (inputs and encodes count as outputs)
         owner: dict[int, str] = {p: INPUT for p in self.inputs}
@@ -578,13 +579,12 @@ class Plan:
         if len({self.clip_of(p).id for p in e.positions}) != 1:
             raise PlanError(f"{where}: output positions {list(e.positions)} span several clips")
 
-    def _validate_decode(self, d: DecodeJob) -> None:
+    def _validate_decode(self, d: DecodeJob, owner: dict[int, str]) -> None:
         where = f"decode job {d.id!r}"
         if not d.latents:
             raise PlanError(f"{where} decodes no latents")
         if d.clip is not None:
             raise PlanError(f"{where}: clips are decoded by the plan's own chains; a hand-off decode has clip=None")
-        owner = self.output_map()
         for p, s in d.latents:
             if owner.get(p) != s and not (s in self._by_id and p in getattr(self._by_id[s], "generated_positions", ())):
                 raise PlanError(f"{where}: latent {p} is not made by {s!r}")
