@@ -19,6 +19,8 @@ _STRATEGY_ARGS = [
     ("schedule", str, "mmpl: max_throughput or min_memory"),
     ("noise_rho", float, "mmpl: share of fresh noise in the interpolated content noise"),
     ("segment_clips", bool, "mmpl: every segment its own VAE clip, chained by decode -> re-encode"),
+    ("release", str, "mmpl: the Tele-AI/MMPL release's layout, t2v or i2v (see --recipe mmpl-t2v)"),
+    ("handoff", str, "mmpl release: tail (1-GPU chaining) or stage1 (the multi-GPU scripts' chaining)"),
     ("keyframes", int, "longdwm: keyframes per coarse rollout (5)"),
     ("fps_ratio", int, "longdwm: latent frames between keyframes (3)"),
     ("coarse_rope", str, "longdwm: keyframe or absolute RoPE positions for the coarse pass"),
@@ -36,9 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Long-horizon video world-model engine")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and which optional backends are available (and why not)")
+    r = sub.add_parser("recipes", help="list the recipes (a released method's whole inference setting)")
+    r.add_argument("--json", action="store_true", help="print them as JSON")
     g = sub.add_parser("generate", help="generate a video (strategies: ar, mmpl, longdwm, mila)")
     g.add_argument("--model", default="tiny", help=f"preset ({', '.join(sorted(PRESETS))}) or checkpoint path")
-    g.add_argument("--num-frames", type=int, required=True, help="video frames, 4k+1 (e.g. 33, 81, 161)")
+    g.add_argument("--recipe", help="a released method's setting (python -m engine recipes): strategy, options, "
+                   "sampler, negative prompt, size; explicit flags override it")
+    g.add_argument("--checkpoint-key", choices=["generator", "generator_ema"],
+                   help="which dict of a training .pt to load (default: EMA, or the recipe's)")
+    g.add_argument("--num-frames", type=int, required=True, help="video frames, 4k+1 (e.g. 33, 81, 161; "
+                   "recipes have their own rule)")
     g.add_argument("--out", default="video.mp4", help="output mp4 path")
     g.add_argument("--prompt", default="", help="text prompt (needs a text encoder for real models)")
     g.add_argument("--prompt-embeds", help="a .safetensors or .pt file holding prompt embeddings [1, L, text_dim]")
@@ -49,15 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 when available)")
     g.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    g.add_argument("--sampler", choices=["fewstep", "euler", "unipc"], default="fewstep")
+    g.add_argument("--sampler", choices=["fewstep", "euler", "unipc"], default=None, help="default fewstep")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (euler/unipc; fewstep uses --timesteps)")
-    g.add_argument("--timesteps", default="1000,750,500,250", help="few-step timesteps, comma separated")
-    g.add_argument("--shift", type=float, default=5.0)
-    g.add_argument("--guidance-scale", type=float, default=1.0)
+    g.add_argument("--timesteps", default=None, help="few-step timesteps, comma separated (1000,750,500,250)")
+    g.add_argument("--shift", type=float, default=None, help="timestep shift (5)")
+    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1: off)")
     g.add_argument("--chunk-frames", type=int, default=3, help="latent frames per autoregressive chunk")
     g.add_argument("--sink-frames", type=int, default=None)
     g.add_argument("--window-frames", type=int, default=None, help="past latent frames each chunk attends to")
-    g.add_argument("--strategy", choices=list(STRATEGIES), default="ar")
+    g.add_argument("--strategy", choices=list(STRATEGIES), default=None, help="default ar (or the recipe's)")
     g.add_argument("--devices", help="comma-separated devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
                    "(overrides --device)")
     g.add_argument("--cpu-threads", type=int, default=1, help="torch threads while the runtime runs (pinned)")
@@ -181,17 +190,68 @@ def _info() -> int:
     return 0
 
 
+def _sampler(args, recipe) -> SamplerConfig | None:
+    """The sampler the flags ask for: the recipe's (or the default few-step one) with every
+    flag given replacing its field; None when a recipe runs with its own unchanged."""
+    given = {}
+    if args.sampler is not None:
+        given["kind"] = args.sampler
+    if args.timesteps is not None:
+        given["timesteps"] = tuple(float(t) for t in args.timesteps.split(",") if t.strip())
+    if args.steps is not None:
+        given["num_steps"] = args.steps
+    if args.shift is not None:
+        given["shift"] = args.shift
+    if args.guidance_scale is not None:
+        given["guidance_scale"] = args.guidance_scale
+    if recipe is not None and not given:
+        return None
+    base = recipe.sampler if recipe is not None else SamplerConfig()
+    if "num_steps" not in given:
+        kind = given.get("kind", base.kind)
+        if kind == "fewstep":
+            given["num_steps"] = len(given.get("timesteps", base.timesteps or (1000.0, 750.0, 500.0, 250.0)))
+        elif base.kind == "fewstep":
+            given["num_steps"] = 30
+    if given.get("kind", base.kind) != "fewstep" and "timesteps" not in given:
+        given["timesteps"] = None
+    return base.replace(**given)
+
+
+def _recipes(args) -> int:
+    """``python -m engine recipes``: every recipe, as a table or JSON."""
+    import json
+
+    from .recipes import RECIPES
+
+    if args.json:
+        print(json.dumps([r.describe() for r in RECIPES.values()], indent=1, ensure_ascii=False))
+        return 0
+    for r in RECIPES.values():
+        s = r.sampler
+        print(f"{r.name}\n  {r.description}\n  strategy {r.strategy} {vars(r.options)}\n  sampler {s.kind} "
+              f"{s.num_steps} steps, shift {s.shift:g}, schedule {s.schedule}, guidance {s.guidance_scale:g}; "
+              f"size {r.height}x{r.width} @ {r.fps} fps; frames {r.frames_rule}; weights '{r.checkpoint_key}'"
+              f"{'; needs --first-frame' if r.first_frame else ''}\n  release: {r.reference}")
+    return 0
+
+
 def _print_plan(args, sampler, chosen: dict) -> int:
     """``--plan-only``: the plan generate would run, as JSON on stdout."""
     import json
 
     from .generation import plan_for
     from .inputs import resolve_model
+    from .recipes import get_recipe
 
     try:
-        model = resolve_model(args.model, args.dtype, "cpu")
+        model = resolve_model(args.model, args.dtype, "cpu", checkpoint_key=args.checkpoint_key)
+        recipe = get_recipe(args.recipe) if args.recipe else None
+        strategy = args.strategy or (recipe.strategy if recipe else "ar")
+        if recipe is not None:
+            sampler = sampler or recipe.sampler
         plan = plan_for(model, num_frames=args.num_frames, height=args.height, width=args.width,
-                        strategy=args.strategy, first_frame_given=args.first_frame is not None, sampler=sampler,
+                        strategy=strategy, first_frame_given=args.first_frame is not None, sampler=sampler,
                         chunk_frames=args.chunk_frames, sink_frames=args.sink_frames,
                         window_frames=args.window_frames, **chosen)
     except (ValueError, TypeError, FileNotFoundError) as exc:
@@ -207,21 +267,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         return _info()
     from .generation import GenerationError, generate
+    from .recipes import get_recipe
 
-    timesteps = tuple(float(t) for t in args.timesteps.split(",") if t.strip())
-    sampler = SamplerConfig(
-        kind=args.sampler,
-        num_steps=args.steps or (len(timesteps) if args.sampler == "fewstep" else 30),
-        shift=args.shift,
-        timesteps=timesteps,
-        guidance_scale=args.guidance_scale,
-    )
+    if args.command == "recipes":
+        return _recipes(args)
+    try:
+        recipe = get_recipe(args.recipe) if args.recipe else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sampler = _sampler(args, recipe)
+    strategy = args.strategy or (recipe.strategy if recipe else "ar")
     chosen = {name: getattr(args, name) for name, _, _ in _STRATEGY_ARGS if getattr(args, name) is not None}
-    wrong = sorted(k for k in chosen if k not in STRATEGY_OPTIONS[args.strategy])
+    wrong = sorted(k for k in chosen if k not in STRATEGY_OPTIONS[strategy])
     if wrong:
         print(f"error: --{', --'.join(w.replace('_', '-') for w in wrong)} do not apply to strategy "
-              f"{args.strategy!r} (its options: {', '.join(STRATEGY_OPTIONS[args.strategy])})", file=sys.stderr)
+              f"{strategy!r} (its options: {', '.join(STRATEGY_OPTIONS[strategy])})", file=sys.stderr)
         return 2
+    if recipe is not None:  # the recipe's typed options, with the flags given replacing its fields
+        import dataclasses
+
+        chosen = {"options": dataclasses.replace(recipe.options, **chosen)}
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else (
         [args.device] if args.device else None)
     extra = {}
@@ -253,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             width=args.width,
             seed=args.seed,
             devices=devices,
-            strategy=args.strategy,
+            strategy=strategy,
+            recipe=args.recipe,
+            checkpoint_key=args.checkpoint_key,
             cpu_threads=args.cpu_threads,
             dtype=args.dtype,
             sampler=sampler,
@@ -290,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {args.out}: {len(video)} frames {video.width}x{video.height} @ {video.fps:g} fps "
         f"in {s.seconds:.1f} s ({s.fps:.2f} frames/s, first frame after {s.first_frame_seconds:.2f} s; "
-        f"strategy {args.strategy}, critical path {s.critical_path_passes} DiT passes)"
+        f"strategy {strategy}, critical path {s.critical_path_passes} DiT passes)"
     )
     return 0
 

@@ -108,7 +108,10 @@ class SamplerConfig:
     ``timesteps`` (0..1000) define the few-step schedule; the multistep solvers use
     ``num_steps`` sigmas from 1 to 0. ``shift`` warps sigmas s' = k s / (1 + (k-1) s).
     ``guidance_scale`` > 1 turns on classifier-free guidance (needs a negative prompt
-    embedding; an empty prompt by default).
+    embedding; an empty prompt by default). ``schedule`` (multistep solvers): ``"flow"``
+    (sigmas from exactly 1 to 0, model timestep 1000*sigma) or ``"wan"`` (Wan's own
+    FlowUniPCMultistepScheduler table from 0.999, int64-truncated model timesteps: what
+    the Wan2.1 and MMPL releases run; see :func:`engine.sampling.wan_unipc_schedule`).
     """
 
     kind: str = "fewstep"
@@ -116,6 +119,7 @@ class SamplerConfig:
     shift: float = 5.0
     timesteps: tuple[float, ...] | None = (1000.0, 750.0, 500.0, 250.0)
     guidance_scale: float = 1.0
+    schedule: str = "flow"
 
     def __post_init__(self) -> None:
         if self.kind not in ("fewstep", "euler", "unipc"):
@@ -124,6 +128,8 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.num_steps must be >= 1, got {self.num_steps}")
         if self.shift <= 0:
             raise ValueError(f"SamplerConfig.shift must be > 0, got {self.shift}")
+        if self.schedule not in ("flow", "wan"):
+            raise ValueError(f"SamplerConfig.schedule must be 'flow' or 'wan', got {self.schedule!r}")
 
     def replace(self, **changes) -> "SamplerConfig":
         """A copy with some fields changed."""

@@ -106,6 +106,7 @@ class PreparedRun:
     cpu_threads: int
     shuffle: int | None
     fps: float
+    noise: torch.Tensor | None = None
 
 
 def plan_for(model, *, num_frames: int, height: int | None = None, width: int | None = None, strategy: str = "ar",
@@ -117,7 +118,12 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
     (e.g. :class:`~engine.plans.MmplOptions`), ``strategy_kw`` override its fields."""
     cfg = model.config
     default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
-    F_lat, _, _ = check_frames(num_frames, height or default_h, width or default_w, model)
+    release = _release_layout(strategy, options, strategy_kw)
+    F_lat, _, _ = check_frames(num_frames, height or default_h, width or default_w, model, temporal=release is None)
+    if release is not None:  # the MMPL release's own frame rule: whole 81-frame segments, chained
+        from .plans.mmpl_release import SEGMENT, release_segments
+
+        F_lat = SEGMENT * release_segments(num_frames, release)
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
     if strategy == "ar":
@@ -128,7 +134,26 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
                       first_given=first_frame_given and not cfg.is_i2v, options=options, **strategy_kw)
 
 
-def prepare(
+def _release_layout(strategy: str, options, strategy_kw: dict) -> str | None:
+    """The hand-off of an ``mmpl`` run in the MMPL release's layout, else None."""
+    if strategy != "mmpl":
+        return None
+    release = strategy_kw.get("release", getattr(options, "release", None))
+    return strategy_kw.get("handoff", getattr(options, "handoff", "tail")) if release is not None else None
+
+
+def prepare(model, *, recipe=None, **options) -> PreparedRun:
+    """Check every input and build the run (arguments as :func:`generate`); nothing is
+    denoised yet. ``recipe`` (a name from :data:`engine.recipes.RECIPES` or a Recipe)
+    fills in every argument not given. Raises ValueError / TypeError naming the problem."""
+    if recipe is not None:
+        from .recipes import apply_recipe
+
+        options = apply_recipe(recipe, options)
+    return _prepare(model, **options)
+
+
+def _prepare(
     model,
     *,
     num_frames: int,
@@ -140,7 +165,7 @@ def prepare(
     image_embeds: torch.Tensor | None = None,
     height: int | None = None,
     width: int | None = None,
-    strategy: str = "ar",
+    strategy: str | None = None,
     seed: int = 0,
     devices: list[str] | None = None,
     dtype=None,
@@ -159,10 +184,11 @@ def prepare(
     cpu_threads: int = 1,
     shuffle: int | None = None,
     options=None,
+    checkpoint_key: str | None = None,
+    noise: torch.Tensor | None = None,
     **strategy_options,
 ) -> PreparedRun:
-    """Check every input and build the run (arguments as :func:`generate`); nothing is
-    denoised yet. Raises ValueError / TypeError naming the problem."""
+    strategy = strategy or "ar"
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; available: {STRATEGIES}")
     if devices is not None and (isinstance(devices, str) or len(devices) == 0):
@@ -177,11 +203,12 @@ def prepare(
     if strategy not in TWO_MODEL_STRATEGIES and (coarse_model is not None or fine_model is not None):
         raise ValueError(f"strategy {strategy!r} uses one model; coarse_model / fine_model are for {TWO_MODEL_STRATEGIES}")
     device = devices[0] if devices else None
-    model = resolve_model(model, dtype, device, engine_config)
+    model = resolve_model(model, dtype, device, engine_config, checkpoint_key=checkpoint_key)
     cfg = model.config
     default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
     height, width = height or default_h, width or default_w
-    F_lat, h, w = check_frames(num_frames, height, width, model)
+    F_lat, h, w = check_frames(num_frames, height, width, model,
+                               temporal=_release_layout(strategy, options, strategy_options) is None)
     sampler = sampler or SamplerConfig()
     if guidance_scale is not None:
         sampler = sampler.replace(guidance_scale=float(guidance_scale))
@@ -205,6 +232,9 @@ def prepare(
                          f"whole-video conditions (an image-to-video model's first-frame condition, controls) are not "
                          f"cut per clip yet: run it without clip options")
     roles = _role_models(strategy, model, coarse_model, fine_model, dtype, device, engine_config)
+    from .runtime import check_noise
+
+    check_noise(plan, noise, roles, (h, w))
     for m in roles.values():  # a model with fixed shapes (an exported one) says now if it cannot run this size
         if hasattr(m, "check_latent_size"):
             m.check_latent_size(h, w)
@@ -247,7 +277,8 @@ def prepare(
                        make_context=make_context, seed=seed, sampler=sampler, latent_hw=(h, w),
                        inputs={0: first_latent} if first_latent is not None else {}, condition=condition,
                        vae=comps.vae, make_decoder=_decoder_factory(decoder, ctl, StreamingDecoder),
-                       compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(cfg.fps))
+                       compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(cfg.fps),
+                       noise=noise)
 
 
 def _decoder_factory(decoder, ctl, default):
@@ -277,9 +308,10 @@ def _role_models(strategy, model, coarse_model, fine_model, dtype, device, engin
     return roles
 
 
-def run(prepared: PreparedRun, stats: RunStats | None = None) -> Iterator[np.ndarray]:
+def run(prepared: PreparedRun, stats: RunStats | None = None, keep_latents: dict | None = None) -> Iterator[np.ndarray]:
     """Execute a prepared run (in this process, or this rank's share under torch.distributed);
-    yields uint8 frames [t, H, W, 3] strictly in order."""
+    yields uint8 frames [t, H, W, 3] strictly in order. ``keep_latents``: a dict receiving
+    every latent the run makes, {(job id, position): [1, C, 1, h, w] on the CPU}."""
     from .distributed import distributed_active, run_distributed
 
     r = prepared
@@ -290,7 +322,8 @@ def run(prepared: PreparedRun, stats: RunStats | None = None) -> Iterator[np.nda
                       sampler=r.sampler, latent_hw=r.latent_hw, inputs=r.inputs, condition=r.condition, vae=r.vae,
                       make_decoder=r.make_decoder, to_frames=lambda v: to_uint8_frames(v)[0], shuffle=r.shuffle,
                       cpu_threads=r.cpu_threads, stats=stats.runtime if stats is not None else None,
-                      compile_mode=r.compile_mode)
+                      compile_mode=r.compile_mode, noise=r.noise,
+                      **({} if keep_latents is None else {"keep_latents": keep_latents}))
     return _runtime_frames(it, stats)
 
 
@@ -318,7 +351,7 @@ def generate(
     first_frame=None,
     height: int | None = None,
     width: int | None = None,
-    strategy: str = "ar",
+    strategy: str | None = None,
     seed: int = 0,
     devices: list[str] | None = None,
     output: str | Path | None = None,
@@ -345,6 +378,13 @@ def generate(
     strategy): trajectory, intrinsics, warp_depth, save_warped (LongDWM); waypoints,
     cameras, views, cross_view (MiLA); depth, point_map, control_branches, control_blocks
     (LongVie 2).
+
+    recipe: a released method's whole setting by name (``mmpl-t2v``, ``mmpl-t2v-parallel``,
+    ``mmpl-i2v``; :mod:`engine.recipes`, ``python -m engine recipes``): strategy, options,
+    sampler, negative prompt, size and checkpoint dict; explicit arguments override it.
+    checkpoint_key: the dict of a training ``.pt`` to load (``generator``, ``generator_ema``).
+    noise: [1, C, F, h, w] initial noise of every latent position of the plan's timeline,
+    replacing the seeded draws (replaying another implementation's run).
 
     strategy: ``ar`` (default; ``context="cache"``: the KV-cache chain on one worker,
     ``context="history"`` feeds ``history_frames`` in the sequence; ``unified_noise``),

@@ -23,8 +23,10 @@ class Components:
     random_weights: bool
 
 
-def resolve_model(model, dtype, device, engine_config: EngineConfig | None = None) -> WanDiT:
-    """A loaded model; an EngineConfig sets its device, dtype, attention backend and fused ops.
+def resolve_model(model, dtype, device, engine_config: EngineConfig | None = None,
+                  checkpoint_key: str | None = None) -> WanDiT:
+    """A loaded model; an EngineConfig sets its device, dtype, attention backend and fused ops;
+    ``checkpoint_key`` picks a training checkpoint's dict (``generator`` / ``generator_ema``).
     Any other module with the Wan call convention (``config``, ``device``, ``dtype``; e.g.
     a CogVideoX DiT) is used as given, moved to ``device`` / ``dtype`` when asked."""
     ec = engine_config
@@ -42,6 +44,10 @@ def resolve_model(model, dtype, device, engine_config: EngineConfig | None = Non
         from .loading import load_model
 
         kw = {} if ec is None else dict(attention_backend=ec.attention_backend, fused_ops=ec.fused_ops)
+        if checkpoint_key is not None:
+            if checkpoint_key not in ("generator", "generator_ema"):
+                raise ValueError(f"checkpoint_key must be 'generator' or 'generator_ema', got {checkpoint_key!r}")
+            kw["prefer_ema"] = checkpoint_key == "generator_ema"
         return load_model(model, dtype=dtype, device=device, **kw)
     if ec is not None:
         model.attention_backend, model.fused_ops = ec.attention_backend, ec.fused_ops
@@ -110,11 +116,15 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
     return Components(vae=vae, text_encoder=text_encoder, random_weights=random_weights)
 
 
-def check_frames(num_frames: int, height: int, width: int, model: WanDiT) -> tuple[int, int, int]:
-    """Validate the requested video size; return latent (frames, height, width)."""
+def check_frames(num_frames: int, height: int, width: int, model: WanDiT, temporal: bool = True) -> tuple[int, int, int]:
+    """Validate the requested video size; return latent (frames, height, width).
+    ``temporal=False``: the strategy has its own frame rule (checked by its plan; the
+    returned frame count is then meaningless)."""
     cfg = model.config
     st, sh, sw = cfg.vae_stride
     _, ph, pw = cfg.patch_size
+    if not temporal:
+        num_frames = 1
     if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % st:
         lo = max(1, ((max(num_frames, 1) - 1) // st) * st + 1)
         raise ValueError(
@@ -149,9 +159,11 @@ def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negativ
         neg = resolve_prompt_embeds(negative_prompt or "", negative_prompt_embeds, enc, 1, text_dim=cfg.text_dim,
                                     max_length=max_len)
         neg = neg.to(dev, dt)
-        if neg.shape[1] != text.shape[1]:  # pad/crop the negative to the positive's length
-            pad = neg.new_zeros(1, text.shape[1], neg.shape[2])
-            n = min(neg.shape[1], text.shape[1])
+        if hasattr(model, "pad_text"):  # Wan: both rows zero-padded to text_len (longer is an error)
+            rows[0], neg = model.pad_text(rows[0]), model.pad_text(neg)
+        if neg.shape[1] != rows[0].shape[1]:  # pad/crop the negative to the positive's length
+            pad = neg.new_zeros(1, rows[0].shape[1], neg.shape[2])
+            n = min(neg.shape[1], rows[0].shape[1])
             pad[:, :n] = neg[:, :n]
             neg = pad
         rows.append(neg)

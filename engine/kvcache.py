@@ -9,7 +9,13 @@ named regions:
   recent frames. A chunk at positions [s, s+n) sees the sink frames, the ``window_frames``
   frames before s, and itself.
 
-Frame position p lives in slot p (p < sink) or sink + (p - sink) mod ring. A forward pass
+Frame position p lives in slot p (p < sink) or sink + (p - sink) mod ring, counted from
+the cache's ``origin`` (a cache of one clip starts at the clip's first position).
+
+A chunk may instead be told exactly which cached frames it sees (``claim(positions,
+see=...)``): any frames of the cache, in any order, e.g. MMPL's stages, whose keyframes
+and populating frames see chosen earlier stages (the plan's visibility decides, not a
+window). A forward pass
 over a chunk first writes the chunk's keys and values into its slots, then attends over
 the whole buffer with a frame-level visibility row per slot; denoising steps overwrite
 the chunk's slots, and a last pass over the clean chunk at noise level 0 leaves the clean
@@ -64,6 +70,7 @@ class KVCache:
         sink_frames: int = 0,
         window_frames: int | None = None,
         max_frames: int | None = None,
+        origin: int = 0,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
@@ -80,6 +87,8 @@ class KVCache:
                 raise ValueError(f"window_frames must be >= 0, got {window_frames}")
             ring = window_frames + chunk_frames
         self.num_layers = num_layers
+        self.origin = int(origin)
+        self.plan_visibility = False  # set by cache_for for CacheSpec(visible="plan")
         self.tokens_per_frame = tokens_per_frame
         self.chunk_frames = chunk_frames
         self.sink_frames = sink_frames
@@ -99,11 +108,12 @@ class KVCache:
     # -- addressing ---------------------------------------------------------------
     def slot_of(self, position: int) -> int:
         """The slot that frame ``position`` occupies."""
-        if position < 0:
-            raise ValueError(f"frame position must be >= 0, got {position}")
-        if position < self.sink_frames:
-            return position
-        return self.sink_frames + (position - self.sink_frames) % self.ring_frames
+        p = position - self.origin
+        if p < 0:
+            raise ValueError(f"frame position must be >= the cache's origin {self.origin}, got {position}")
+        if p < self.sink_frames:
+            return p
+        return self.sink_frames + (p - self.sink_frames) % self.ring_frames
 
     def slot_positions(self) -> list[int]:
         """Frame position held by each slot (-1: empty)."""
@@ -115,31 +125,50 @@ class KVCache:
 
     def visible(self, query_start: int, query_end: int, key_position: int) -> bool:
         """May a chunk covering positions [query_start, query_end) see frame ``key_position``?"""
-        if key_position < 0 or key_position >= query_end:
+        if key_position < self.origin or key_position >= query_end:
             return False
-        if key_position < self.sink_frames or key_position >= query_start:
+        if key_position - self.origin < self.sink_frames or key_position >= query_start:
             return True
         return self.window_frames is None or key_position >= query_start - self.window_frames
 
-    def claim(self, positions: list[int]) -> ChunkSlots:
-        """Reserve slots for a chunk of consecutive frame positions and return where it
-        writes and what it sees. Evicts the frames those slots held."""
+    def claim(self, positions: list[int], see: list[int] | None = None) -> ChunkSlots:
+        """Reserve slots for a chunk and return where it writes and what it sees; evicts
+        the frames those slots held. ``see`` None: consecutive positions, seeing the sink,
+        the window before them and themselves. ``see`` given: any positions (each in its
+        own slot), seeing exactly the cached frames ``see`` plus themselves."""
         positions = [int(p) for p in positions]
         n = len(positions)
         if n == 0 or n > self.chunk_frames:
             raise ValueError(f"a chunk has 1..{self.chunk_frames} frames (chunk_frames), got {n}")
-        if positions != list(range(positions[0], positions[0] + n)):
+        if see is None and positions != list(range(positions[0], positions[0] + n)):
             raise ValueError(f"chunk positions must be consecutive, got {positions}")
-        if self.window_frames is None and positions[-1] >= self.sink_frames + self.ring_frames:
+        if len(set(positions)) != n:
+            raise ValueError(f"chunk positions must be distinct, got {positions}")
+        top = max(positions) - self.origin
+        if self.window_frames is None and top >= self.sink_frames + self.ring_frames:
             raise ValueError(
-                f"frame position {positions[-1]} exceeds the unbounded cache's capacity of "
-                f"{self.sink_frames + self.ring_frames} frames; pass a larger max_frames or set window_frames"
+                f"frame position {max(positions)} exceeds the unbounded cache's capacity of "
+                f"{self.sink_frames + self.ring_frames} frames from position {self.origin}; pass a larger max_frames "
+                f"or set window_frames"
             )
+        if see is not None:
+            held = set(self._slot_pos)
+            missing = sorted(int(p) for p in see if int(p) not in held or int(p) in positions)
+            if missing:
+                raise ValueError(f"frames {missing} are to be seen by chunk {positions} but are not in the cache "
+                                 f"(held: {sorted(p for p in held if p >= 0)})")
+            slots = [self.slot_of(p) for p in positions]
+            if len(set(slots)) != n:
+                raise ValueError(f"chunk positions {positions} share cache slots; the cache holds {self.num_slots}")
         slots = [self.slot_of(p) for p in positions]
         for s, p in zip(slots, positions):
             self._slot_pos[s] = p
-        start, end = positions[0], positions[-1] + 1
-        row = [self.visible(start, end, sp) for sp in self._slot_pos]
+        if see is None:
+            start, end = positions[0], positions[-1] + 1
+            row = [self.visible(start, end, sp) for sp in self._slot_pos]
+        else:
+            seen = {int(p) for p in see} | set(positions)
+            row = [sp in seen for sp in self._slot_pos]
         # Within the chunk every frame sees every other frame of the chunk (bidirectional).
         visibility = torch.tensor([row] * n, dtype=torch.bool).to(self.device, non_blocking=True)
         key_slots = 1 + max(i for i, seen in enumerate(row) if seen)
@@ -171,14 +200,16 @@ class KVCache:
 
 def cache_for(model, spec, batch: int, h: int, w: int) -> KVCache:
     """A KV cache for ``model`` laid out as ``spec`` (:class:`engine.plans.core.CacheSpec`:
-    chunk, sink and window frames, max frames) for latents of h x w and ``batch`` rows
+    chunk, sink and window frames, max frames, origin; ``plan_visibility`` set when the
+    plan's visibility, not the window, says what each chunk sees) for latents of h x w and ``batch`` rows
     (2 with classifier-free guidance). Under CUDA graphs (``model.static_cache``, set by
     :mod:`engine.compile`) the buffers are marked static: they never move."""
     cfg = model.config
     cache = KVCache(num_layers=cfg.num_layers, batch=batch, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                     tokens_per_frame=model.tokens_per_frame(h, w), chunk_frames=spec.chunk_frames,
                     sink_frames=spec.sink_frames, window_frames=spec.window_frames, max_frames=spec.max_frames,
-                    device=model.device, dtype=model.dtype)
+                    origin=spec.origin, device=model.device, dtype=model.dtype)
+    cache.plan_visibility = spec.visible == "plan"
     if getattr(model, "static_cache", False):
         import torch._dynamo as dynamo
 

@@ -97,11 +97,13 @@ class RuntimeStats:
 # one denoise job
 # ----------------------------------------------------------------------------------
 def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, shape_chw: tuple[int, int, int],
-                    device, use_kernel: bool | None = None) -> torch.Tensor:
+                    device, use_kernel: bool | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Initial noisy latents [1, C, G, h, w] (float32) of a job's generated frames: noise
     by the job's mode (:mod:`engine.noise_streams`), re-noised anchors x = (1 - s) x0 + s eps.
     ``use_kernel`` (default: on CUDA) computes interpolation, fresh share and anchor
-    re-noising in one pass of the Triton ``noise_init`` kernel; else its torch reference."""
+    re-noising in one pass of the Triton ``noise_init`` kernel; else its torch reference.
+    ``noise`` [1, C, F, h, w]: per-position noise replacing the seeded draws (fresh and
+    interpolated modes)."""
     from kernels.noise import frame_noise, noise_init, noise_init_reference
 
     dev = torch.device(device)
@@ -109,22 +111,31 @@ def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, sh
     gen = list(job.generated_positions)
     shape = (1, *shape_chw)
     block = job.noise_stream
-    start = job.sigmas[0]
-    anchors = any(s < 1.0 for s in start)
+    # a generated frame with a source is a re-noised anchor (from its x0 at its first sigma);
+    # without one it starts from pure noise, whatever the schedule's first sigma (e.g. Wan's 0.9998)
+    anchor = [s is not None for s, g in zip(job.sources, job.generated) if g]
+    start = [float(s) if a else 1.0 for s, a in zip(job.sigmas[0], anchor)]
+    anchors = any(anchor)
     planning, pn, fresh = gen, None, None
+
+    def drawn(positions, stream):
+        if noise is not None and stream == ns.stream(block, ns.INITIAL):
+            return noise[:, :, list(positions)].float()
+        return frame_noise(seed, positions, shape, stream=stream)
+
     if job.noise == "unified":
         pn = frame_noise(seed, list(range(len(gen))), shape, stream=ns.stream(block, ns.UNIFIED))
     elif job.noise == "interp":
         planning = sorted(job.planning)
-        pn = frame_noise(seed, planning, shape, stream=ns.stream(block, ns.INITIAL))
+        pn = drawn(planning, ns.stream(block, ns.INITIAL))
         if job.noise_rho > 0:
             fresh = frame_noise(seed, gen, shape, stream=ns.stream(block, ns.FRESH_SHARE))
     else:
-        pn = frame_noise(seed, gen, shape, stream=ns.stream(block, ns.INITIAL))
+        pn = drawn(gen, ns.stream(block, ns.INITIAL))
     x0 = None
     if anchors:
-        x0 = torch.cat([sources[p].to(dev, torch.float32) if s < 1.0 else torch.zeros(shape, device=dev)[:, :, None]
-                        for p, s in zip(gen, start)], 2)
+        x0 = torch.cat([sources[p].to(dev, torch.float32) if a else torch.zeros(shape, device=dev)[:, :, None]
+                        for p, a in zip(gen, anchor)], 2)
     if use_kernel:
         fresh = fresh.to(dev) if fresh is not None else None
         return noise_init(gen, planning, pn.to(dev), fresh=fresh, rho=job.noise_rho, x0=x0,
@@ -136,15 +147,39 @@ def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, sh
     eps = eps.to(dev)
     if anchors:
         for k, s in enumerate(start):
-            if s < 1.0:
+            if anchor[k]:
                 eps[:, :, k] = (1 - s) * x0[:, :, k] + s * eps[:, :, k]
     return eps
+
+
+def _seen_context(job: Job, rows: list[int], among: list[int] | None = None) -> list[int]:
+    """Context positions the job's frames ``rows`` see (they must all see the same ones:
+    one cached pass attends alike for every frame); ``among``: only these context indices."""
+    ctx = [c for c, g in enumerate(job.generated) if not g and (among is None or c in among)]
+    seen = {tuple(c for c in ctx if job.visibility[r][c] and c not in rows) for r in rows}
+    if len(seen) != 1:
+        raise ValueError(f"job {job.id!r}: frames {[job.positions[r] for r in rows]} of one cached pass see different "
+                         f"context; a KV-cache pass attends alike for all its frames")
+    return [job.positions[c] for c in seen.pop()]
+
+
+def _fill_passes(job: Job, fill: list[int]) -> list[tuple[list[int], list[int]]]:
+    """Clean passes that write handed-in context ``fill`` (indices) to a plan-visibility
+    cache: consecutive frames with the same visibility row go together, each pass seeing
+    the context its rows list (written before it). Returns [(indices, positions seen)]."""
+    groups: list[list[int]] = []
+    for i in fill:
+        if groups and job.visibility[i] == job.visibility[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [(g, _seen_context(job, g)) for g in groups]
 
 
 @torch.no_grad()
 def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, seed: int, sampler: SamplerConfig,
                 latent_hw: tuple[int, int], rope: tuple[int, ...] | None = None,
-                condition: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+                condition: torch.Tensor | None = None, cache=None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Run one denoise job; returns the clean latents [1, C, G, h, w] (float32) of its
     generated frames, in position order.
 
@@ -155,7 +190,8 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
     :class:`~engine.kvcache.KVCache` of its chain): context frames handed in ``sources``
     are written to it by one pass at noise level 0, the generated frames are denoised
     against it (the pass holds only them), and ``job.extra_passes`` refreshes it with the
-    clean result -- Self-Forcing's block-autoregressive step.
+    clean result -- Self-Forcing's block-autoregressive step. noise: a replayed
+    timeline noise tensor (:func:`execute`).
     """
     dev, dt = model.device, model.dtype
     h, w = latent_hw
@@ -182,7 +218,7 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
 
     gen_idx = [i for i, g in enumerate(job.generated) if g]
     gen_pos = [job.positions[i] for i in gen_idx]
-    x = initial_latents(job, sources, seed=seed, shape_chw=(C, h, w), device=dev)
+    x = initial_latents(job, sources, seed=seed, shape_chw=(C, h, w), device=dev, noise=noise)
 
     def renoise(i: int):
         if isinstance(steps, FewStepSampler) and i + 1 < steps.num_steps:
@@ -194,11 +230,13 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
 
     if cache is not None:
         fill = [i for i, g in enumerate(job.generated) if not g and job.positions[i] in sources]
-        if fill:  # context not yet in the cache (e.g. a given first frame): one clean pass writes it
-            clean = torch.cat([sources[job.positions[i]].to(dev, dt) for i in fill], 2)
-            forward(clean, torch.zeros(len(fill)), fill, kv_cache=cache,
-                    cache_slots=cache.claim([job.positions[i] for i in fill]))
-        slots = cache.claim(gen_pos)
+        by_plan = getattr(cache, "plan_visibility", False)
+        # context not yet in the cache (e.g. a given first frame): clean passes write it
+        for group, see in (_fill_passes(job, fill) if by_plan else ([(fill, None)] if fill else [])):
+            clean = torch.cat([sources[job.positions[i]].to(dev, dt) for i in group], 2)
+            forward(clean, torch.zeros(len(group)), group, kv_cache=cache,
+                    cache_slots=cache.claim([job.positions[i] for i in group], see=see))
+        slots = cache.claim(gen_pos, see=_seen_context(job, gen_idx) if by_plan else None)
         steps = sampler_for(sampler, torch.tensor([row[0] for row in job.sigmas], dtype=torch.float64))
         n = len(gen_idx)
         for i in range(steps.num_steps):
@@ -317,9 +355,12 @@ class Executor:
                  sampler: SamplerConfig, latent_hw: tuple[int, int], inputs: dict[int, torch.Tensor],
                  condition: torch.Tensor | None, vae, make_decoder: Callable | None, to_frames: Callable | None,
                  shuffle: int | None, cpu_threads: int, stats: RuntimeStats, placement: Placement | None = None,
-                 worker_prefix: str = ""):
+                 worker_prefix: str = "", noise: torch.Tensor | None = None, keep_latents: dict | None = None):
         self.plan = plan
         self.seed = seed
+        self.noise = noise
+        self.keep_latents = keep_latents
+        self.cache_last = {j.cache: j.id for j in plan.jobs if j.cache is not None}
         self.sampler = sampler
         self.latent_hw = latent_hw
         self.condition = condition
@@ -360,6 +401,13 @@ class Executor:
         self.shared: list = []
         self.own: list[list] = [[] for _ in self.devices]
         self.pins: dict[str, int] = {}
+        # DiT passes still to run in the chains bound to each worker (a new chain goes to the
+        # least committed worker: segments of a pinned chain alternate instead of piling up)
+        self.committed = [0] * len(self.devices)
+        self.pin_passes: dict[str, int] = {}
+        for j in plan.all_jobs():
+            if j.pin is not None:
+                self.pin_passes[j.pin] = self.pin_passes.get(j.pin, 0) + plan.passes_of(j)
         self.rng = random.Random(shuffle) if shuffle is not None else None
         self.cond = threading.Condition()
         self.issued = 0
@@ -465,16 +513,27 @@ class Executor:
             heapq.heapify(q)
         else:
             q = min(queues, key=lambda q: q[0])
+            if q is self.shared and self.own[w] and self._starts_chain_elsewhere(q[0][3], w):
+                q = self.own[w]  # leave the new chain to a less committed worker; run our own
             item = heapq.heappop(q)
         jid = item[3]
         pin = self.plan.job(jid).pin
         if pin is not None and pin not in self.pins:
             self.pins[pin] = w
+            self.committed[w] += self.pin_passes[pin]
             for other in [it for it in self.shared if self.plan.job(it[3]).pin == pin]:  # now bound to w
                 self.shared.remove(other)
                 heapq.heappush(self.own[w], other)
             heapq.heapify(self.shared)
         return jid
+
+    def _starts_chain_elsewhere(self, jid: str, w: int) -> bool:
+        """Would job ``jid`` start a new pinned chain of DiT work that a worker with fewer
+        committed passes than ``w`` should take?"""
+        pin = self.plan.job(jid).pin
+        if pin is None or pin in self.pins or not self.pin_passes.get(pin):
+            return False
+        return min(self.committed) < self.committed[w]
 
     def _next_job(self, w: int) -> str | None:
         """Wait for the next job of worker ``w``; None when it should stop: cancelled, every
@@ -564,6 +623,10 @@ class Executor:
                 with lane.compute_ctx():
                     outs = self._run_job(job, w, lane, entries, pixels)
                 event = lane.record()
+                if self.keep_latents is not None:
+                    if event is not None:
+                        event.synchronize()
+                    kept = {k: t.detach().to("cpu", copy=True) for k, t in outs.items() if k[1] != "px"}
             except BaseException as exc:  # noqa: BLE001 -- reported with the job's name
                 with self.cond:
                     self.running -= 1
@@ -574,11 +637,15 @@ class Executor:
                 return
             end = time.perf_counter()
             with self.cond:
+                if self.keep_latents is not None:
+                    self.keep_latents.update(kept)
+                if job.pin is not None and job.pin in self.pins:
+                    self.committed[self.pins[job.pin]] -= self.plan.passes_of(job)
                 self.running -= 1
                 self.busy[w] += end - start
                 self.stats.jobs.append({"id": jid, "kind": job.kind, "model": job.model, "worker": self.names[w],
                                         "device": key, "start": start - self.t0, "end": end - self.t0,
-                                        "passes": job.passes})
+                                        "passes": self.plan.passes_of(job)})
                 for k, t in outs.items():
                     self.put(k, t, event, key)
                 for p, s in reads:
@@ -636,7 +703,9 @@ class Executor:
                 self.caches[(w, job.cache)] = cache
         x = denoise_job(self.models[key][job.model], self.contexts[key][job.model], job, src, seed=self.seed,
                         sampler=self.sampler, latent_hw=self.latent_hw, rope=self.plan.rope_of(job),
-                        condition=self.condition, cache=cache)
+                        condition=self.condition, cache=cache, noise=self.noise)
+        if job.cache is not None and self.cache_last[job.cache] == job.id:
+            self.caches.pop((w, job.cache), None)  # the chain is done: its buffers go
         return {(job.id, p): x[:, :, k:k + 1] for k, p in enumerate(job.generated_positions)}
 
     # -- in-order output ------------------------------------------------------------------
@@ -808,8 +877,8 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
             to_frames: Callable | None = None, shuffle: int | None = None, cpu_threads: int = 1,
             stats: RuntimeStats | None = None, compile_mode: str | None = None,
             placement: Placement | None = None, worker_prefix: str = "",
-            extra_threads: Callable[[Executor], list[threading.Thread]] | None = None
-            ) -> Iterator[tuple[list[int], object]]:
+            extra_threads: Callable[[Executor], list[threading.Thread]] | None = None,
+            noise: torch.Tensor | None = None, keep_latents: dict | None = None) -> Iterator[tuple[list[int], object]]:
     """Run ``plan`` and yield (latent positions, output) in video order as prefixes complete:
     decoded frames ``to_frames(video [1, 3, t, H, W])`` when ``make_decoder`` is given, else
     clean latents [1, C, 1, h, w] on the CPU, one position at a time.
@@ -824,25 +893,45 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
     cpu_threads: torch intra-op threads while the run lasts (pinned: results depend on it);
     compile_mode: run every DiT's blocks under ``torch.compile`` (:mod:`engine.compile`);
     placement / worker_prefix / extra_threads: a distributed rank's share of the plan
-    (:mod:`engine.distributed`).
+    (:mod:`engine.distributed`);
+    noise: [1, C, F, h, w] initial noise of every timeline position, replacing the seeded
+    draws of fresh- and interpolated-noise jobs (replaying another implementation's noise);
+    keep_latents: a dict that receives a CPU copy of every latent a denoise or encode job
+    makes, keyed (job id, position) (parity checks, debugging).
     Raises :class:`JobError` (after yielding every completed frame) when a job fails.
     """
     check_run(plan, models, devices)
+    check_noise(plan, noise, models, latent_hw)
     stats = start_stats(plan, stats, [f"{worker_prefix}w{i}:{d}" for i, d in enumerate(devices)])
     return _execute(plan, models, list(devices), make_context, seed, sampler or SamplerConfig(), latent_hw,
                     inputs or {}, condition, vae, make_decoder, to_frames, shuffle, cpu_threads, stats, compile_mode,
-                    placement, worker_prefix, extra_threads)
+                    placement, worker_prefix, extra_threads, noise, keep_latents)
+
+
+def check_noise(plan: Plan, noise: torch.Tensor | None, models: dict, latent_hw: tuple[int, int]) -> None:
+    """A replayed noise tensor must cover the timeline: [1, C, plan.num_frames, h, w]."""
+    if noise is None:
+        return
+    C = next(iter(models[r] for r in plan.roles)).config.out_channels
+    want = (1, C, plan.num_frames, *latent_hw)
+    if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != want:
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ValueError(f"noise must be the initial noise of every latent position [1, C, F, h, w] = {list(want)} "
+                         f"for this plan ({plan.strategy}, {plan.num_frames} positions); got {got}")
+    if any(j.noise == "unified" for j in plan.jobs):
+        raise ValueError("noise= replays per-position noise; this plan shares unified noise between clips")
 
 
 def _execute(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, condition, vae, make_decoder,
-             to_frames, shuffle, cpu_threads, stats, compile_mode, placement, worker_prefix, extra_threads):
+             to_frames, shuffle, cpu_threads, stats, compile_mode, placement, worker_prefix, extra_threads,
+             noise=None, keep_latents=None):
     from .compile import compiled_models
 
     reset_peak_memory(devices)
     run = Executor(plan, models, devices, make_context, seed=seed, sampler=sampler, latent_hw=latent_hw,
                    inputs=inputs, condition=condition, vae=vae, make_decoder=make_decoder, to_frames=to_frames,
                    shuffle=shuffle, cpu_threads=cpu_threads, stats=stats, placement=placement,
-                   worker_prefix=worker_prefix)
+                   worker_prefix=worker_prefix, noise=noise, keep_latents=keep_latents)
     distinct = {id(m): m for per in run.models.values() for m in per.values()}
     with compiled_models(list(distinct.values()), compile_mode):
         yield from run.run(extra_threads(run) if extra_threads is not None else ())

@@ -47,6 +47,7 @@ __all__ = [
     "flow_sigmas",
     "diffusers_flow_sigmas",
     "few_step_sigmas",
+    "wan_unipc_schedule",
     "timesteps_from_sigmas",
     "expand_sigma",
     "x0_from_velocity",
@@ -62,6 +63,7 @@ __all__ = [
     "FewStepSampler",
     "make_sampler",
     "config_sigmas",
+    "config_timestep_of",
     "sampler_for",
 ]
 
@@ -141,6 +143,26 @@ def diffusers_flow_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     if abs(s[0].item() - 1.0) < 1e-6:
         s[0] -= 1e-6
     return torch.cat([s, s.new_zeros(1)]).to(torch.float32).to(torch.float64)
+
+
+def wan_unipc_schedule(num_steps: int, shift: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The schedule of Wan's own ``FlowUniPCMultistepScheduler`` (wan/utils/fm_solvers_unipc.py,
+    as the Wan2.1 and MMPL releases sample): ``linspace(s_max, 0, N+1)[:-1]`` with s_max the
+    float32 value of 0.999 (its 1000-step training table's first sigma), shifted in
+    float64; model timesteps ``int64(1000 * sigma)`` (truncated) from the float64 values,
+    while the solver steps with the float32-rounded sigmas plus a terminal 0.
+
+    Returns (sigmas float64 [N+1] holding float32 values, ending at 0; timesteps float64
+    [N] holding the integers the model is fed).
+    """
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    s_max = float(torch.tensor(0.999, dtype=torch.float32))
+    s = torch.linspace(s_max, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
+    s = float(shift) * s / (1 + (float(shift) - 1) * s)
+    timesteps = (s * NUM_TRAIN_TIMESTEPS).to(torch.int64).to(torch.float64)
+    sigmas = torch.cat([s, s.new_zeros(1)]).to(torch.float32).to(torch.float64)
+    return sigmas, timesteps
 
 
 def few_step_sigmas(
@@ -318,10 +340,11 @@ class Sampler(abc.ABC):
     strict_sigmas = False
     terminal_zero = False
 
-    def __init__(self, sigmas: Union[torch.Tensor, Sequence[float]]):
+    def __init__(self, sigmas: Union[torch.Tensor, Sequence[float]], timestep_of: dict[float, float] | None = None):
         self.sigmas = check_sigma_table(sigmas, strict=self.strict_sigmas, terminal_zero=self.terminal_zero)
         self.num_steps = self.sigmas.shape[0] - 1
         self.last_x0: torch.Tensor | None = None
+        self.timestep_of = dict(timestep_of or {})
 
     def sigma(self, i: int) -> torch.Tensor:
         """Sigma of the latents fed to the model at step ``i`` (0..N): float64 [], [F] or [B, F]."""
@@ -330,8 +353,14 @@ class Sampler(abc.ABC):
         return self.sigmas[i]
 
     def timestep(self, i: int) -> torch.Tensor:
-        """Model timestep ``1000 * sigma(i)``: float64 [], [F] or [B, F]."""
-        return timesteps_from_sigmas(self.sigma(i))
+        """Model timestep of step ``i``: float64 [], [F] or [B, F]; ``1000 * sigma(i)``, or
+        the schedule's own value for sigmas listed in ``timestep_of`` (Wan's truncated
+        integer timesteps, :func:`wan_unipc_schedule`)."""
+        s = self.sigma(i)
+        if not self.timestep_of:
+            return timesteps_from_sigmas(s)
+        flat = [self.timestep_of.get(v, v * NUM_TRAIN_TIMESTEPS) for v in s.reshape(-1).tolist()]
+        return torch.tensor(flat, dtype=torch.float64).reshape(s.shape)
 
     def reset(self) -> None:
         """Forget any multistep history (start a new trajectory)."""
@@ -592,13 +621,27 @@ def make_sampler(
 # --------------------------------------------------------------------------- #
 def config_sigmas(config) -> torch.Tensor:
     """The shared sigma schedule ``[N+1]`` (float64) of an :class:`engine.config.SamplerConfig`:
-    few-step timesteps (default 1000/750/500/250) shifted, or ``num_steps`` flow sigmas."""
+    few-step timesteps (default 1000/750/500/250) shifted, ``num_steps`` flow sigmas, or
+    with ``schedule="wan"`` Wan's own UniPC table (:func:`wan_unipc_schedule`)."""
     if config.kind == "fewstep":
         return few_step_sigmas(config.timesteps or (1000.0, 750.0, 500.0, 250.0), config.shift)
+    if getattr(config, "schedule", "flow") == "wan":
+        return wan_unipc_schedule(config.num_steps, config.shift)[0]
     return flow_sigmas(config.num_steps, config.shift)
+
+
+def config_timestep_of(config) -> dict[float, float]:
+    """{sigma: model timestep} where a SamplerConfig's schedule feeds the model something
+    other than ``1000 * sigma`` (Wan's truncated integers); empty otherwise."""
+    if config.kind != "fewstep" and getattr(config, "schedule", "flow") == "wan":
+        sig, ts = wan_unipc_schedule(config.num_steps, config.shift)
+        return dict(zip(sig[:-1].tolist(), ts.tolist()))
+    return {}
 
 
 def sampler_for(config, sigmas: torch.Tensor | None = None) -> Sampler:
     """The sampler of a SamplerConfig over ``sigmas`` (``[N+1]`` or per-frame ``[N+1, F]``;
-    default :func:`config_sigmas`)."""
-    return make_sampler(config.kind, sigmas=config_sigmas(config) if sigmas is None else sigmas)
+    default :func:`config_sigmas`), feeding the model the schedule's own timesteps."""
+    smp = make_sampler(config.kind, sigmas=config_sigmas(config) if sigmas is None else sigmas)
+    smp.timestep_of = config_timestep_of(config)
+    return smp

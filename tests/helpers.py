@@ -11,6 +11,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def wan_text(text: torch.Tensor, n: int = 512) -> torch.Tensor:
+    """Text embeddings [B, L, D] zero-padded to [B, n, D], as Wan's and diffusers' Wan
+    pipelines hand them to the transformer (our models pad to text_len themselves)."""
+    return torch.cat([text, text.new_zeros(text.shape[0], n - text.shape[1], text.shape[2])], 1)
+
+
 def randomize_(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
     """Fill every parameter with fresh seeded noise (norm-like weights around 1)."""
     gen = torch.Generator().manual_seed(seed)

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 import engine
 from engine.loading import build_model
 from engine.models.weights import CheckpointError
-from helpers import rel_err
+from helpers import rel_err, wan_text
 
 
 def _original_state(seed, **cfg_changes):
@@ -37,7 +37,9 @@ def test_original_layout_matches_diffusers_converter(tmp_path, i2v):
     _, state = _original_state(seed=11, **changes)
     save_file(state, str(tmp_path / "wan.safetensors"))  # no config.json: architecture is inferred
 
-    ours = engine.load_model(tmp_path / "wan.safetensors", dtype="float32", device="cpu")
+    # no weight shows the head count: an exact preset match (t2v: tiny) or a config says it
+    given = engine.PRESETS["tiny"].replace(text_len=512, **changes) if i2v else None
+    ours = engine.load_model(tmp_path / "wan.safetensors", dtype="float32", device="cpu", config=given)
     cfg = ours.config
     ref = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
@@ -51,7 +53,7 @@ def test_original_layout_matches_diffusers_converter(tmp_path, i2v):
 
     x, t, text, img = _inputs(12, in_ch=cfg.in_channels, image_dim=cfg.image_dim)
     with torch.no_grad():
-        want = ref(x, t, text, encoder_hidden_states_image=img, return_dict=False)[0]
+        want = ref(x, t, wan_text(text, cfg.text_len), encoder_hidden_states_image=img, return_dict=False)[0]
         got = ours(x, t, text, image_embeds=img)
     assert rel_err(got, want) <= 1e-5
 

@@ -173,8 +173,8 @@ def test_initial_latents_kernel_path_equals_reference():
     ker = initial_latents(job, x0, seed=7, shape_chw=(4, 8, 8), device="cpu", use_kernel=True)
     assert ref.shape == (1, 4, 3, 8, 8) and ref.std() > 0.3
     torch.testing.assert_close(ker, ref, rtol=1e-5, atol=1e-5)
-    plain = make_job("j", "main", frames, base=base, outputs=[1, 3], noise="interp", planning=(0, 5), noise_rho=0.3,
-                     noise_stream=1)
+    plain = make_job("j", "main", {**frames, 2: (True, None)}, base=base, outputs=[1, 3], noise="interp",
+                     planning=(0, 5), noise_rho=0.3, noise_stream=1)
     eps = initial_latents(plain, {}, seed=7, shape_chw=(4, 8, 8), device="cpu", use_kernel=False)
     torch.testing.assert_close(ref[:, :, 1], 0.6 * x0[2][:, :, 0] + 0.4 * eps[:, :, 1])  # x = (1 - s) x0 + s eps
     torch.testing.assert_close(ref[:, :, [0, 2]], eps[:, :, [0, 2]])

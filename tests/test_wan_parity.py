@@ -5,7 +5,7 @@ import torch
 
 import engine
 from engine.models.weights import is_diffusers_layout
-from helpers import diffusers_wan, rel_err
+from helpers import diffusers_wan, rel_err, wan_text
 
 SHAPES = [
     # (heads, head_dim, layers, frames, height, width, in_ch, image_dim)
@@ -31,7 +31,7 @@ def test_matches_diffusers(tmp_path, heads, head_dim, layers, frames, height, wi
     text = torch.randn(2, text_len, 32, generator=g)
     image = torch.randn(2, 5, image_dim, generator=g) if image_dim else None
     with torch.no_grad():
-        want = ref(x, t, text, encoder_hidden_states_image=image, return_dict=False)[0]
+        want = ref(x, t, wan_text(text), encoder_hidden_states_image=image, return_dict=False)[0]
         got = ours(x, t, text, image_embeds=image)
     assert got.shape == want.shape
     assert rel_err(got, want) <= 1e-5
@@ -40,7 +40,7 @@ def test_matches_diffusers(tmp_path, heads, head_dim, layers, frames, height, wi
     tf = torch.rand(2, frames, generator=g) * 1000
     per_token = tf[:, :, None].expand(2, frames, (height // 2) * (width // 2)).reshape(2, -1)
     with torch.no_grad():
-        want = ref(x, per_token, text, encoder_hidden_states_image=image, return_dict=False)[0]
+        want = ref(x, per_token, wan_text(text), encoder_hidden_states_image=image, return_dict=False)[0]
         got = ours(x, tf, text, image_embeds=image)
     assert rel_err(got, want) <= 1e-5
 
@@ -55,7 +55,7 @@ def test_sharded_diffusers_folder(tmp_path):
     g = torch.Generator().manual_seed(4)
     x, t, text = torch.randn(1, 16, 2, 4, 4, generator=g), torch.tensor([321.0]), torch.randn(1, 5, 32, generator=g)
     with torch.no_grad():
-        assert rel_err(ours(x, t, text), ref(x, t, text, return_dict=False)[0]) <= 1e-5
+        assert rel_err(ours(x, t, text), ref(x, t, wan_text(text), return_dict=False)[0]) <= 1e-5
 
 
 def test_pipeline_root_follows_transformer_folder(tmp_path):

@@ -322,14 +322,28 @@ class WanDiT(nn.Module):
         _, ph, pw = self.config.patch_size
         return (height // ph) * (width // pw)
 
+    def pad_text(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Text embeddings [B, L, text_dim] zero-padded to [B, text_len, text_dim], as Wan
+        pads its T5 output (the zeros then go through the text embedding like any token);
+        longer than ``text_len`` is an error (Wan's tokenizer truncates there)."""
+        n = self.config.text_len
+        if text_embeds.dim() != 3 or text_embeds.shape[-1] != self.config.text_dim:
+            raise ValueError(f"text_embeds must be [B, L, {self.config.text_dim}] for model {self.config.name!r}; "
+                             f"got {tuple(text_embeds.shape)}")
+        if text_embeds.shape[1] > n:
+            raise ValueError(f"text_embeds have {text_embeds.shape[1]} tokens but model {self.config.name!r} takes at "
+                             f"most text_len={n}: truncate them to {n} (Wan's tokenizer does)")
+        if text_embeds.shape[1] == n:
+            return text_embeds
+        pad = text_embeds.new_zeros(text_embeds.shape[0], n - text_embeds.shape[1], text_embeds.shape[2])
+        return torch.cat([text_embeds, pad], 1)
+
     def prepare_context(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor | None = None) -> Context:
-        """Embed text [B,L,text_dim] (and CLIP image tokens [B,N,image_dim]) once and
-        precompute every layer's cross-attention keys/values."""
+        """Embed text [B,L,text_dim] (zero-padded to text_len, :meth:`pad_text`; and CLIP
+        image tokens [B,N,image_dim]) once and precompute every layer's cross-attention
+        keys/values."""
         cfg = self.config
-        if text_embeds.dim() != 3 or text_embeds.shape[-1] != cfg.text_dim:
-            raise ValueError(
-                f"text_embeds must be [B, L, {cfg.text_dim}] for model {cfg.name!r}; got {tuple(text_embeds.shape)}"
-            )
+        text_embeds = self.pad_text(text_embeds)
         if cfg.is_i2v:
             if image_embeds is None:
                 raise ValueError(

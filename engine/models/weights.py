@@ -263,7 +263,8 @@ def config_from_json(cfg: dict) -> dict:
 def infer_config(state: dict[str, torch.Tensor], hints: dict | None = None) -> ModelConfig:
     """The architecture of a state dict in our key layout. ``hints`` (fields from a
     config.json) win where given; head count, which no weight shape shows, comes from the
-    hints, a preset of the same size, or head_dim 128."""
+    hints or a preset whose every other field matches exactly (else an error asking for a
+    config: a guessed head count changes every attention)."""
     hints = dict(hints or {})
     need = ["patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight", "head.head.weight"]
     missing = [k for k in need if k not in state]
@@ -289,20 +290,22 @@ def infer_config(state: dict[str, torch.Tensor], hints: dict | None = None) -> M
         image_dim=state["img_emb.proj.1.weight"].shape[1] if "img_emb.proj.1.weight" in state else None,
     )
     fields.update(hints)
-    if "num_heads" not in fields:
-        same = [p for p in PRESETS.values() if p.dim == fields["dim"]]
-        if same:
-            fields["num_heads"] = same[0].num_heads
-        elif fields["dim"] % 128 == 0:
-            fields["num_heads"] = fields["dim"] // 128
-        else:
+    if "num_heads" not in fields:  # no weight shape shows it: only an exact preset match may say it
+        exact = [p for p in PRESETS.values()
+                 if all(getattr(p, k) == v for k, v in fields.items() if k not in ("name", "num_heads"))]
+        if not exact:
             raise CheckpointError(
-                f"cannot tell the number of attention heads for dim={fields['dim']}; "
-                f"put a config.json beside the weights or pass config=ModelConfig(...)"
+                f"cannot tell the number of attention heads of this checkpoint (dim={fields['dim']}, "
+                f"{fields['num_layers']} layers; no preset has this architecture): put a config.json beside the "
+                f"weights or pass config=ModelConfig(..., num_heads=N)"
             )
+        fields["num_heads"] = exact[0].num_heads
     match = next(
         (n for n, p in PRESETS.items() if all(getattr(p, k) == v for k, v in fields.items() if k != "name")), None
     )
+    if match is not None:  # the preset's fields no weight shows (text_len, rope_theta, fps, ...) come with it
+        fields = dict(PRESETS[match].to_dict(), **fields)
+        fields["patch_size"], fields["vae_stride"] = tuple(fields["patch_size"]), tuple(fields["vae_stride"])
     fields.setdefault("name", match or "custom")
     try:
         return ModelConfig(**fields)

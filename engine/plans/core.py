@@ -15,8 +15,9 @@ listed in timeline order (``positions``). Each frame is either
 - *context* (``generated[i] == False``): a clean latent fed at sigma 0, read from the job
   named in ``sources[i]`` (or :data:`INPUT`, a frame given by the caller); or
 - *generated*: denoised here from sigma ``sigmas[0][k]`` to ``sigmas[-1][k] == 0``
-  (k counts generated frames only). A generated frame that starts below sigma 1 is a
-  re-noised anchor (MiLA's JDC): its x0 comes from ``sources[i]``.
+  (k counts generated frames only). A generated frame with a source is a re-noised
+  anchor (MiLA's JDC): it starts from its x0 in ``sources[i]`` noised to its first sigma;
+  one without starts from pure noise (whatever the schedule's first sigma).
 
 ``visibility[i][j]``: may frame i attend to frame j within the pass. Context rows never see
 generated frames (a clean frame must not depend on noise). ``outputs`` are the generated
@@ -163,12 +164,17 @@ class Clip:
 @dataclass(frozen=True)
 class CacheSpec:
     """A fixed-slot KV cache owned by one worker: ``chunk_frames`` per write, ``sink_frames``
-    kept forever, the most recent ``window_frames`` (None: all), ``max_frames`` in all."""
+    kept forever, the most recent ``window_frames`` (None: all), ``max_frames`` in all,
+    counted from position ``origin``. ``visible``: ``"window"`` (a chunk sees the sink, its
+    window and itself) or ``"plan"`` (a chunk sees exactly the context frames its job's
+    visibility lists -- e.g. MMPL's stages; each frame keeps its own slot)."""
 
     chunk_frames: int
     max_frames: int
     sink_frames: int = 0
     window_frames: int | None = None
+    origin: int = 0
+    visible: str = "window"
 
 
 def decoded_frames(n_latents: int, first: bool, image: bool = False) -> int:
@@ -388,6 +394,23 @@ class Plan:
             return tuple(sorted(set(self._encode_deps[job.id]) | set(job.after)))
         return job.deps
 
+    def passes_of(self, job) -> int:
+        """DiT passes of a job as the runtime runs it: its steps and refreshes plus, for a
+        KV-cache job handed context its cache lacks, the clean passes that write it (one,
+        or one per visibility group for a ``visible="plan"`` cache); 0 for VAE jobs."""
+        if not isinstance(job, Job):
+            return 0
+        if job.cache is None:
+            return job.passes
+        read = {p for p, _ in self._cache_reads[job.id]}
+        fill = [i for i, (p, g) in enumerate(zip(job.positions, job.generated)) if not g and p in read]
+        if not fill:
+            return job.passes
+        if self.caches[job.cache].visible != "plan":
+            return job.passes + 1
+        groups = 1 + sum(1 for a, b in zip(fill, fill[1:]) if job.visibility[a] != job.visibility[b])
+        return job.passes + groups
+
     def reads_of(self, job) -> tuple[tuple[int, str], ...]:
         """(position, producer) of every latent the runtime must hand ``job``: a KV-cache
         job skips context an earlier job of its cache wrote there already."""
@@ -466,7 +489,7 @@ class Plan:
         ch = self.children()
         prio: dict[str, int] = {}
         for jid in reversed(self.topo_order()):
-            prio[jid] = self._by_id[jid].passes + max((prio[c] for c in ch[jid]), default=0)
+            prio[jid] = self.passes_of(self._by_id[jid]) + max((prio[c] for c in ch[jid]), default=0)
         return prio
 
     def critical_path(self) -> tuple[int, list[str]]:
@@ -484,7 +507,7 @@ class Plan:
         return prio[path[0]], path
 
     def total_passes(self) -> int:
-        return sum(j.passes for j in self.jobs)
+        return sum(self.passes_of(j) for j in self.jobs)
 
     def summary(self) -> dict:
         cp, _ = self.critical_path()
@@ -622,9 +645,7 @@ class Plan:
                 raise PlanError(f"{where}: sigmas of frame {gen[k]} must be non-increasing in [0, 1] and end at 0; got {col}")
         k = 0
         for i, (p, g, s) in enumerate(zip(j.positions, j.generated, j.sources)):
-            if g:
-                if j.sigmas[0][k] < 1.0 and s is None:
-                    raise PlanError(f"{where}: frame {p} starts at sigma {j.sigmas[0][k]} < 1 but has no source x0")
+            if g:  # with a source: a re-noised anchor (its x0); without: pure noise
                 k += 1
             elif s is None:
                 raise PlanError(f"{where}: context frame {p} has no source job")

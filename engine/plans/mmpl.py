@@ -32,12 +32,18 @@ last 4b-3 frames of the copy are encoded as the next clip's initial latents; the
 clip's first 4b-3 decoded frames (the same moment as the terminal's) are dropped from the
 output. Clips decode independently, so they decode in parallel. The video has the same
 frame count; timeline positions: n * (L + b).
+
+``release="t2v" | "i2v"``: the Tele-AI/MMPL release's own layout instead (21-latent
+segments, 4 or 5 stages over one KV cache per segment, ``handoff`` "tail" or "stage1");
+see :mod:`engine.plans.mmpl_release`. The paper options above (bundles, midpoint,
+interpolated noise, ``min_memory``) are the paper's variants and do not apply to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from .mmpl_release import build_mmpl_release
 from .core import INPUT, Clip, DecodeJob, EncodeJob, Plan, PlanError, conditioned_visibility, frames_hint, make_job
 
 @dataclass(frozen=True)
@@ -50,13 +56,24 @@ class MmplOptions:
     schedule: str = "max_throughput"
     noise_rho: float = 0.0
     segment_clips: bool = False
+    release: str | None = None
+    handoff: str = "tail"
 
 
 OPTIONS = tuple(f.name for f in fields(MmplOptions))
 
 
 def build_mmpl(num_frames: int, *, base: list[float], first_given: bool = False, segment_frames: int,
-               anchor_frames: int, midpoint: int | None, schedule: str, noise_rho: float, segment_clips: bool) -> Plan:
+               anchor_frames: int, midpoint: int | None, schedule: str, noise_rho: float, segment_clips: bool,
+               release: str | None = None, handoff: str = "tail") -> Plan:
+    if release is not None:
+        paper = dict(segment_frames=segment_frames, anchor_frames=anchor_frames, midpoint=midpoint, schedule=schedule,
+                     noise_rho=noise_rho, segment_clips=segment_clips)
+        changed = sorted(k for k, v in paper.items() if v != getattr(MmplOptions, k))
+        if changed:
+            raise PlanError(f"mmpl options {changed} are the paper's variants; the release layout (release="
+                            f"{release!r}) fixes them: drop them or drop release")
+        return build_mmpl_release(num_frames, base=base, first_given=first_given, variant=release, handoff=handoff)
     L, b = int(segment_frames), int(anchor_frames)
     if b < 1:
         raise PlanError(f"anchor_frames must be >= 1, got {anchor_frames}")

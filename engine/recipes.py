@@ -1,0 +1,117 @@
+"""Recipes: a released method's whole inference setting under one name.
+
+A :class:`Recipe` bundles what a release fixes besides its weights: strategy and its
+options, sampler (steps, shift, schedule, guidance), negative prompt, video size, frame
+rate and which weights of its checkpoint to load. ``generate(model, recipe="mmpl-t2v",
+...)``, ``python -m engine generate --recipe mmpl-t2v`` and ``python -m engine recipes``
+use them; every argument given explicitly overrides the recipe's value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import SamplerConfig
+from .plans import MmplOptions
+
+#: Wan2.1's default negative prompt (as the Wan2.1 and MMPL releases' configs give it).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
+    "杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+_MMPL_SAMPLER = SamplerConfig(kind="unipc", num_steps=50, shift=5.0, timesteps=None, guidance_scale=5.0,
+                              schedule="wan")
+_MMPL_REF = "Tele-AI/MMPL (MMPL_t2v/pipeline/casual_fps_inference.py, configs/self_forcing_df.yaml)"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One release's inference setting (see the module docstring).
+
+    checkpoint_key: which dict of a training checkpoint ``.pt`` holds the weights
+    (``"generator"`` as the MMPL release loads it; ``"generator_ema"`` on request).
+    first_frame: whether the recipe starts from an image (``first_frame=`` required).
+    """
+
+    name: str
+    description: str
+    strategy: str
+    options: object
+    sampler: SamplerConfig
+    negative_prompt: str | None
+    height: int
+    width: int
+    fps: int
+    checkpoint_key: str = "generator"
+    first_frame: bool = False
+    reference: str = ""
+    frames_rule: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """A JSON-friendly summary (``python -m engine recipes``)."""
+        return {"name": self.name, "description": self.description, "strategy": self.strategy,
+                "options": {k: v for k, v in vars(self.options).items()},
+                "sampler": vars(self.sampler), "negative_prompt": self.negative_prompt is not None,
+                "size": [self.height, self.width], "fps": self.fps, "checkpoint_key": self.checkpoint_key,
+                "first_frame": self.first_frame, "frames": self.frames_rule, "reference": self.reference}
+
+
+RECIPES: dict[str, Recipe] = {
+    "mmpl-t2v": Recipe(
+        "mmpl-t2v", "MMPL T2V as released, 1-GPU chaining: 21-latent segments in stages 2/7/6/6, UniPC-50 "
+        "(shift 5, Wan's int64 timesteps), CFG 5 with Wan's negative prompt; each segment's last 5 frames are "
+        "re-encoded as the next one's first latents", "mmpl", MmplOptions(release="t2v", handoff="tail"),
+        _MMPL_SAMPLER, WAN_NEGATIVE_PROMPT, 480, 832, 16, reference=_MMPL_REF + ", Wan_fps_inference_1gpu.py",
+        frames_rule="76*n (every segment drops its first 5 frames)"),
+    "mmpl-t2v-parallel": Recipe(
+        "mmpl-t2v-parallel", "MMPL T2V as released by its multi-GPU scripts: segment k+1 starts from the "
+        "re-encoded [f0, f19, f19, f20] of segment k as soon as k's stage 1 is done, so segments overlap on "
+        "any number of devices", "mmpl", MmplOptions(release="t2v", handoff="stage1"), _MMPL_SAMPLER,
+        WAN_NEGATIVE_PROMPT, 480, 832, 16, reference=_MMPL_REF + ", Wan_fps_inference_parallel_4gpu_20s.py",
+        frames_rule="81 + 76*(n-1) (later segments drop the 5 frames they repeat)"),
+    "mmpl-i2v": Recipe(
+        "mmpl-i2v", "MMPL I2V as released (MMPL_i2v): the image's latent is frame 0, stages 1/1/7/6/6 on the "
+        "T2V-14B backbone, 1-GPU chaining", "mmpl", MmplOptions(release="i2v", handoff="tail"), _MMPL_SAMPLER,
+        WAN_NEGATIVE_PROMPT, 480, 832, 16, first_frame=True,
+        reference="Tele-AI/MMPL (MMPL_i2v/pipeline/casual_fps_inference.py, Wan_fps_inference_1gpu.py)",
+        frames_rule="76*n"),
+}
+
+
+def get_recipe(name: str | Recipe) -> Recipe:
+    """The recipe called ``name`` (a Recipe passes through); unknown names raise listing the known ones."""
+    if isinstance(name, Recipe):
+        return name
+    try:
+        return RECIPES[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {sorted(RECIPES)} (python -m engine recipes)") from None
+
+
+def apply_recipe(recipe: str | Recipe, given: dict) -> dict:
+    """Keyword arguments of :func:`engine.generation.prepare` with the recipe's values
+    filled in where ``given`` has none (None counts as not given; explicit values win).
+    Strategy options given as keywords replace the recipe's typed options field by field."""
+    r = get_recipe(recipe)
+    out = dict(given)
+    if out.get("strategy") not in (None, r.strategy):
+        raise ValueError(f"recipe {r.name!r} runs strategy {r.strategy!r}; drop strategy={out['strategy']!r} "
+                         f"or the recipe")
+    out["strategy"] = r.strategy
+    if out.get("options") is None:
+        out["options"] = r.options
+    if out.get("sampler") is None:
+        out["sampler"] = r.sampler
+    if out.get("negative_prompt") is None and out.get("negative_prompt_embeds") is None:
+        out["negative_prompt"] = r.negative_prompt
+    for key, value in (("height", r.height), ("width", r.width)):
+        if out.get(key) is None:
+            out[key] = value
+    if r.first_frame and out.get("first_frame") is None:
+        raise ValueError(f"recipe {r.name!r} starts from an image: pass first_frame (an image path, PIL image or "
+                         f"array)")
+    out.setdefault("checkpoint_key", r.checkpoint_key)
+    return out
