@@ -6,11 +6,14 @@ One worker per entry of ``devices`` (``cuda:0``, ``cuda:1``, ... or CPU threads:
 model and VAE weights are copied once per distinct device and shared by its workers.
 
 Scheduling: a job becomes ready when every job it depends on has been *issued*. Ready
-decode and encode jobs go first (frames leave as early as possible and hand-offs unblock
-the next clip); denoise jobs are ordered critical-path-first (DiT passes on the longest
-remaining chain, so planning runs ahead of populating). Jobs with the same *pin* run on
-the worker that took the first of them: a KV-cache chain (its fixed-slot cache lives
-there) and a clip's decode chain (its causal decoder state lives there). Different clips
+encode jobs, hand-off decodes and the decodes of the next clip to be output (the
+frontier) go first (frames leave as early as possible and hand-offs unblock the next
+clip); denoise jobs are ordered critical-path-first (DiT passes on the longest remaining
+chain, so planning runs ahead of populating), and decodes of later clips fill the gaps
+after them. Jobs with the same *pin* run on the worker that took the first of them: a
+KV-cache chain (its fixed-slot cache lives there; a new chain goes to the worker with the
+fewest DiT passes still committed to its chains) and a clip's decode chain (its causal
+decoder state lives there). Different clips
 decode on different workers at the same time. On CUDA, "issued" means queued on the
 producer's stream: the consumer's stream waits on the producer's event (latents are
 copied asynchronously between devices on the copy stream), never on the whole device.
@@ -408,6 +411,15 @@ class Executor:
         for j in plan.all_jobs():
             if j.pin is not None:
                 self.pin_passes[j.pin] = self.pin_passes.get(j.pin, 0) + plan.passes_of(j)
+        # the output clips in order and how many of their decode jobs are still to run here:
+        # decodes of the frontier clip (the next to be emitted) go first, later ones wait
+        self.out_clips = [c.id for c in plan.clips if c.output]
+        self.clip_left: dict[str, int] = {}
+        for j in self.jobs:
+            if isinstance(j, DecodeJob) and j.clip is not None:
+                self.clip_left[j.clip] = self.clip_left.get(j.clip, 0) + 1
+        self.frontier = 0
+        self._advance_frontier()
         self.rng = random.Random(shuffle) if shuffle is not None else None
         self.cond = threading.Condition()
         self.issued = 0
@@ -486,10 +498,30 @@ class Executor:
             add(key)
         return refs
 
+    def _vae_first(self, job) -> int:
+        """0 for jobs that go before denoise jobs: encodes, hand-off decodes and decodes of
+        the frontier clip (or of clips no output waits for); 1 otherwise."""
+        if isinstance(job, EncodeJob):
+            return 0
+        if isinstance(job, DecodeJob):
+            if job.clip is None or job.clip not in self.out_clips:
+                return 0
+            return 0 if self.out_clips.index(job.clip) <= self.frontier else 1
+        return 1
+
+    def _advance_frontier(self) -> None:
+        """Move the frontier past output clips with no decode left here; re-rank queued decodes."""
+        old = self.frontier
+        while self.frontier < len(self.out_clips) and self.clip_left.get(self.out_clips[self.frontier], 0) == 0:
+            self.frontier += 1
+        if self.frontier != old and hasattr(self, "shared"):
+            for q in [self.shared, *self.own]:
+                q[:] = [(self._vae_first(self.plan.job(it[3])), *it[1:]) for it in q]
+                heapq.heapify(q)
+
     def _push(self, jid: str):
         job = self.plan.job(jid)
-        vae_first = 0 if isinstance(job, (DecodeJob, EncodeJob)) else 1
-        item = (vae_first, -self.prio[jid], self.index[jid], jid)
+        item = (self._vae_first(job), -self.prio[jid], self.index[jid], jid)
         pin = job.pin
         heapq.heappush(self.own[self.pins[pin]] if pin in self.pins else self.shared, item)
 
@@ -641,6 +673,9 @@ class Executor:
                     self.keep_latents.update(kept)
                 if job.pin is not None and job.pin in self.pins:
                     self.committed[self.pins[job.pin]] -= self.plan.passes_of(job)
+                if isinstance(job, DecodeJob) and job.clip in self.clip_left:
+                    self.clip_left[job.clip] -= 1
+                    self._advance_frontier()
                 self.running -= 1
                 self.busy[w] += end - start
                 self.stats.jobs.append({"id": jid, "kind": job.kind, "model": job.model, "worker": self.names[w],

@@ -194,3 +194,28 @@ def test_checkpoint_key_picks_generator_or_ema(tmp_path):
     ema = resolve_model(str(tmp_path / "ckpt.pt"), None, "cpu", checkpoint_key="generator_ema")
     key = "blocks.0.self_attn.q.weight"
     assert torch.equal(gen.state_dict()[key], a[key]) and torch.equal(ema.state_dict()[key], b[key])
+
+
+def test_cli_recipe_plan_only(capsys):
+    import json
+
+    from engine.cli import main
+
+    assert main(["generate", "--recipe", "mmpl-t2v-parallel", "--num-frames", "157", "--height", "32", "--width",
+                 "32", "--plan-only"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["summary"]["clips"] == 2 and plan["summary"]["options"]["handoff"] == "stage1"
+    assert main(["generate", "--recipe", "mmpl-t2v", "--num-frames", "81", "--plan-only"]) == 2
+    assert "76*n" in capsys.readouterr().err
+
+
+def test_mmpl_14b_checkpoint_layout_is_recognised():
+    """The release's t2v_14B_8k.pt: Wan2.1-T2V-14B weights under ``generator`` with ``model.``
+    prefixes -- the architecture (40 heads included) is the 14B preset, exactly."""
+    from engine.models.wan import WanDiT
+    from engine.models.weights import infer_config, normalise_state_dict
+
+    with torch.device("meta"):
+        m = WanDiT(engine.PRESETS["wan2.1-t2v-14b"])
+    state = normalise_state_dict({f"model.{k}": v for k, v in m.state_dict().items()})
+    assert infer_config(state) == engine.PRESETS["wan2.1-t2v-14b"]
