@@ -45,9 +45,7 @@ def resolve_model(model, dtype, device, engine_config: EngineConfig | None = Non
 
         kw = {} if ec is None else dict(attention_backend=ec.attention_backend, fused_ops=ec.fused_ops)
         if checkpoint_key is not None:
-            if checkpoint_key not in ("generator", "generator_ema"):
-                raise ValueError(f"checkpoint_key must be 'generator' or 'generator_ema', got {checkpoint_key!r}")
-            kw["prefer_ema"] = checkpoint_key == "generator_ema"
+            kw["checkpoint_key"] = checkpoint_key  # a training checkpoint's dict (other formats have none)
         return load_model(model, dtype=dtype, device=device, **kw)
     if ec is not None:
         model.attention_backend, model.fused_ops = ec.attention_backend, ec.fused_ops

@@ -34,13 +34,15 @@ def load_model(
     fused_ops: bool = False,
     seed: int = 0,
     prefer_ema: bool = True,
+    checkpoint_key: str | None = None,
 ) -> WanDiT:
     """Load a Wan DiT and return it in eval mode on ``device`` in ``dtype``.
 
     path_or_preset: a preset name (``tiny``, ``wan2.1-t2v-1.3b``, ... -- random weights
     from ``seed``), a diffusers folder or pipeline root, an original-Wan folder or file,
     sharded safetensors with an index, or a Self-Forcing / CausVid ``.pt`` file (its EMA
-    generator when ``prefer_ema``). ``config`` overrides the inferred architecture.
+    generator when ``prefer_ema``; ``checkpoint_key`` names the dict to take, e.g. the MMPL
+    release's ``generator``, and must exist). ``config`` overrides the inferred architecture.
     attention_backend: see :mod:`engine.attention` (``auto`` picks the fastest available);
     fused_ops: use the fused Triton LayerNorm+AdaLN and QK-norm+RoPE kernels.
     device: default cuda:0 when available, else cpu; dtype: default bfloat16 on CUDA,
@@ -68,7 +70,7 @@ def load_model(
         raise FileNotFoundError(
             f"{key!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing checkpoint path"
         )
-    raw, cfg_json = read_state_dict(path, prefer_ema=prefer_ema)
+    raw, cfg_json = read_state_dict(path, prefer_ema=prefer_ema, checkpoint_key=checkpoint_key)
     state = normalise_state_dict(raw)
     state, control_state = split_control_state(state)  # control layers (issue 7), when the checkpoint has them
     if config is None:

@@ -42,7 +42,8 @@ def release_model():
                          text_len=cfg["text_len"], in_channels=cfg["in_dim"], out_channels=cfg["out_dim"],
                          eps=cfg["eps"])
     # the release loads state_dict['generator'] (generator_ema only with --use_ema)
-    return engine.load_model(FIX / "t2v_tiny.pt", config=config, dtype="float32", device="cpu", prefer_ema=False)
+    return engine.load_model(FIX / "t2v_tiny.pt", config=config, dtype="float32", device="cpu",
+                             checkpoint_key="generator")
 
 
 @pytest.fixture(scope="module")

@@ -194,6 +194,11 @@ def test_checkpoint_key_picks_generator_or_ema(tmp_path):
     ema = resolve_model(str(tmp_path / "ckpt.pt"), None, "cpu", checkpoint_key="generator_ema")
     key = "blocks.0.self_attn.q.weight"
     assert torch.equal(gen.state_dict()[key], a[key]) and torch.equal(ema.state_dict()[key], b[key])
+    from engine.models.weights import CheckpointError
+
+    torch.save({"generator": a}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="no 'generator_ema' dict"):
+        engine.load_model(tmp_path / "plain.pt", checkpoint_key="generator_ema")
 
 
 def test_cli_recipe_plan_only(capsys):

@@ -124,7 +124,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def _read_torch(path: Path, prefer_ema: bool) -> dict[str, torch.Tensor]:
+def _read_torch(path: Path, prefer_ema: bool, checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
@@ -135,6 +135,12 @@ def _read_torch(path: Path, prefer_ema: bool) -> dict[str, torch.Tensor]:
         ) from exc
     except Exception as exc:
         raise CheckpointError(f"cannot read {path} as a torch checkpoint: {exc}. The file may be corrupt.") from exc
+    if checkpoint_key is not None:
+        if not isinstance(obj, dict) or not isinstance(obj.get(checkpoint_key), dict):
+            keys = sorted(obj)[:20] if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{path} has no {checkpoint_key!r} dict (asked for by checkpoint_key); its top-level "
+                                  f"keys are {keys}")
+        obj = obj[checkpoint_key]
     return _find_state_dict(obj, path, prefer_ema)
 
 
@@ -178,8 +184,11 @@ def find_transformer_dir(path: Path) -> Path:
     return path
 
 
-def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict | None]:
+def read_state_dict(path: str | Path, prefer_ema: bool = True,
+                    checkpoint_key: str | None = None) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Read raw weights and the config.json beside them (if any) from a file or folder.
+    ``checkpoint_key``: the dict of a training ``.pt`` to take (e.g. ``generator``); it must
+    be there (else the EMA / plain generator by ``prefer_ema``).
 
     Returns (state dict with the file's own key names, config dict or None).
     """
@@ -205,7 +214,7 @@ def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str
                 f"pass the file to load or add the index"
             )
         if len(torch_files) == 1:
-            return _read_torch(torch_files[0], prefer_ema), config
+            return _read_torch(torch_files[0], prefer_ema, checkpoint_key), config
         raise CheckpointError(
             f"no weights found in {path}: expected *.safetensors (with an index when sharded) or one of {TORCH_SUFFIXES}"
         )
@@ -214,7 +223,7 @@ def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str
     if path.suffix in SAFETENSORS_SUFFIXES:
         return _read_safetensors(path), _sibling_config(path)
     if path.suffix in TORCH_SUFFIXES:
-        return _read_torch(path, prefer_ema), _sibling_config(path)
+        return _read_torch(path, prefer_ema, checkpoint_key), _sibling_config(path)
     raise CheckpointError(f"unknown checkpoint type {path.name!r}; expected .safetensors, {TORCH_SUFFIXES} or a folder")
 
 
