@@ -36,7 +36,8 @@ the critical path, :mod:`engine.plans`) times *measured* rates from this run (ac
 DiT FLOP/s of each strategy, VAE seconds per latent frame); nothing there is run at
 those lengths.
 
-Results: ``bench/results/throughput-<cpu|cuda>-<date>[-n].json`` (or ``--json PATH``) and a
+Results: ``bench/results/throughput-<cpu|cuda>-<date>[-n].json`` (or ``--json PATH``; ``--smoke``
+runs write into a temporary folder unless ``--json`` is given) and a
 PNG beside it (frames per second against video length and against worker count) when
 matplotlib is installed.
 """
@@ -889,7 +890,14 @@ def main(argv=None) -> int:
             result["bars"]["why_not_applicable"] = "bars are for Wan-1.3B, 480x832, 4 steps, bfloat16 on a CUDA GPU"
     result["load_average_after"] = list(os.getloadavg())
 
-    out = Path(a.json) if a.json else _default_out(kind)
+    if a.json:
+        out = Path(a.json)
+    elif a.smoke:  # a smoke run is no result: keep bench/results/ for real measurements
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix="throughput-smoke-")) / f"throughput-{kind}-smoke.json"
+    else:
+        out = _default_out(kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     if a.png != "none":
         png = Path(a.png) if a.png else out.with_suffix(".png")

@@ -46,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
                    "sampler, negative prompt, size; explicit flags override it")
     g.add_argument("--checkpoint-key", choices=["generator", "generator_ema"],
                    help="which dict of a training .pt to load (default: EMA, or the recipe's)")
-    g.add_argument("--num-frames", type=int, required=True, help="video frames, 4k+1 (e.g. 33, 81, 161; "
-                   "recipes have their own rule)")
+    g.add_argument("--num-frames", type=int, required=True, help="video frames: ar, mila 4k+1 (33, 81, 161); mmpl "
+                   "32n+1 with its default options; longdwm 12n+1; recipes mmpl-t2v / mmpl-i2v 76n, "
+                   "mmpl-t2v-parallel 81+76(n-1)")
+    g.add_argument("--fit", choices=["down", "up"], help="round --num-frames to the nearest length the strategy "
+                   "accepts (instead of an error naming the two nearest)")
     g.add_argument("--out", default="video.mp4", help="output mp4 path")
     g.add_argument("--prompt", default="", help="text prompt (needs a text encoder for real models)")
     g.add_argument("--prompt-embeds", help="a .safetensors or .pt file holding prompt embeddings [1, L, text_dim]")
@@ -109,7 +112,8 @@ def _load_embeds(path: str):
 
         tensors = load_file(path)
         if len(tensors) != 1:
-            raise SystemExit(f"{path} must hold exactly one tensor (the prompt embeddings), found {sorted(tensors)}")
+            raise ValueError(f"--prompt-embeds {path} must hold exactly one tensor (the prompt embeddings), found "
+                             f"{sorted(tensors)}")
         return next(iter(tensors.values()))
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -165,6 +169,14 @@ def environment_report() -> list[tuple[str, bool, str]]:
     except ImportError as exc:
         why_trt = str(exc)
     rows.append(("tensorrt", ok_trt, why_trt))
+    for mod, what in (("onnx", "ONNX export"), ("onnxruntime", "running exported ONNX graphs")):
+        spec = importlib.util.find_spec(mod)
+        if spec is None:
+            rows.append((mod, False, f"not installed ({what}): pip install -e '.[export]'"))
+        else:
+            import importlib.metadata as md
+
+            rows.append((mod, True, f"{md.version(mod)} ({what})"))
     native = importlib.util.find_spec("export._native") is not None
     rows.append(("native host (export._native)", native,
                  "built" if native else "not built: reinstall with pip install -e . (needs a C++17 compiler)"))
@@ -197,7 +209,11 @@ def _sampler(args, recipe) -> SamplerConfig | None:
     if args.sampler is not None:
         given["kind"] = args.sampler
     if args.timesteps is not None:
-        given["timesteps"] = tuple(float(t) for t in args.timesteps.split(",") if t.strip())
+        try:
+            given["timesteps"] = tuple(float(t) for t in args.timesteps.split(",") if t.strip())
+        except ValueError:
+            raise ValueError(f"--timesteps must be comma-separated numbers such as 1000,750,500,250; got "
+                             f"{args.timesteps!r}") from None
     if args.steps is not None:
         given["num_steps"] = args.steps
     if args.shift is not None:
@@ -266,17 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "info":
         return _info()
-    from .generation import GenerationError, generate
+    from .generation import GenerationError, GenerationInterrupted, check_output_path, generate
     from .recipes import get_recipe
 
     if args.command == "recipes":
         return _recipes(args)
     try:
         recipe = get_recipe(args.recipe) if args.recipe else None
+        sampler = _sampler(args, recipe)
+        check_output_path(args.out)
+        if args.stats:
+            check_output_path(args.stats, suffix=".json")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sampler = _sampler(args, recipe)
     strategy = args.strategy or (recipe.strategy if recipe else "ar")
     chosen = {name: getattr(args, name) for name, _, _ in _STRATEGY_ARGS if getattr(args, name) is not None}
     wrong = sorted(k for k in chosen if k not in STRATEGY_OPTIONS[strategy])
@@ -322,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             strategy=strategy,
             recipe=args.recipe,
             checkpoint_key=args.checkpoint_key,
+            fit=args.fit,
             cpu_threads=args.cpu_threads,
             dtype=args.dtype,
             sampler=sampler,
@@ -340,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
             from .control import save_views
 
             save_views(video, args.views or 1, args.view_outputs)
+    except GenerationInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

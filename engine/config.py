@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported on use: `python -m engine --help` must not need it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.num_steps must be >= 1, got {self.num_steps}")
         if self.shift <= 0:
             raise ValueError(f"SamplerConfig.shift must be > 0, got {self.shift}")
+        if not (isinstance(self.guidance_scale, (int, float)) and self.guidance_scale >= 0
+                and self.guidance_scale == self.guidance_scale and self.guidance_scale != float("inf")):
+            raise ValueError(f"SamplerConfig.guidance_scale must be a finite number >= 0 (1: off), got "
+                             f"{self.guidance_scale!r}")
         if self.schedule not in ("flow", "wan"):
             raise ValueError(f"SamplerConfig.schedule must be 'flow' or 'wan', got {self.schedule!r}")
 
@@ -136,32 +143,29 @@ class SamplerConfig:
         return dataclasses.replace(self, **changes)
 
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device | str = "cpu") -> torch.dtype:
     """A torch dtype from a name ('bf16', 'float32', ...) or a dtype; ``None`` picks
     bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
     if dtype is None:
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return _DTYPES[str(dtype).lower()]
+        return getattr(torch, _DTYPES[str(dtype).lower()])
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
 def default_device() -> torch.device:
     """cuda:0 when a GPU is visible, else cpu."""
+    import torch
+
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
@@ -183,9 +187,18 @@ class EngineConfig:
     compile: bool = False
     cuda_graphs: bool = False
 
+    def __post_init__(self) -> None:
+        from .attention import BACKENDS
+
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"EngineConfig.attention_backend {self.attention_backend!r} is unknown; choose one of "
+                             f"{BACKENDS}")
+
     @property
     def device(self) -> torch.device:
         """The first device (where a single-device run happens)."""
+        import torch
+
         return torch.device(self.devices[0])
 
     @property

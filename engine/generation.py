@@ -9,6 +9,7 @@ frames already produced are kept: the mp4 is finalised and the error
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,16 @@ class GenerationError(RuntimeError):
         self.output = output
 
 
+class GenerationInterrupted(GenerationError):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) ended the run at a chunk boundary (or, on a
+    second signal, at once); ``.signum`` is the signal, ``.video`` / ``.output`` as for
+    :class:`GenerationError`. The CLI exits with 128 + signum."""
+
+    def __init__(self, message: str, video: Video, output: str | None, signum: int):
+        super().__init__(message, video, output)
+        self.signum = signum
+
+
 @dataclass
 class RunStats:
     """Statistics of one generate() call: wall seconds, time to first frame, frames, the
@@ -50,6 +61,7 @@ class RunStats:
 
     frames: int = 0
     seconds: float = 0.0
+    t0: float | None = None  # perf_counter() when the call began: the origin of every time here
     video_fps: float = 16.0
     first_frame_seconds: float | None = None
     chunks: list[dict] = field(default_factory=list)
@@ -134,6 +146,25 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
                       first_given=first_frame_given and not cfg.is_i2v, options=options, **strategy_kw)
 
 
+def fit_frames(model, num_frames: int, fit: str, **plan_kw) -> int:
+    """The nearest video length at or below (``fit="down"``) or at or above (``"up"``)
+    ``num_frames`` that the plan accepts (arguments of :func:`plan_for`); raises when none
+    lies within 4096 frames."""
+    if fit not in ("down", "up"):
+        raise ValueError(f"fit must be 'down' or 'up' (round num_frames to a length the strategy accepts), got {fit!r}")
+    step = -1 if fit == "down" else 1
+    last = None
+    for n in range(num_frames, max(0, num_frames - 4096) if step < 0 else num_frames + 4096, step):
+        if n < 1:
+            break
+        try:
+            plan_for(model, num_frames=n, **plan_kw)
+            return n
+        except ValueError as exc:  # PlanError too
+            last = exc
+    raise ValueError(f"no length {'at or below' if step < 0 else 'at or above'} {num_frames} fits: {last}")
+
+
 def _release_layout(strategy: str, options, strategy_kw: dict) -> str | None:
     """The hand-off of an ``mmpl`` run in the MMPL release's layout, else None."""
     if strategy != "mmpl":
@@ -186,9 +217,19 @@ def _prepare(
     options=None,
     checkpoint_key: str | None = None,
     noise: torch.Tensor | None = None,
+    fit: str | None = None,
     **strategy_options,
 ) -> PreparedRun:
+    from .checks import check_finite, check_memory, check_request
+
     strategy = strategy or "ar"
+    num_frames, height, width, seed = check_request(
+        num_frames=num_frames, height=height, width=width, seed=seed, guidance_scale=guidance_scale, prompt=prompt,
+        prompt_embeds=prompt_embeds, devices=devices, sink_frames=sink_frames, window_frames=window_frames,
+        chunk_frames=chunk_frames)
+    for name, t in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds),
+                    ("image_embeds", image_embeds), ("first_frame", first_frame), ("noise", noise)):
+        check_finite(name, t)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; available: {STRATEGIES}")
     if devices is not None and (isinstance(devices, str) or len(devices) == 0):
@@ -204,9 +245,18 @@ def _prepare(
         raise ValueError(f"strategy {strategy!r} uses one model; coarse_model / fine_model are for {TWO_MODEL_STRATEGIES}")
     device = devices[0] if devices else None
     model = resolve_model(model, dtype, device, engine_config, checkpoint_key=checkpoint_key)
+    from .checks import check_fused_ops
+
+    check_fused_ops(getattr(model, "fused_ops", False), model.device)
     cfg = model.config
     default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
-    height, width = height or default_h, width or default_w
+    height = default_h if height is None else height
+    width = default_w if width is None else width
+    if fit is not None:  # round to the nearest length the strategy (or recipe) accepts
+        num_frames = fit_frames(model, num_frames, fit, height=height, width=width, strategy=strategy,
+                                first_frame_given=first_frame is not None, chunk_frames=chunk_frames,
+                                sink_frames=sink_frames, window_frames=window_frames, options=options,
+                                **strategy_options)
     F_lat, h, w = check_frames(num_frames, height, width, model,
                                temporal=_release_layout(strategy, options, strategy_options) is None)
     sampler = sampler or SamplerConfig()
@@ -243,6 +293,7 @@ def _prepare(
 
     comps = resolve_components(model, vae, text_encoder, seed=seed,  # the VAE of the model given first
                                vae_dtype=parse_dtype(vae_dtype or "float32"))
+    check_memory(model, comps.vae, plan, h, w, model.device)
     from .models.vae import StreamingDecoder, encode_frames, i2v_condition
 
     def make_context(role, m):
@@ -255,6 +306,7 @@ def _prepare(
     first_latent = condition = img = None
     if first_frame is not None:
         img = first_frame_tensor(first_frame, height, width).to(model.device)
+        check_finite("first_frame", img)
         if cfg.is_i2v:
             condition = i2v_condition(comps.vae, img, num_frames, height, width)
         else:
@@ -334,8 +386,32 @@ def stream(model, *, num_frames: int, stats: RunStats | None = None, **options) 
     return run(prepare(model, num_frames=num_frames, **options), stats)
 
 
+def check_output_path(output, suffix: str = ".mp4") -> None:
+    """An output path (an mp4 video, or e.g. a .json stats file) must be writable and have
+    the container's suffix, checked before any work (else a ValueError naming the path)."""
+    path = Path(output).expanduser()
+    if path.suffix.lower() != suffix:
+        what = "the writer makes H.264 mp4 files" if suffix == ".mp4" else f"it is written as {suffix}"
+        raise ValueError(f"output {str(output)!r}: {what}; use a path ending in {suffix}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"output {str(output)!r}: the folder {str(parent)!r} does not exist; create it first")
+    if path.is_dir():
+        raise ValueError(f"output {str(output)!r} is a folder; give a file path ending in .mp4")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"output {str(output)!r} is not writable (permissions of {str(parent)!r})")
+
+
+def _plan_line(prepared: PreparedRun) -> str:
+    """'plan: mmpl, 2 clips, 7 denoise / 12 decode / 1 encode jobs, critical path 26 DiT passes, 2 workers'."""
+    s = prepared.plan.summary()
+    return (f"plan: {s['strategy']}, {s['clips']} clip(s), {s['jobs']} denoise / {s['decode_jobs']} decode / "
+            f"{s['encode_jobs']} encode jobs, critical path {s['critical_path_passes']} DiT passes, "
+            f"{len(prepared.devices)} worker(s) on {', '.join(dict.fromkeys(prepared.devices))}")
+
+
 def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
-    t0 = time.perf_counter()
+    t0 = stats.t0 if stats is not None and stats.t0 is not None else time.perf_counter()
     for positions, frames in it:
         if stats is not None:
             stats.record_chunk(positions, len(frames), time.perf_counter() - t0)
@@ -385,6 +461,10 @@ def generate(
     checkpoint_key: the dict of a training ``.pt`` to load (``generator``, ``generator_ema``).
     noise: [1, C, F, h, w] initial noise of every latent position of the plan's timeline,
     replacing the seeded draws (replaying another implementation's run).
+    fit: ``"down"`` / ``"up"`` rounds ``num_frames`` to the nearest length the strategy
+    accepts (ar, mila: 4k+1; mmpl: 32n+1 by default; longdwm: 12n+1; the MMPL recipes:
+    76n or 81+76(n-1)); without it a length that does not fit is an error naming the two
+    nearest.
 
     strategy: ``ar`` (default; ``context="cache"``: the KV-cache chain on one worker,
     ``context="history"`` feeds ``history_frames`` in the sequence; ``unified_noise``),
@@ -401,52 +481,89 @@ def generate(
     whose ``.runtime`` holds per-job times and workers, the critical path in DiT passes,
     idle fraction per worker and peak memory per device).
     """
-    stats = RunStats()
+    from .signals import Interrupted, StopRequests, signal_name
+
+    t0 = time.perf_counter()
+    stats = RunStats(t0=t0)
+    if output is not None:
+        check_output_path(output)
     collected: list[np.ndarray] = []
     writer = None
     fps = 16
     bar = None
-    t0 = time.perf_counter()
-    try:
-        it = stream(model, num_frames=num_frames, prompt=prompt, prompt_embeds=prompt_embeds, first_frame=first_frame,
-                    height=height, width=width, strategy=strategy, seed=seed, devices=devices, stats=stats, **options)
-        if progress:
-            from tqdm import tqdm
+    stopped = None
+    it = None
+    with StopRequests() as stop:
+        try:
+            if progress:
+                print("generate: checking inputs, loading the model, VAE and text encoder, building the plan ...",
+                      file=sys.stderr, flush=True)
+            prepared = prepare(model, num_frames=num_frames, prompt=prompt, prompt_embeds=prompt_embeds,
+                               first_frame=first_frame, height=height, width=width, strategy=strategy, seed=seed,
+                               devices=devices, **options)
+            if progress:
+                print(f"generate: {_plan_line(prepared)}; set-up took {time.perf_counter() - t0:.1f} s",
+                      file=sys.stderr, flush=True)
+                from tqdm import tqdm
 
-            bar = tqdm(total=num_frames, unit="frame", desc="generate", file=sys.stderr, dynamic_ncols=True)
-        for frames in it:
-            fps = stats.video_fps
-            if output is not None and writer is None:
-                writer = Mp4Writer(output, fps, frames.shape[2], frames.shape[1])
+                bar = tqdm(total=num_frames, unit="frame", desc="generate", file=sys.stderr, dynamic_ncols=True,
+                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}"
+                                      "{postfix}]")
+            if stop.requested:  # a stop signal during set-up: nothing to run
+                raise Interrupted(stop.signum)
+            from .checks import check_kept_frames
+
+            check_kept_frames(prepared.plan.video_frames, 8 * prepared.latent_hw[0], 8 * prepared.latent_hw[1])
+            it = run(prepared, stats)
+            for frames in it:
+                fps = stats.video_fps
+                if output is not None and writer is None:
+                    writer = Mp4Writer(output, fps, frames.shape[2], frames.shape[1])
+                if writer is not None:
+                    writer.write(frames)
+                start = stats.frames
+                collected.append(frames)
+                stats.frames += len(frames)
+                stats.seconds = time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(len(frames))
+                    bar.set_postfix_str(f"{stats.fps:.2f} frames/s since the call began")
+                if on_frames is not None:
+                    on_frames(frames, start)
+                if stop.requested:  # a stop signal: end at this chunk boundary with what we have
+                    stopped = stop.signum
+                    break
+        except BaseException as exc:
+            partial = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)
             if writer is not None:
-                writer.write(frames)
-            start = stats.frames
-            collected.append(frames)
-            stats.frames += len(frames)
-            stats.seconds = time.perf_counter() - t0
+                writer.close()
+            if isinstance(exc, Interrupted):
+                raise GenerationInterrupted(
+                    f"{exc} after {len(partial)} of {num_frames} frames" + (
+                        f"; {len(partial)} frames saved to {output}" if writer is not None else ""),
+                    partial, str(output) if writer is not None else None, exc.signum) from None
+            if isinstance(exc, (KeyboardInterrupt, ValueError, TypeError, FileNotFoundError)) and not collected:
+                raise
+            what = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else f"{type(exc).__name__}: {exc}"
+            hint = (" -- lower the resolution, chunk_frames or window_frames, or use dtype='bf16'"
+                    if isinstance(exc, torch.OutOfMemoryError) else "")
+            kept = f"; the {len(partial)} frames already generated are in err.video" + (
+                f" and saved to {output}" if writer is not None else "")
+            raise GenerationError(f"generation failed after {len(partial)} of {num_frames} frames: {what}{hint}{kept}",
+                                  partial, str(output) if writer is not None else None) from exc
+        finally:
             if bar is not None:
-                bar.update(len(frames))
-                bar.set_postfix(fps=f"{stats.fps:.2f}")
-            if on_frames is not None:
-                on_frames(frames, start)
-    except BaseException as exc:
-        partial = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)
-        if writer is not None:
-            writer.close()
-        if isinstance(exc, (KeyboardInterrupt, ValueError, TypeError, FileNotFoundError)) and not collected:
-            raise
-        what = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else f"{type(exc).__name__}: {exc}"
-        hint = (" -- lower the resolution, chunk_frames or window_frames, or use dtype='bf16'"
-                if isinstance(exc, torch.OutOfMemoryError) else "")
-        kept = f"; the {len(partial)} frames already generated are in err.video" + (
-            f" and saved to {output}" if writer is not None else "")
-        raise GenerationError(f"generation failed after {len(partial)} of {num_frames} frames: {what}{hint}{kept}",
-                              partial, str(output) if writer is not None else None) from exc
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
+            if it is not None:
+                it.close()  # stops the workers (after their running job) and finishes the stats
     if writer is not None:
         writer.close()
+    if stopped is not None:
+        partial = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)
+        partial.stats = stats
+        where = f"; {len(partial)} frames saved to {output}" if writer is not None else ""
+        raise GenerationInterrupted(f"interrupted by {signal_name(stopped)} after {len(partial)} of {num_frames} "
+                                    f"frames{where}", partial, str(output) if writer is not None else None, stopped)
     video = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)  # ranks > 0: none
     video.stats = stats
     return video

@@ -99,6 +99,11 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
             from diffusers import AutoencoderKLWan
 
             vae = AutoencoderKLWan().to(dev, vae_dtype).eval().requires_grad_(False)  # Wan2.1 VAE shape, random weights
+        elif root is not None:
+            raise ValueError(
+                f"no VAE for model loaded from {source}: its pipeline folder {root} has no vae/ subfolder; pass "
+                f"vae=<folder of a diffusers AutoencoderKLWan> (e.g. Wan2.1-T2V-1.3B-Diffusers/vae)"
+            )
         else:
             raise ValueError(
                 f"no VAE for model loaded from {source}: pass vae=<folder of a diffusers AutoencoderKLWan> "
@@ -155,7 +160,7 @@ def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negativ
         if negative_prompt_embeds is None and enc is None and comps.random_weights:
             negative_prompt_embeds = torch.zeros(1, max_len, cfg.text_dim)
         neg = resolve_prompt_embeds(negative_prompt or "", negative_prompt_embeds, enc, 1, text_dim=cfg.text_dim,
-                                    max_length=max_len)
+                                    max_length=max_len, name="negative_prompt_embeds")
         neg = neg.to(dev, dt)
         if hasattr(model, "pad_text"):  # Wan: both rows zero-padded to text_len (longer is an error)
             rows[0], neg = model.pad_text(rows[0]), model.pad_text(neg)

@@ -57,7 +57,12 @@ def load_model(
         from export.model import load_exported
 
         return load_exported(Path(str(path_or_preset)).expanduser(), dtype=dtype, device=device)
+    from .checks import check_device, check_fused_ops
+
+    if device is not None:
+        check_device(device)
     device = torch.device(device) if device is not None else torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    check_fused_ops(fused_ops, device)
     dt = parse_dtype(dtype, device)
     key = str(path_or_preset)
     if key.lower() in PRESETS and not Path(key).exists():

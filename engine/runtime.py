@@ -179,6 +179,22 @@ def _fill_passes(job: Job, fill: list[int]) -> list[tuple[list[int], list[int]]]
     return [(g, _seen_context(job, g)) for g in groups]
 
 
+class NonFiniteError(RuntimeError):
+    """A job produced NaN or inf latents."""
+
+
+def check_finite_latents(job, x: torch.Tensor, positions) -> None:
+    """One reduction and one host sync per job (never per step): raise
+    :class:`NonFiniteError` naming the job, the frame positions and the likely causes."""
+    finite = torch.isfinite(x).flatten(3).all(-1).all(1)[0]  # [frames]
+    if bool(finite.all()):
+        return
+    bad = [p for p, ok in zip(positions, finite.tolist()) if not ok]
+    raise NonFiniteError(
+        f"non-finite latents (NaN/inf) from job {job.id!r} at positions {bad}: likely a float16 overflow (run "
+        f"dtype='bf16' or 'fp32'), NaN/inf in the weights, or bad embeddings / condition inputs")
+
+
 @torch.no_grad()
 def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, seed: int, sampler: SamplerConfig,
                 latent_hw: tuple[int, int], rope: tuple[int, ...] | None = None,
@@ -724,6 +740,7 @@ class Executor:
                     z = torch.cat([encode_frames(vae, video[:, :, k:k + 1]) for k in range(video.shape[2])], 2)
                 else:
                     z = encode_frames(vae, video)
+            check_finite_latents(job, z, job.positions)
             return {(job.id, p): z[:, :, k:k + 1].float() for k, p in enumerate(job.positions)}
         src = {p: lane.fetch(e.tensor, e.event) for p, e in entries.items()}
         cache = None
@@ -739,6 +756,7 @@ class Executor:
         x = denoise_job(self.models[key][job.model], self.contexts[key][job.model], job, src, seed=self.seed,
                         sampler=self.sampler, latent_hw=self.latent_hw, rope=self.plan.rope_of(job),
                         condition=self.condition, cache=cache, noise=self.noise)
+        check_finite_latents(job, x, job.generated_positions)
         if job.cache is not None and self.cache_last[job.cache] == job.id:
             self.caches.pop((w, job.cache), None)  # the chain is done: its buffers go
         return {(job.id, p): x[:, :, k:k + 1] for k, p in enumerate(job.generated_positions)}

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .onnx import export_model
 
+        print(f"export: loading {args.model} ...", file=sys.stderr, flush=True)
         model = engine.load_model(args.model, device="cpu", dtype="float32", seed=args.seed)
         cfg = model.config
         sizes = args.size or [TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE]
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         man = export_model(model, args.out, frames=frames, sizes=latent, batches=tuple(args.batch),
                            cache_slots=args.cache_frames, chunk_frames=frames[0], opsets=tuple(args.opset),
-                           precision=args.precision, block=args.block, source=getattr(model, "source", None))
+                           precision=args.precision, block=args.block, source=getattr(model, "source", None),
+                           progress=lambda line: print(f"export: {line}", file=sys.stderr, flush=True))
         print(f"wrote {len(man.graphs)} graphs and {man.directory / 'manifest.json'} in {time.perf_counter() - t0:.1f}s")
         return 0
     if args.cmd == "trt":

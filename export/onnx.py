@@ -385,13 +385,15 @@ __all__ = ["Bucket", "DiTStep", "DiTBlockStep", "TextContext", "OPSETS", "PRECIS
 # ----------------------------------------------------------------------------------
 def export_model(model: WanDiT, out_dir: str | Path, *, frames=(3,), sizes=((4, 4),), batches=(1,),
                  cache_slots: int = 21, chunk_frames: int | None = None, opsets=OPSETS, precision: str = "float32",
-                 block: bool = False, sampler=None, text_len: int | None = None, source=None, check: bool = True):
+                 block: bool = False, sampler=None, text_len: int | None = None, source=None, check: bool = True,
+                 progress=None):
     """Export ``model`` into ``out_dir``: per opset a context graph per batch, a step graph
     per bucket (frames x latent sizes x batches), optionally block 0, and the manifest.
 
     frames: latent frames per chunk of each bucket (include the chunk size and any
     remainder a video needs, e.g. (3, 2, 1)); sizes: latent (height, width) pairs;
-    cache_slots: frame slots of the cache every step graph takes. Returns the
+    cache_slots: frame slots of the cache every step graph takes; progress(str): called
+    before each graph ("graph 2/7: step_... ") and after it with its time. Returns the
     :class:`export.manifest.Manifest`.
     """
     from engine.config import SamplerConfig
@@ -414,23 +416,27 @@ def export_model(model: WanDiT, out_dir: str | Path, *, frames=(3,), sizes=((4, 
                          cache_slots=cache_slots, source=source)
     m = model_for_precision(model, precision)
     tag = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[precision]
+    todo = []  # (name, exporter, bucket)
     for op in opsets:
         for b in batches:
-            bk = Bucket(1, 1, 1, b, cache_slots, text_len)
-            name = f"context_b{b}.opset{op}.{tag}"
-            info = export_context(m, bk, out / f"{name}.onnx", opset=op, precision=precision, check=check)
-            data["graphs"].append(graph_entry(out, name, f"{name}.onnx", info))
+            todo.append((f"context_b{b}.opset{op}.{tag}", export_context, Bucket(1, 1, 1, b, cache_slots, text_len), op))
         for n in frames:
             for (h, w) in sizes:
                 for b in batches:
                     bk = Bucket(n, h, w, b, cache_slots, text_len)
-                    name = f"step_{bk.key}.opset{op}.{tag}"
-                    info = export_step(m, bk, out / f"{name}.onnx", opset=op, precision=precision, check=check)
-                    data["graphs"].append(graph_entry(out, name, f"{name}.onnx", info))
+                    todo.append((f"step_{bk.key}.opset{op}.{tag}", export_step, bk, op))
         if block:
             bk = Bucket(frames[0], sizes[0][0], sizes[0][1], batches[0], cache_slots, text_len)
-            name = f"block0_{bk.key}.opset{op}.{tag}"
-            info = export_block(m, bk, out / f"{name}.onnx", opset=op, precision=precision, check=check)
-            data["graphs"].append(graph_entry(out, name, f"{name}.onnx", info))
+            todo.append((f"block0_{bk.key}.opset{op}.{tag}", export_block, bk, op))
+    import time
+
+    for i, (name, exporter, bk, op) in enumerate(todo):
+        t0 = time.perf_counter()
+        if progress is not None:
+            progress(f"graph {i + 1}/{len(todo)}: {name} ...")
+        info = exporter(m, bk, out / f"{name}.onnx", opset=op, precision=precision, check=check)
+        data["graphs"].append(graph_entry(out, name, f"{name}.onnx", info))
+        if progress is not None:
+            progress(f"graph {i + 1}/{len(todo)}: {name} done in {time.perf_counter() - t0:.1f} s")
     write_manifest(out, data)
     return Manifest(data, out)

@@ -112,8 +112,10 @@ class NotATensor:
 def test_pickled_checkpoint_is_refused(tmp_path):
     _, gen = _original_state(seed=1)
     torch.save({"generator": gen, "extra": NotATensor()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only") as info:
         engine.load_model(tmp_path / "evil.pt", device="cpu")
+    msg = str(info.value)
+    assert "\x1b[" not in msg and "NotATensor" in msg and len(msg.splitlines()) == 1  # one plain line
 
 
 def test_corrupt_file(tmp_path):

@@ -295,6 +295,7 @@ def resolve_prompt_embeds(
     *,
     text_dim: int | None = None,
     max_length: int = WAN_TEXT_LEN,
+    name: str = "prompt_embeds",
 ) -> torch.Tensor:
     """Text conditioning ``[batch, L, text_dim]`` from either precomputed embeddings or a prompt.
 
@@ -302,24 +303,25 @@ def resolve_prompt_embeds(
       expanded to ``batch``; ``D`` must equal ``text_dim`` when that is given.
     * else ``encoder.encode(prompt)`` (a str, or a list of 1 or ``batch`` strings; ``None`` -> ``""``).
     * neither -> ``ValueError`` explaining what to pass.
+    ``name``: what the caller calls the embeddings (``negative_prompt_embeds``) in errors.
     """
     if prompt_embeds is not None:
         if not isinstance(prompt_embeds, torch.Tensor):
-            raise ValueError(f"prompt_embeds must be a torch.Tensor [B, L, text_dim], got {type(prompt_embeds).__name__}")
+            raise ValueError(f"{name} must be a torch.Tensor [B, L, text_dim], got {type(prompt_embeds).__name__}")
         if prompt_embeds.ndim == 2:
             prompt_embeds = prompt_embeds.unsqueeze(0)
         if prompt_embeds.ndim != 3:
-            raise ValueError(f"prompt_embeds must be [B, L, text_dim], got shape {tuple(prompt_embeds.shape)}")
+            raise ValueError(f"{name} must be [B, L, text_dim], got shape {tuple(prompt_embeds.shape)}")
         if text_dim is not None and prompt_embeds.shape[-1] != text_dim:
             raise ValueError(
-                f"prompt_embeds must be [B, L, {text_dim}] (the model's text_dim), got {tuple(prompt_embeds.shape)}"
+                f"{name} must be [B, L, {text_dim}] (the model's text_dim), got {tuple(prompt_embeds.shape)}"
             )
         if prompt_embeds.shape[0] == 1 and batch > 1:
             prompt_embeds = prompt_embeds.expand(batch, -1, -1)
         if prompt_embeds.shape[0] != batch:
             raise ValueError(
-                f"prompt_embeds batch {prompt_embeds.shape[0]} does not match batch {batch} "
-                f"(expected [1 or {batch}, L, text_dim])"
+                f"{name} batch {prompt_embeds.shape[0]} does not match batch {batch} "
+                f"(expected [{batch}, L, text_dim]{', or [1, L, text_dim] to repeat' if batch > 1 else ''})"
             )
         return prompt_embeds
     if encoder is None:

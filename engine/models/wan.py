@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import FrameVisibility, attention, resolve_backend
+from ..attention import BACKENDS, FrameVisibility, attention, resolve_backend
 from ..config import ModelConfig
 from ..kvcache import ChunkSlots, KVCache
 
@@ -294,6 +294,8 @@ class WanDiT(nn.Module):
 
     def __init__(self, cfg: ModelConfig, attention_backend: str = "auto", fused_ops: bool = False):
         super().__init__()
+        if attention_backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {attention_backend!r}; choose one of {BACKENDS}")
         self.config = cfg
         self.attention_backend = attention_backend
         self.fused_ops = fused_ops  # fused Triton LayerNorm+AdaLN and QK-norm+RoPE

@@ -128,10 +128,13 @@ def _read_torch(path: Path, prefer_ema: bool, checkpoint_key: str | None = None)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours its message for terminals
+        found = [ln.strip() for ln in text.splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
+        detail = found[0] if found else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path} contains pickled Python objects beyond tensors; we only load it with "
-            f"torch.load(weights_only=True). Convert it to safetensors in a trusted environment "
-            f"(safetensors.torch.save_file(state_dict, 'model.safetensors')). Details: {exc}"
+            f"{path} contains pickled Python objects beyond tensors ({detail}); we only load it with "
+            f"torch.load(weights_only=True), which refused it without running it. Convert it to safetensors in a "
+            f"trusted environment (safetensors.torch.save_file(state_dict, 'model.safetensors'))."
         ) from exc
     except Exception as exc:
         raise CheckpointError(f"cannot read {path} as a torch checkpoint: {exc}. The file may be corrupt.") from exc
