@@ -87,13 +87,15 @@ def check_fused_ops(fused_ops: bool, device) -> None:
                          f"on the CPU (TRITON_INTERPRET=1 runs them slowly, for tests only)")
 
 
-def check_finite(name: str, tensor) -> None:
-    """NaN / inf in a user input is refused up front (it would give a silent black video)."""
+def check_finite(name: str, tensor, error: type[ValueError] = ValueError) -> None:
+    """NaN / inf in a user input is refused up front (it would give a silent black video):
+    raises ``error`` naming the input, the counts and the first bad index."""
     if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        nan = int(torch.isnan(tensor).sum())
-        inf = int(torch.isinf(tensor).sum())
-        raise ValueError(f"{name} holds non-finite values ({nan} NaN, {inf} inf of {tensor.numel()}); check how it "
-                         f"was made (a float16 overflow, a failed encoder, a bad file)")
+        bad = ~torch.isfinite(tensor)
+        nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise error(f"{name} holds non-finite values ({nan} NaN, {inf} inf of {tensor.numel()}, the first at index "
+                    f"{first}); check how it was made (a float16 overflow, a failed encoder, a bad file)")
 
 
 def device_memory(device: torch.device) -> int:

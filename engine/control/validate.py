@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..checks import check_finite
+
 
 class ControlError(ValueError):
     """A control input is malformed (shape, frame count, value range, non-finite values)."""
@@ -21,15 +23,10 @@ def as_float_tensor(name: str, x, *, ndim: int | tuple[int, ...] | None = None) 
     dims = (ndim,) if isinstance(ndim, int) else ndim
     if dims is not None and t.dim() not in dims:
         raise ControlError(f"{name} must have {' or '.join(str(d) for d in dims)} dimensions, got shape {tuple(t.shape)}")
-    check_finite(name, t)
+    check_finite(name, t, ControlError)
     return t
 
 
-def check_finite(name: str, t: torch.Tensor) -> None:
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        idx = tuple(int(i) for i in bad.nonzero()[0])
-        raise ControlError(f"{name} holds {int(bad.sum())} non-finite value(s) (NaN or inf), the first at index {idx}")
 
 
 def check_range(name: str, t: torch.Tensor, lo: float | None, hi: float | None, what: str = "") -> None:
