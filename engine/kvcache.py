@@ -37,7 +37,8 @@ class ChunkSlots:
     """Where one chunk lives in the cache and what it may see.
 
     positions: frame positions of the chunk, [n] Python ints.
-    token_index: long [n * tokens_per_frame] -- cache token rows the chunk writes.
+    token_index: long [n * tokens_per_frame] -- cache token rows the chunk writes (None when
+      ``write`` is False: a read-only chunk, whose own keys follow the cached ones).
     visibility: the chunk's FrameVisibility over all cache slots ([n, slots]).
     key_slots: attention reads only slots [0, key_slots) -- every visible slot lies there
       (early in a rollout, and for unbounded windows, most of the cache is still empty).
@@ -45,10 +46,11 @@ class ChunkSlots:
     """
 
     positions: list[int]
-    token_index: torch.Tensor
+    token_index: torch.Tensor | None
     visibility: FrameVisibility
     key_slots: int
     attend: FrameVisibility
+    write: bool = True
 
 
 class KVCache:
@@ -131,70 +133,96 @@ class KVCache:
             return True
         return self.window_frames is None or key_position >= query_start - self.window_frames
 
-    def claim(self, positions: list[int], see: list[int] | None = None) -> ChunkSlots:
+    def claim(self, positions: list[int], see: list[int] | None = None, write: bool = True) -> ChunkSlots:
         """Reserve slots for a chunk and return where it writes and what it sees; evicts
         the frames those slots held. ``see`` None: consecutive positions, seeing the sink,
-        the window before them and themselves. ``see`` given: any positions (each in its
-        own slot), seeing exactly the cached frames ``see`` plus themselves."""
+        the window before them and themselves. ``see`` given: any positions, each taking
+        the slot it held or the first free one, seeing exactly the cached frames ``see``
+        plus themselves; with ``write=False`` the chunk takes no slot: its own keys and
+        values are attended after the cached ones and never stored (a last stage nothing
+        reads, as MMPL's)."""
         positions = [int(p) for p in positions]
         n = len(positions)
         if n == 0 or n > self.chunk_frames:
             raise ValueError(f"a chunk has 1..{self.chunk_frames} frames (chunk_frames), got {n}")
-        if see is None and positions != list(range(positions[0], positions[0] + n)):
-            raise ValueError(f"chunk positions must be consecutive, got {positions}")
         if len(set(positions)) != n:
             raise ValueError(f"chunk positions must be distinct, got {positions}")
-        top = max(positions) - self.origin
-        if self.window_frames is None and top >= self.sink_frames + self.ring_frames:
-            raise ValueError(
-                f"frame position {max(positions)} exceeds the unbounded cache's capacity of "
-                f"{self.sink_frames + self.ring_frames} frames from position {self.origin}; pass a larger max_frames "
-                f"or set window_frames"
-            )
-        if see is not None:
-            held = set(self._slot_pos)
-            missing = sorted(int(p) for p in see if int(p) not in held or int(p) in positions)
-            if missing:
-                raise ValueError(f"frames {missing} are to be seen by chunk {positions} but are not in the cache "
-                                 f"(held: {sorted(p for p in held if p >= 0)})")
-            slots = [self.slot_of(p) for p in positions]
-            if len(set(slots)) != n:
-                raise ValueError(f"chunk positions {positions} share cache slots; the cache holds {self.num_slots}")
-        slots = [self.slot_of(p) for p in positions]
-        for s, p in zip(slots, positions):
-            self._slot_pos[s] = p
         if see is None:
+            if not write:
+                raise ValueError("a read-only chunk (write=False) needs the frames it sees (see=...)")
+            if positions != list(range(positions[0], positions[0] + n)):
+                raise ValueError(f"chunk positions must be consecutive, got {positions}")
+            top = max(positions) - self.origin
+            if self.window_frames is None and top >= self.sink_frames + self.ring_frames:
+                raise ValueError(
+                    f"frame position {max(positions)} exceeds the unbounded cache's capacity of "
+                    f"{self.sink_frames + self.ring_frames} frames from position {self.origin}; pass a larger "
+                    f"max_frames or set window_frames"
+                )
+            slots = [self.slot_of(p) for p in positions]
+            for s, p in zip(slots, positions):
+                self._slot_pos[s] = p
             start, end = positions[0], positions[-1] + 1
             row = [self.visible(start, end, sp) for sp in self._slot_pos]
         else:
-            seen = {int(p) for p in see} | set(positions)
+            if min(positions) < self.origin:
+                raise ValueError(f"frame positions {positions} lie before the cache's origin {self.origin}")
+            seen = {int(p) for p in see}
+            held = set(self._slot_pos)
+            missing = sorted(p for p in seen if p not in held or p in positions)
+            if missing:
+                raise ValueError(f"frames {missing} are to be seen by chunk {positions} but are not in the cache "
+                                 f"(held: {sorted(p for p in held if p >= 0)})")
+            slots = []
+            if write:
+                free = [i for i, sp in enumerate(self._slot_pos) if sp < 0]
+                for p in positions:
+                    if p in held:
+                        slots.append(self._slot_pos.index(p))
+                    elif free:
+                        slots.append(free.pop(0))
+                    else:
+                        raise ValueError(f"the cache's {self.num_slots} slots are full (holding "
+                                         f"{sorted(q for q in held if q >= 0)}); frame {p} has no slot")
+                for sl, p in zip(slots, positions):
+                    self._slot_pos[sl] = p
+                seen |= set(positions)
             row = [sp in seen for sp in self._slot_pos]
         # Within the chunk every frame sees every other frame of the chunk (bidirectional).
         visibility = torch.tensor([row] * n, dtype=torch.bool).to(self.device, non_blocking=True)
-        key_slots = 1 + max(i for i, seen in enumerate(row) if seen)
+        key_slots = 1 + max((i for i, v in enumerate(row) if v), default=-1)
+        tpf = self.tokens_per_frame
+        q_ids = torch.arange(n, device=self.device).repeat_interleave(tpf)
+        if not write:  # keys: the cached slots read, then the chunk's own
+            own = torch.arange(key_slots, key_slots + n, device=self.device).repeat_interleave(tpf)
+            k_ids = torch.cat([self._k_frame_ids[: key_slots * tpf], own])
+            vis = torch.cat([visibility[:, :key_slots], torch.ones(n, n, dtype=torch.bool, device=self.device)], 1)
+            attend = FrameVisibility(q_ids, k_ids, vis)
+            return ChunkSlots(positions, None, attend, key_slots, attend, write=False)
         slot_t = torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True)
-        token_index = (slot_t[:, None] * self.tokens_per_frame + self._tok[None, :]).reshape(-1)
-        q_ids = torch.arange(n, device=self.device).repeat_interleave(self.tokens_per_frame)
+        token_index = (slot_t[:, None] * tpf + self._tok[None, :]).reshape(-1)
         full = FrameVisibility(q_ids, self._k_frame_ids, visibility)
         if key_slots == self.num_slots:
             attend = full
         else:
-            attend = FrameVisibility(q_ids, self._k_frame_ids[: key_slots * self.tokens_per_frame],
-                                     visibility[:, :key_slots])
+            attend = FrameVisibility(q_ids, self._k_frame_ids[: key_slots * tpf], visibility[:, :key_slots])
         return ChunkSlots(positions, token_index, full, key_slots, attend)
 
     # -- data ---------------------------------------------------------------------
     def write(self, layer: int, slots: ChunkSlots, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store a chunk's k, v [B,H,n*tpf,D] for one layer; return that layer's key and
-        value buffers over the slots attention reads, [B,H,key_slots*tpf,D] (views, no copy)."""
+        value buffers over the slots attention reads, [B,H,key_slots*tpf,D] (views, no copy);
+        for a read-only chunk those slots followed by its own k, v (a copy)."""
         kl, vl = self.k[layer], self.v[layer]
         if k.shape[0] != kl.shape[0] or k.shape[1] != kl.shape[1] or k.shape[3] != kl.shape[3]:
             raise ValueError(
                 f"cache holds [B={kl.shape[0]}, H={kl.shape[1]}, D={kl.shape[3]}] but got keys of shape {tuple(k.shape)}"
             )
+        used = slots.key_slots * self.tokens_per_frame
+        if not slots.write:  # a read-only chunk: the cached keys, then its own (not stored)
+            return (torch.cat([kl[:, :, :used], k.to(kl.dtype)], 2), torch.cat([vl[:, :, :used], v.to(vl.dtype)], 2))
         kl.index_copy_(2, slots.token_index, k.to(kl.dtype))
         vl.index_copy_(2, slots.token_index, v.to(vl.dtype))
-        used = slots.key_slots * self.tokens_per_frame
         return kl[:, :, :used], vl[:, :, :used]
 
 

@@ -198,7 +198,8 @@ def check_finite_latents(job, x: torch.Tensor, positions) -> None:
 @torch.no_grad()
 def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, seed: int, sampler: SamplerConfig,
                 latent_hw: tuple[int, int], rope: tuple[int, ...] | None = None,
-                condition: torch.Tensor | None = None, cache=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                condition: torch.Tensor | None = None, cache=None, noise: torch.Tensor | None = None,
+                cache_write: bool = True) -> torch.Tensor:
     """Run one denoise job; returns the clean latents [1, C, G, h, w] (float32) of its
     generated frames, in position order.
 
@@ -210,7 +211,9 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
     are written to it by one pass at noise level 0, the generated frames are denoised
     against it (the pass holds only them), and ``job.extra_passes`` refreshes it with the
     clean result -- Self-Forcing's block-autoregressive step. noise: a replayed
-    timeline noise tensor (:func:`execute`).
+    timeline noise tensor (:func:`execute`). cache_write=False (a plan-visibility cache's
+    last job, which nothing reads after): the generated frames attend to the cache and
+    themselves without being stored.
     """
     dev, dt = model.device, model.dtype
     h, w = latent_hw
@@ -255,7 +258,8 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
             clean = torch.cat([sources[job.positions[i]].to(dev, dt) for i in group], 2)
             forward(clean, torch.zeros(len(group)), group, kv_cache=cache,
                     cache_slots=cache.claim([job.positions[i] for i in group], see=see))
-        slots = cache.claim(gen_pos, see=_seen_context(job, gen_idx) if by_plan else None)
+        slots = cache.claim(gen_pos, see=_seen_context(job, gen_idx) if by_plan else None,
+                            write=cache_write or not by_plan)
         steps = sampler_for(sampler, torch.tensor([row[0] for row in job.sigmas], dtype=torch.float64))
         n = len(gen_idx)
         for i in range(steps.num_steps):
@@ -755,7 +759,9 @@ class Executor:
                 self.caches[(w, job.cache)] = cache
         x = denoise_job(self.models[key][job.model], self.contexts[key][job.model], job, src, seed=self.seed,
                         sampler=self.sampler, latent_hw=self.latent_hw, rope=self.plan.rope_of(job),
-                        condition=self.condition, cache=cache, noise=self.noise)
+                        condition=self.condition, cache=cache, noise=self.noise,
+                        cache_write=not (cache is not None and cache.plan_visibility and job.extra_passes == 0
+                                         and self.cache_last[job.cache] == job.id))
         check_finite_latents(job, x, job.generated_positions)
         if job.cache is not None and self.cache_last[job.cache] == job.id:
             self.caches.pop((w, job.cache), None)  # the chain is done: its buffers go

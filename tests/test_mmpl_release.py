@@ -102,6 +102,24 @@ def test_cache_claim_sees_exactly_the_listed_frames():
         c.claim([34], see=[39])
     with pytest.raises(ValueError, match="origin"):
         c.claim([3], see=[])
+    # a read-only chunk (MMPL's last stage) takes no slot: cached keys, then its own
+    before = c.slot_positions()
+    ro = c.claim([34, 35], see=[21, 22, 40], write=False)
+    assert c.slot_positions() == before and ro.token_index is None
+    k = torch.randn(1, 1, 2, 2)
+    keys, _ = c.write(0, ro, k, k)
+    assert keys.shape[2] == ro.key_slots + 2 and torch.equal(keys[:, :, -2:], k)
+    vis = ro.attend.visibility
+    assert vis.shape == (2, ro.key_slots + 2) and vis[:, -2:].all() and int(vis[0].sum()) == 5
+
+
+def test_release_cache_has_the_releases_15_slots():
+    plan = build_plan("mmpl", 21, release="t2v", sigmas=[1.0, 0.5, 0.0])
+    assert plan.caches["seg0"].max_frames == 15
+    m = engine.load_model("tiny")
+    from engine.kvcache import cache_for
+
+    assert cache_for(m, plan.caches["seg0"], 2, 4, 4).num_slots == 15
 
 
 def test_recipes_fill_only_what_is_not_given():

@@ -14,10 +14,11 @@ variant in MMPL_i2v/), restated as a plan:
 - A stage's queries see the keys of the earlier stages listed in :data:`T2V_SEES` /
   :data:`I2V_SEES` plus their own (the release's ``attention_vis_index``; T2V stage 2
   does not see frames 19, 20, stage 3 sees them again; I2V never hides them).
-- Keys and values live in one KV cache per segment (rows cond + uncond under CFG):
-  written with RoPE during every step of every stage but the last, then overwritten by
-  one pass at t = 0 over the stage's clean result (the release's "refresh"); the last
-  stage writes nothing (its refresh pass is skipped here: nothing reads it).
+- Keys and values live in one KV cache per segment (rows cond + uncond under CFG) of 15
+  frame slots, as the release's: written with RoPE during every step of every stage but
+  the last, then overwritten by one pass at t = 0 over the stage's clean result (the
+  release's "refresh"); the last stage writes nothing: it attends to the cache followed by
+  its own keys (and its refresh pass is skipped: nothing reads it).
 - Noise: fresh per segment. The release replaces the noise of frames 4, 9, 13, 18 by
   ``add_noise(x, randn, t)`` with sigma exactly 1.0, which is fresh noise again: every
   frame of a segment starts from its own draw.
@@ -89,8 +90,9 @@ def build_mmpl_release(num_frames: int, *, base: list[float], first_given: bool,
         drop = DROP if (handoff == "tail" or k > 0) else 0
         clips.append(Clip(f"seg{k}", S, SEGMENT, rope_origin=S, drop=drop))
         cache = f"seg{k}"
-        caches[cache] = CacheSpec(chunk_frames=max(len(st) for st in stages), max_frames=SEGMENT, origin=S,
-                                  visible="plan")
+        # slots for every frame but the last stage's (which only reads), as the release's 15
+        caches[cache] = CacheSpec(chunk_frames=max(len(st) for st in stages), max_frames=SEGMENT - len(stages[-1]),
+                                  origin=S, visible="plan")
         for g, stage in enumerate(stages):
             gen = [f for f in stage if S + f not in producer]
             if not gen:
