@@ -108,18 +108,18 @@ def device_memory(device: torch.device) -> int:
         return 1 << 62
 
 
-def check_memory(model, vae, plan, h: int, w: int, device: torch.device) -> None:
+def check_memory(model, vae, plan, h: int, w: int, device: torch.device, workers: int = 1) -> None:
     """Refuse a request whose rough peak memory cannot fit the device: the largest DiT pass
-    (tokens x widths), the KV caches and one VAE decode step at full resolution."""
+    (tokens x widths), the KV caches alive at once (a chain frees its cache when done: at
+    most one per worker on the device) and one VAE decode step at full resolution."""
     cfg = model.config
     el = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
     tpf = model.tokens_per_frame(h, w) if hasattr(model, "tokens_per_frame") else h * w // 4
     frames = max((len(j.positions) for j in plan.jobs), default=1)
     dit = frames * tpf * (6 * cfg.dim + 2 * getattr(cfg, "ffn_dim", 4 * cfg.dim)) * el * 2
-    # chains free their cache when done: at most about two are alive at once per device
     sizes = sorted((2 * cfg.num_layers * spec.max_frames * tpf * cfg.dim * el * 2 for spec in plan.caches.values()),
                    reverse=True)
-    caches = sum(sizes[:2])
+    caches = sum(sizes[:max(1, workers)])
     H, W = 8 * h, 8 * w
     base = int(getattr(getattr(vae, "config", None), "base_dim", 96) or 96) if vae is not None else 0
     decode = H * W * base * 4 * 4 * 4  # a 4-frame causal step, a few live float32 tensors of the widest level
