@@ -133,6 +133,13 @@ def assign_jobs(plan: Plan, world_size: int, workers: int = 1, comm_cost: float 
     rank: dict[str, int] = {}
     finish: dict[str, float] = {}
     pinned: dict[str, int] = {}
+    # work still owed by the chains bound to each rank: a new chain goes where its whole
+    # chain ends first, not just its first job (segments of pinned chains then alternate)
+    pin_cost: dict[str, float] = {}
+    for j in jobs:
+        if j.pin is not None:
+            pin_cost[j.pin] = pin_cost.get(j.pin, 0.0) + job_cost(j)
+    committed = [0.0] * world_size
     waiting = {j.id: len(plan.deps_of(j)) for j in jobs}
     ready = [j.id for j in jobs if not plan.deps_of(j)]
     while ready:
@@ -157,12 +164,17 @@ def assign_jobs(plan: Plan, world_size: int, workers: int = 1, comm_cost: float 
                 data = max(data, t)
             slot = min(range(workers), key=lambda k: free[r][k])
             end = max(free[r][slot], data) + job_cost(job)
-            if best is None or end < best[0]:
-                best = (end, r, slot)
-        end, r, slot = best
+            starts_chain = job.pin is not None and job.pin not in pinned and pin_cost.get(job.pin, 0.0) > 0
+            score = end + (committed[r] / workers if starts_chain else 0.0)
+            if best is None or score < best[0]:
+                best = (score, r, slot, end)
+        _, r, slot, end = best
         rank[jid], finish[jid] = r, end
         if job.pin is not None:
-            pinned.setdefault(job.pin, r)
+            if job.pin not in pinned:
+                pinned[job.pin] = r
+                committed[r] += pin_cost.get(job.pin, 0.0)
+            committed[r] -= job_cost(job)
         free[r][slot] = end
         for c in children[jid]:
             waiting[c] -= 1

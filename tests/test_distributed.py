@@ -26,6 +26,10 @@ RUNS = {
     "mila": dict(num_frames=33, strategy="mila", clip_frames=2, anchor_stride=2, anchors_per_rollout=2),  # anchors cross
     "mmpl-clips": dict(num_frames=33, strategy="mmpl", segment_frames=4, segment_clips=True),  # re-encoded hand-offs
     "ar-cache": dict(num_frames=13, strategy="ar"),  # one pinned KV-cache chain
+    # the MMPL release: a KV-cache chain per segment, hand-offs decoded and re-encoded on rank 0
+    "mmpl-release": dict(num_frames=157, recipe="mmpl-t2v-parallel",
+                         sampler=engine.SamplerConfig(kind="unipc", num_steps=2, timesteps=None, guidance_scale=5.0,
+                                                      schedule="wan")),
 }
 BAD = [6, 7, 8]  # frames of longdwm/fine3 at 41 video frames
 
