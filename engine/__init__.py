@@ -4,6 +4,8 @@ Public entry points (imported lazily so that light submodules such as
 ``engine.sampling`` import without pulling in the whole stack):
 
 - :func:`engine.load_model` -- a DiT from a preset name, a checkpoint file or folder.
+- :func:`engine.load_decoder` -- a light decoder (TAEHV ``.pth`` / ``.safetensors``) for
+  ``generate(decoder=...)``.
 - :func:`engine.generate` -- a long video from a model, a prompt and options
   (:func:`engine.stream`: its frames as they come; :func:`engine.plan_for`: the plan it
   would run -- clips, denoise / decode / encode jobs).
@@ -19,6 +21,7 @@ from .version import __version__
 
 _LAZY = {
     "load_model": "engine.loading",
+    "load_decoder": "engine.decoders",
     "generate": "engine.generation",
     "stream": "engine.generation",
     "plan_for": "engine.generation",

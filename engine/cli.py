@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     c_.add_argument("--control-branches", help="LongVie 2 control-branch weights (.safetensors)")
     g.add_argument("--vae", help="folder of a diffusers AutoencoderKLWan (default: from the model's pipeline)")
     g.add_argument("--vae-dtype", default=None, help="VAE precision: fp32 (default), bf16 or fp16")
+    g.add_argument("--decoder", default=None, help="full (the VAE, default), taehv (taew2_1.pth found at "
+                   "$ENGINE_TAEHV, ./ or ~/.cache/engine) or a TAEHV .pth/.safetensors path: the light decoder "
+                   "(decode only; encodes keep the VAE)")
     g.add_argument("--text-encoder", help="folder with a UMT5 encoder and tokenizer")
     g.add_argument("--no-progress", action="store_true")
     return p
@@ -350,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             window_frames=args.window_frames,
             vae=args.vae,
             vae_dtype=args.vae_dtype,
+            decoder=args.decoder,
             text_encoder=args.text_encoder,
             output=args.out,
             progress=not args.no_progress and rank == 0,

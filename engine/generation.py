@@ -209,7 +209,7 @@ def _prepare(
     fine_model=None,
     vae=None,
     vae_dtype=None,
-    decoder: Callable | None = None,
+    decoder=None,
     text_encoder=None,
     engine_config: EngineConfig | None = None,
     cpu_threads: int = 1,
@@ -243,6 +243,9 @@ def _prepare(
                         f"{list(STRATEGY_OPTIONS[strategy])}")
     if strategy not in TWO_MODEL_STRATEGIES and (coarse_model is not None or fine_model is not None):
         raise ValueError(f"strategy {strategy!r} uses one model; coarse_model / fine_model are for {TWO_MODEL_STRATEGIES}")
+    from .decoders import resolve_decoder
+
+    decoder = resolve_decoder(decoder)  # "full" / "taehv" / a TAEHV file / a callable: loaded and checked now
     device = devices[0] if devices else None
     model = resolve_model(model, dtype, device, engine_config, checkpoint_key=checkpoint_key)
     from .checks import check_fused_ops
@@ -296,6 +299,8 @@ def _prepare(
     check_memory(model, comps.vae, plan, h, w, model.device)
     from .models.vae import StreamingDecoder, encode_frames, i2v_condition
 
+    make_decoder = _decoder_factory(decoder, ctl, StreamingDecoder, comps.vae)  # channel mismatch: an error now
+
     def make_context(role, m):
         if m.config.text_dim != cfg.text_dim:  # its own text space (e.g. a CogVideoX coarse model beside Wan)
             own = Components(comps.vae, None, getattr(m, "source", None) is None)
@@ -328,18 +333,22 @@ def _prepare(
     return PreparedRun(plan=plan, models=roles, devices=list(devices) if devices else [str(model.device)],
                        make_context=make_context, seed=seed, sampler=sampler, latent_hw=(h, w),
                        inputs={0: first_latent} if first_latent is not None else {}, condition=condition,
-                       vae=comps.vae, make_decoder=_decoder_factory(decoder, ctl, StreamingDecoder),
+                       vae=comps.vae, make_decoder=make_decoder,
                        compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(cfg.fps),
                        noise=noise)
 
 
-def _decoder_factory(decoder, ctl, default):
-    """vae -> a fresh streaming decoder: ``decoder`` (a class or callable) if given, the
-    controls' own (multi-view) if any, else ``default``."""
+def _decoder_factory(decoder, ctl, default, vae=None):
+    """vae -> a fresh streaming decoder: ``decoder`` (resolved by
+    :func:`engine.decoders.resolve_decoder`: a light decoder or a callable) if given, the
+    controls' own (multi-view) if any, else ``default``. A light decoder whose latent
+    channels differ from ``vae``'s is refused here, before any work."""
+    from .decoders import resolve_decoder
+
+    decoder = resolve_decoder(decoder)
     if decoder is not None:
-        if not callable(decoder):
-            raise TypeError(f"decoder must be a callable taking the VAE and returning a streaming decoder (reset, "
-                            f"decode_chunk), e.g. engine.models.vae.StreamingDecoder; got {type(decoder).__name__}")
+        if vae is not None and hasattr(decoder, "check_vae"):
+            decoder.check_vae(vae)
         if ctl is not None and ctl.views > 1:
             raise ValueError("a custom decoder= cannot be combined with multi-view generation (views > 1)")
         return decoder
@@ -448,7 +457,9 @@ def generate(
     (:class:`SamplerConfig`), guidance_scale, chunk_frames (3), sink_frames,
     window_frames (attention window in latent frames; default bounded at 21 in total),
     vae, text_encoder (objects or local folders), vae_dtype (float32 by default), decoder
-    (vae -> a streaming decoder; default :class:`~engine.models.vae.StreamingDecoder`),
+    (``"full"``: the VAE's :class:`~engine.models.vae.StreamingDecoder`, the default;
+    ``"taehv"`` or a TAEHV ``.pth``/``.safetensors`` path, or :func:`engine.load_decoder`'s
+    result: the light decoder, decode only; or a callable vae -> streaming decoder),
     engine_config (:class:`EngineConfig`: device, dtype, attention backend, fused ops,
     compile / CUDA graphs). Controls (:mod:`engine.control`, any
     strategy): trajectory, intrinsics, warp_depth, save_warped (LongDWM); waypoints,

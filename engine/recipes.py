@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .config import SamplerConfig
-from .plans import MmplOptions
+from .plans import ArOptions, MmplOptions
 
 #: Wan2.1's default negative prompt (as the Wan2.1 and MMPL releases' configs give it).
 WAN_NEGATIVE_PROMPT = (
@@ -33,6 +33,8 @@ class Recipe:
     checkpoint_key: which dict of a training checkpoint ``.pt`` holds the weights
     (``"generator"`` as the MMPL release loads it; ``"generator_ema"`` on request).
     first_frame: whether the recipe starts from an image (``first_frame=`` required).
+    decoder: the decoder it decodes with (``generate(decoder=)``): ``"full"`` (the VAE) or
+    ``"taehv"`` (the tiny TAEHV decoder, :mod:`engine.decoders`).
     """
 
     name: str
@@ -49,6 +51,7 @@ class Recipe:
     reference: str = ""
     frames_rule: str = ""
     extra: dict = field(default_factory=dict)
+    decoder: str = "full"
 
     def describe(self) -> dict:
         """A JSON-friendly summary (``python -m engine recipes``)."""
@@ -56,7 +59,8 @@ class Recipe:
                 "options": {k: v for k, v in vars(self.options).items()},
                 "sampler": vars(self.sampler), "negative_prompt": self.negative_prompt is not None,
                 "size": [self.height, self.width], "fps": self.fps, "checkpoint_key": self.checkpoint_key,
-                "first_frame": self.first_frame, "frames": self.frames_rule, "reference": self.reference}
+                "first_frame": self.first_frame, "frames": self.frames_rule, "reference": self.reference,
+                "decoder": self.decoder}
 
 
 RECIPES: dict[str, Recipe] = {
@@ -78,6 +82,14 @@ RECIPES: dict[str, Recipe] = {
         WAN_NEGATIVE_PROMPT, 480, 832, 16, first_frame=True,
         reference="Tele-AI/MMPL (MMPL_i2v/pipeline/casual_fps_inference.py, Wan_fps_inference_1gpu.py)",
         frames_rule="76*n"),
+    "self-forcing-fast": Recipe(
+        "self-forcing-fast", "Self-Forcing for real time: autoregressive 3-latent chunks over the KV cache, 4 "
+        "few-step denoising steps (1000, 750, 500, 250; shift 5), no CFG, decoded by TAEHV (taew2_1.pth: "
+        "decoder='taehv' looks in $ENGINE_TAEHV, ./, ~/.cache/engine)", "ar", ArOptions(chunk_frames=3),
+        SamplerConfig(kind="fewstep", timesteps=(1000, 750, 500, 250), shift=5.0, guidance_scale=1.0), None,
+        480, 832, 16, checkpoint_key="generator_ema",
+        reference="guandeh17/Self-Forcing (configs/self_forcing_dmd.yaml, inference.py --use_ema) + madebyollin/taehv",
+        frames_rule="4k+1", decoder="taehv"),
 }
 
 
@@ -114,4 +126,6 @@ def apply_recipe(recipe: str | Recipe, given: dict) -> dict:
         raise ValueError(f"recipe {r.name!r} starts from an image: pass first_frame (an image path, PIL image or "
                          f"array)")
     out.setdefault("checkpoint_key", r.checkpoint_key)
+    if out.get("decoder") is None:
+        out["decoder"] = r.decoder
     return out
