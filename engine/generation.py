@@ -296,7 +296,8 @@ def _prepare(
 
     comps = resolve_components(model, vae, text_encoder, seed=seed,  # the VAE of the model given first
                                vae_dtype=parse_dtype(vae_dtype or "float32"))
-    check_memory(model, comps.vae, plan, h, w, model.device)
+    check_memory(model, comps.vae, plan, h, w, model.device,
+                 workers=sum(1 for d in (devices or [str(model.device)]) if torch.device(d) == model.device))
     from .models.vae import StreamingDecoder, encode_frames, i2v_condition
 
     make_decoder = _decoder_factory(decoder, ctl, StreamingDecoder, comps.vae)  # channel mismatch: an error now
