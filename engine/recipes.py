@@ -9,7 +9,7 @@ use them; every argument given explicitly overrides the recipe's value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .config import SamplerConfig
 from .plans import ArOptions, MmplOptions
@@ -50,7 +50,6 @@ class Recipe:
     first_frame: bool = False
     reference: str = ""
     frames_rule: str = ""
-    extra: dict = field(default_factory=dict)
     decoder: str = "full"
 
     def describe(self) -> dict:
