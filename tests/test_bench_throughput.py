@@ -73,3 +73,22 @@ def test_throughput_smoke(tmp_path):
     # cost grows with the video: more passes at 5 min than at 10 s, for every strategy
     first, last = sc["lengths"][0]["strategies"], sc["lengths"][-1]["strategies"]
     assert all(last[s]["total_passes"] > first[s]["total_passes"] for s in first)
+
+
+def test_work_budget_counts_the_chosen_decoder(tmp_path):
+    """--decoder: the work budget's decode FLOPs are the light decoder's, not the VAE's."""
+    import importlib.util
+
+    import torch
+
+    from engine.decoders import load_decoder
+    from engine.models.taehv import TAEHV
+
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "bench" / "throughput.py")
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    torch.save(TAEHV().state_dict(), tmp_path / "taehv.pth")
+    dec = load_decoder(tmp_path / "taehv.pth")
+    light = tp.light_decode_flops(dec, (1, 16, 3, 4, 4))
+    more = tp.light_decode_flops(dec, (1, 16, 5, 4, 4))
+    assert light and more and more > light > 0  # counted, and it grows with the latent frames
