@@ -7,6 +7,16 @@
   ``~/.cache/engine/taew2_1.{pth,safetensors}``): the tiny decoder, decode only -- encode
   jobs (re-encoded hand-offs, first frames) keep the full VAE, whose latents the DiT
   was trained on.
+- LightX2V's (github.com/ModelTC/LightX2V) light decoders for Wan2.1, in their released
+  layouts: ``"lighttae"`` / ``"lighttaew2_1"`` (``lighttaew2_1.{safetensors,pth}``; the
+  TAEHV architecture and keys, but it takes *raw* VAE latents ``z = z_norm * std + mean``,
+  as LightX2V's ``WanVAE_tiny(need_scaled=True)`` does for any ``tae_path`` containing
+  "lighttae"; a file whose name contains "lighttae" is read that way too) and
+  ``"lightvae"`` / ``"lightvaew2_1"`` (``lightvaew2_1.{safetensors,pth}``: the Wan2.1 VAE
+  with 75 % of its channels pruned, i.e. base width 24 instead of 96, in the original Wan
+  key layout ``encoder.conv1`` / ``decoder.upsamples.*`` / ``conv2``; converted to a
+  diffusers ``AutoencoderKLWan(base_dim=24)`` and streamed like the full VAE). Looked up at
+  ``$ENGINE_LIGHTTAE`` / ``$ENGINE_LIGHTVAE``, ``./``, ``~/.cache/engine/``.
 - a :class:`LightDecoder` from :func:`load_decoder`, or any callable ``vae -> streaming
   decoder`` (``reset()``, ``decode_chunk(latents)``).
 """
@@ -19,10 +29,45 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["LightDecoder", "load_decoder", "resolve_decoder", "find_taehv", "TAEHV_NAMES"]
+__all__ = ["LightDecoder", "LightVAEDecoder", "load_decoder", "resolve_decoder", "find_taehv", "find_light_weights",
+           "load_lightvae", "TAEHV_NAMES", "LIGHTTAE_NAMES", "LIGHTVAE_NAMES"]
 
 #: Names that stand for the Wan2.1 TAEHV weights.
 TAEHV_NAMES = ("taehv", "taew2_1")
+#: Names that stand for LightX2V's LightTAE / LightVAE for Wan2.1.
+LIGHTTAE_NAMES = ("lighttae", "lighttaew2_1")
+LIGHTVAE_NAMES = ("lightvae", "lightvaew2_1")
+_NAMED = {**{n: ("taew2_1", "ENGINE_TAEHV") for n in TAEHV_NAMES},
+          **{n: ("lighttaew2_1", "ENGINE_LIGHTTAE") for n in LIGHTTAE_NAMES},
+          **{n: ("lightvaew2_1", "ENGINE_LIGHTVAE") for n in LIGHTVAE_NAMES}}
+
+
+def find_light_weights(name: str) -> str:
+    """Path of the weights a decoder name stands for (``"taehv"``, ``"lighttae"``,
+    ``"lightvae"`` and their file stems): ``$ENGINE_<KIND>``, else ``./<stem>.{safetensors,pth}``,
+    else ``~/.cache/engine/<stem>.{...}``; raises naming where it looked."""
+    stem, var = _NAMED[name.lower()]
+    if stem == "taew2_1":
+        return find_taehv()
+    env = os.environ.get(var)
+    if env:
+        if not os.path.isfile(env):
+            raise FileNotFoundError(f"{var}={env!r} is not a file: point it at {stem}.safetensors")
+        return env
+    places = [Path.cwd(), Path.home() / ".cache" / "engine"]
+    tried = [p / f"{stem}{ext}" for p in places for ext in (".safetensors", ".pth")]
+    for p in tried:
+        if p.is_file():
+            return str(p)
+    raise FileNotFoundError(
+        f"decoder {name!r} needs LightX2V's {stem}.safetensors (huggingface.co/lightx2v/Autoencoders): not found at "
+        f"{[str(p) for p in tried]}; pass decoder=<path>, set {var}, or use decoder='full'")
+
+
+def is_lighttae_path(path: str) -> bool:
+    """LightX2V's rule (lightx2v/pipeline.py enable_lightvae): a Wan TAE file whose name
+    contains "lighttae" takes raw latents (``need_scaled``)."""
+    return "lighttae" in os.path.basename(os.fspath(path)).lower()
 
 
 def find_taehv() -> str:
@@ -53,13 +98,20 @@ class LightDecoder:
 
     kind = "taehv"
 
-    def __init__(self, model, path: str | None = None, dtype: torch.dtype | None = None):
+    def __init__(self, model, path: str | None = None, dtype: torch.dtype | None = None, raw_latents: bool = False):
         self.model = model
         self.path = path
         self.dtype = dtype
-        self.latent_channels = model.latent_channels
+        self.raw_latents = bool(raw_latents)  # LightTAE: takes z = z_norm * std + mean
+        if self.raw_latents:
+            self.kind = "lighttae"
+        self.latent_channels = self._latent_channels(model)
         self._copies: dict = {}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _latent_channels(model) -> int:
+        return model.latent_channels
 
     def check_vae(self, vae) -> None:
         """Raise ValueError when the VAE's latents do not have this decoder's channel count."""
@@ -87,37 +139,104 @@ class LightDecoder:
         from .models.taehv import TAEHVStreamingDecoder
 
         p = next(vae.parameters())
-        return TAEHVStreamingDecoder(self.on(p.device, self.dtype or p.dtype), vae=vae)
+        return TAEHVStreamingDecoder(self.on(p.device, self.dtype or p.dtype), vae=vae, raw_latents=self.raw_latents)
 
     def __repr__(self) -> str:
-        return f"LightDecoder(taehv, {self.path or 'in memory'}, latent_channels={self.latent_channels})"
+        return f"LightDecoder({self.kind}, {self.path or 'in memory'}, latent_channels={self.latent_channels})"
+
+
+class LightVAEDecoder(LightDecoder):
+    """LightX2V's LightVAE (a channel-pruned Wan VAE, converted to a diffusers
+    ``AutoencoderKLWan``) as ``generate(decoder=...)``: calling it with the model's VAE
+    gives a fresh :class:`engine.models.vae.StreamingDecoder` over the light VAE on that
+    VAE's device (its own latent statistics: Wan2.1's, as the release hardcodes)."""
+
+    kind = "lightvae"
+
+    @staticmethod
+    def _latent_channels(model) -> int:
+        return model.config.z_dim
+
+    def __call__(self, vae):
+        from .models.vae import StreamingDecoder
+
+        p = next(vae.parameters())
+        return StreamingDecoder(self.on(p.device, self.dtype or p.dtype))
+
+
+def _is_wan_vae_layout(sd: dict) -> bool:
+    return "decoder.conv1.weight" in sd and "conv2.weight" in sd
+
+
+def load_lightvae(path_or_sd, device="cpu", dtype: torch.dtype = torch.float32):
+    """LightX2V's LightVAE (``lightvaew2_1``) as a diffusers ``AutoencoderKLWan``.
+
+    The release (lightx2v/models/video_encoders/hf/wan/vae.py) builds its ``WanVAE_`` with
+    ``dim=96, pruning_rate=0.75``: every width ``int(96 * m * 0.25) = 24 * m``, which is the
+    Wan2.1 VAE with ``base_dim=24``; keys are the original Wan layout. The width is read
+    from the file (``decoder.conv1`` out channels / 4), keys are converted with diffusers'
+    ``convert_wan_vae_to_diffusers`` and loaded strictly; latent statistics: Wan2.1's."""
+    from .models.taehv import _read_state_dict
+    from .models.vae import _WAN21_LATENTS_MEAN, _WAN21_LATENTS_STD, _autoencoder_cls
+
+    where = os.fspath(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else "state dict"
+    sd = _read_state_dict(where) if isinstance(path_or_sd, (str, os.PathLike)) else dict(path_or_sd)
+    if not _is_wan_vae_layout(sd):
+        raise ValueError(f"{where!r} is not in the original Wan VAE layout (decoder.conv1.*, conv2.*) of LightX2V's "
+                         f"lightvaew2_1")
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    dec_width = int(sd["decoder.conv1.weight"].shape[0])  # dims[0] = base_dim * dim_mult[-1] (4)
+    z_dim = int(sd["conv2.weight"].shape[0])
+    if dec_width % 4 or z_dim != len(_WAN21_LATENTS_MEAN):
+        raise ValueError(f"{where!r}: decoder width {dec_width} / z_dim {z_dim} is not a (pruned) Wan2.1 VAE")
+    cfg = dict(base_dim=dec_width // 4, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+               temperal_downsample=[False, True, True], dropout=0.0,
+               latents_mean=list(_WAN21_LATENTS_MEAN), latents_std=list(_WAN21_LATENTS_STD))
+    model = _autoencoder_cls()(**cfg)
+    conv = convert_wan_vae_to_diffusers({k: v for k, v in sd.items()})
+    try:
+        missing, unexpected = model.load_state_dict(conv, strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"{where!r} does not match a Wan VAE of base width {cfg['base_dim']} "
+                         f"({str(exc).splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise ValueError(f"{where!r} does not match a Wan VAE of base width {cfg['base_dim']} (missing "
+                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def load_decoder(path: str | os.PathLike, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None) -> LightDecoder:
-    """A light decoder from a TAEHV ``.pth`` / ``.safetensors`` file or the name ``"taehv"``
-    (see the module docstring). ``dtype`` None: the VAE's at decode time (float32 by
-    default). Pass the result as ``generate(decoder=...)``."""
-    from .models.taehv import load_taehv
+                 dtype: torch.dtype | None = None, raw_latents: bool | None = None) -> LightDecoder:
+    """A light decoder from a TAEHV / LightTAE / LightVAE ``.pth`` / ``.safetensors`` file or a
+    name (``"taehv"``, ``"lighttae"``, ``"lightvae"``; see the module docstring). ``dtype``
+    None: the VAE's at decode time (float32 by default). ``raw_latents`` (TAE files): None
+    decides by the file name ("lighttae" in it: raw latents). Pass the result as
+    ``generate(decoder=...)``."""
+    from .models.taehv import _read_state_dict, load_taehv
 
     path = os.fspath(path)
-    if path.lower() in TAEHV_NAMES:
-        path = find_taehv()
-    return LightDecoder(load_taehv(path, device=device, dtype=dtype or torch.float32), path=path, dtype=dtype)
+    if path.lower() in _NAMED:
+        path = find_light_weights(path)
+    if os.path.isfile(path) and _is_wan_vae_layout(_read_state_dict(path)):  # LightX2V's LightVAE
+        return LightVAEDecoder(load_lightvae(path, device=device, dtype=dtype or torch.float32), path=path, dtype=dtype)
+    return LightDecoder(load_taehv(path, device=device, dtype=dtype or torch.float32), path=path, dtype=dtype,
+                        raw_latents=is_lighttae_path(path) if raw_latents is None else raw_latents)
 
 
 def resolve_decoder(decoder):
     """``decoder=`` of generate -> None (the full VAE), a :class:`LightDecoder`, or the callable
-    given. Strings: ``"full"``, ``"taehv"`` / ``"taew2_1"``, or a path to a TAEHV file."""
+    given. Strings: ``"full"``, ``"taehv"`` / ``"lighttae"`` / ``"lightvae"`` (and their file stems), or a path."""
     if decoder is None:
         return None
     if isinstance(decoder, (str, os.PathLike)):
         name = os.fspath(decoder)
         if name.lower() in ("full", "vae", "wan"):
             return None
-        if name.lower() not in TAEHV_NAMES and not os.path.isfile(name):
+        if name.lower() not in _NAMED and not os.path.isfile(name):
             raise ValueError(f"decoder={name!r} is neither 'full', 'taehv' nor an existing TAEHV .pth/.safetensors "
-                             f"file: pass one of those (or a callable vae -> streaming decoder)")
+                             f"file (nor LightX2V's 'lighttae' / 'lightvae' or one of their files): pass one of those "
+                             f"(or a callable vae -> streaming decoder)")
         return load_decoder(name)
     if not callable(decoder):
         raise TypeError(f"decoder must be 'full', 'taehv', a TAEHV file path, engine.load_decoder(path), or a callable "

@@ -233,9 +233,13 @@ class TAEHVStreamingDecoder:
     into the normalized ones TAEHV takes, for ``decode_chunk(..., normalized=False)``.
     """
 
-    def __init__(self, taehv: TAEHV, vae=None):
+    def __init__(self, taehv: TAEHV, vae=None, raw_latents: bool = False):
         self.taehv = taehv
         self.vae = vae
+        # True: the weights take raw VAE latents z (LightX2V's LightTAE, lighttaew2_1: its
+        # WanVAE_tiny(need_scaled=True) computes z = z_norm * std + mean first); False: the
+        # DiT's normalized latents (madebyollin/taehv's taew2_1).
+        self.raw_latents = bool(raw_latents)
         self.z_dim = taehv.latent_channels
         self.reset()
 
@@ -261,7 +265,16 @@ class TAEHVStreamingDecoder:
             raise ValueError("decode_chunk got 0 latent frames")
         param = next(self.taehv.decoder.parameters())
         z = latents.to(device=param.device)
-        if not normalized:
+        if self.raw_latents and normalized:  # LightTAE: de-normalize with the Wan2.1 statistics
+            from .vae import _WAN21_LATENTS_MEAN, _WAN21_LATENTS_STD, denormalize_latents
+
+            if self.vae is not None and getattr(getattr(self.vae, "config", None), "latents_mean", None) is not None:
+                z = denormalize_latents(z.float(), self.vae)
+            else:
+                mean = torch.tensor(_WAN21_LATENTS_MEAN, device=z.device).view(1, -1, 1, 1, 1)
+                std = torch.tensor(_WAN21_LATENTS_STD, device=z.device).view(1, -1, 1, 1, 1)
+                z = z.float() * std + mean
+        elif not self.raw_latents and not normalized:
             if self.vae is None:
                 raise ValueError("TAEHV takes normalized latents; pass normalized=True, or build the decoder with "
                                  "vae= so that raw latents can be normalized with its statistics")
