@@ -1,4 +1,5 @@
-"""Decode time per video frame: the full Wan VAE vs TAEHV, same run.
+"""Decode time per video frame: the full Wan VAE vs TAEHV and LightX2V's light TAE / light
+VAE, same run.
 
     python bench/decoders.py [--device cpu] [--latents 2] [--out bench/results/decoders-cpu.json]
 
@@ -57,19 +58,25 @@ def decode_times(device: str, latents: int, repeats: int, sizes) -> list[dict]:
     torch.manual_seed(0)
     vae = AutoencoderKLWan().to(device).eval().requires_grad_(False)
     taehv = TAEHV().to(device).eval().requires_grad_(False)
-    full, light = StreamingDecoder(vae), TAEHVStreamingDecoder(taehv)
+    # LightX2V's Wan2.1 light VAE: the Wan VAE pruned 75 % (base width 24), same layout
+    lightvae = AutoencoderKLWan(base_dim=24).to(device).eval().requires_grad_(False)
+    decoders = (("full_wan_vae", StreamingDecoder(vae)), ("taehv", TAEHVStreamingDecoder(taehv)),
+                ("lighttae", TAEHVStreamingDecoder(taehv, vae=vae, raw_latents=True)),  # TAEHV layout, raw latents
+                ("lightvae", StreamingDecoder(lightvae)))
     rows = []
     for h, w in sizes:
         z = torch.randn(1, 16, latents, h // 8, w // 8, device=device)
         frames = 4 * latents - 3
         row = {"height": h, "width": w, "latent_frames": latents, "video_frames": frames}
-        for name, dec in (("full_wan_vae", full), ("taehv", light)):
+        for name, dec in decoders:
             out = dec.decode_all(z)  # warm-up (and shape check)
             assert out.shape[2] == frames, (name, out.shape)
             s = _time(lambda: dec.decode_all(z), repeats)
             row[name] = {"seconds": round(s, 4), "seconds_per_frame": round(s / frames, 5)}
             print(f"{h}x{w} {name}: {s:.3f} s for {frames} frames = {s / frames * 1000:.1f} ms/frame", flush=True)
         row["speedup_per_frame"] = round(row["full_wan_vae"]["seconds"] / row["taehv"]["seconds"], 2)
+        row["speedup_per_frame_vs_full"] = {name: round(row["full_wan_vae"]["seconds"] / row[name]["seconds"], 2)
+                                            for name, _ in decoders[1:]}
         rows.append(row)
     return rows
 
