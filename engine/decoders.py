@@ -176,11 +176,11 @@ def load_lightvae(path_or_sd, device="cpu", dtype: torch.dtype = torch.float32):
     Wan2.1 VAE with ``base_dim=24``; keys are the original Wan layout. The width is read
     from the file (``decoder.conv1`` out channels / 4), keys are converted with diffusers'
     ``convert_wan_vae_to_diffusers`` and loaded strictly; latent statistics: Wan2.1's."""
-    from .models.taehv import _read_state_dict
-    from .models.vae import _WAN21_LATENTS_MEAN, _WAN21_LATENTS_STD, _autoencoder_cls
+    from .models.taehv import read_taehv_state_dict
+    from .models.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, autoencoder_cls
 
     where = os.fspath(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else "state dict"
-    sd = _read_state_dict(where) if isinstance(path_or_sd, (str, os.PathLike)) else dict(path_or_sd)
+    sd = read_taehv_state_dict(where) if isinstance(path_or_sd, (str, os.PathLike)) else dict(path_or_sd)
     if not _is_wan_vae_layout(sd):
         raise ValueError(f"{where!r} is not in the original Wan VAE layout (decoder.conv1.*, conv2.*) of LightX2V's "
                          f"lightvaew2_1")
@@ -188,12 +188,12 @@ def load_lightvae(path_or_sd, device="cpu", dtype: torch.dtype = torch.float32):
 
     dec_width = int(sd["decoder.conv1.weight"].shape[0])  # dims[0] = base_dim * dim_mult[-1] (4)
     z_dim = int(sd["conv2.weight"].shape[0])
-    if dec_width % 4 or z_dim != len(_WAN21_LATENTS_MEAN):
+    if dec_width % 4 or z_dim != len(WAN21_LATENTS_MEAN):
         raise ValueError(f"{where!r}: decoder width {dec_width} / z_dim {z_dim} is not a (pruned) Wan2.1 VAE")
     cfg = dict(base_dim=dec_width // 4, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                temperal_downsample=[False, True, True], dropout=0.0,
-               latents_mean=list(_WAN21_LATENTS_MEAN), latents_std=list(_WAN21_LATENTS_STD))
-    model = _autoencoder_cls()(**cfg)
+               latents_mean=list(WAN21_LATENTS_MEAN), latents_std=list(WAN21_LATENTS_STD))
+    model = autoencoder_cls()(**cfg)
     conv = convert_wan_vae_to_diffusers({k: v for k, v in sd.items()})
     try:
         missing, unexpected = model.load_state_dict(conv, strict=False)
@@ -213,12 +213,12 @@ def load_decoder(path: str | os.PathLike, device: str | torch.device = "cpu",
     None: the VAE's at decode time (float32 by default). ``raw_latents`` (TAE files): None
     decides by the file name ("lighttae" in it: raw latents). Pass the result as
     ``generate(decoder=...)``."""
-    from .models.taehv import _read_state_dict, load_taehv
+    from .models.taehv import read_taehv_state_dict, load_taehv
 
     path = os.fspath(path)
     if path.lower() in _NAMED:
         path = find_light_weights(path)
-    if os.path.isfile(path) and _is_wan_vae_layout(_read_state_dict(path)):  # LightX2V's LightVAE
+    if os.path.isfile(path) and _is_wan_vae_layout(read_taehv_state_dict(path)):  # LightX2V's LightVAE
         return LightVAEDecoder(load_lightvae(path, device=device, dtype=dtype or torch.float32), path=path, dtype=dtype)
     return LightDecoder(load_taehv(path, device=device, dtype=dtype or torch.float32), path=path, dtype=dtype,
                         raw_latents=is_lighttae_path(path) if raw_latents is None else raw_latents)

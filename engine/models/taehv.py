@@ -266,13 +266,13 @@ class TAEHVStreamingDecoder:
         param = next(self.taehv.decoder.parameters())
         z = latents.to(device=param.device)
         if self.raw_latents and normalized:  # LightTAE: de-normalize with the Wan2.1 statistics
-            from .vae import _WAN21_LATENTS_MEAN, _WAN21_LATENTS_STD, denormalize_latents
+            from .vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, denormalize_latents
 
             if self.vae is not None and getattr(getattr(self.vae, "config", None), "latents_mean", None) is not None:
                 z = denormalize_latents(z.float(), self.vae)
             else:
-                mean = torch.tensor(_WAN21_LATENTS_MEAN, device=z.device).view(1, -1, 1, 1, 1)
-                std = torch.tensor(_WAN21_LATENTS_STD, device=z.device).view(1, -1, 1, 1, 1)
+                mean = torch.tensor(WAN21_LATENTS_MEAN, device=z.device).view(1, -1, 1, 1, 1)
+                std = torch.tensor(WAN21_LATENTS_STD, device=z.device).view(1, -1, 1, 1, 1)
                 z = z.float() * std + mean
         elif not self.raw_latents and not normalized:
             if self.vae is None:
@@ -304,7 +304,10 @@ _DEC_TGROW = (7, 13, 19)  # decoder indices of the TGrow blocks
 _DEC_CONVS = (1, 8, 14, 20)  # decoder 3x3 convs entering / leaving the stages
 
 
-def _read_state_dict(path: str) -> dict:
+def read_taehv_state_dict(path: str) -> dict:
+    """The tensors of a TAEHV-layout ``.pth`` / ``.safetensors`` file, as stored (a
+    ``state_dict`` wrapper unwrapped); a missing file or a non-tensor dict is an error
+    naming the fix."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"TAEHV weights not found: {path!r} (get taew2_1.pth or "
                                 f"safetensors/taew2_1.safetensors from github.com/madebyollin/taehv)")
@@ -351,7 +354,7 @@ def load_taehv(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     ``overrides`` replace constructor arguments (e.g. ``decoder_time_upscale=(False, False,
     False)`` for the release's cheaper preview)."""
     path = os.fspath(path)
-    sd = _read_state_dict(path)
+    sd = read_taehv_state_dict(path)
     cfg = taehv_config_from_state_dict(sd)
     cfg.update(overrides)
     model = TAEHV(**cfg)

@@ -22,6 +22,9 @@ import torch
 
 __all__ = [
     "TINY_VAE_CONFIG",
+    "WAN21_LATENTS_MEAN",
+    "WAN21_LATENTS_STD",
+    "autoencoder_cls",
     "make_tiny_vae",
     "load_vae",
     "latent_stats",
@@ -35,11 +38,11 @@ __all__ = [
 ]
 
 # Real Wan2.1 VAE latent statistics (diffusers' AutoencoderKLWan defaults).
-_WAN21_LATENTS_MEAN = [
+WAN21_LATENTS_MEAN = [
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
 ]
-_WAN21_LATENTS_STD = [
+WAN21_LATENTS_STD = [
     2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 ]
@@ -54,15 +57,16 @@ TINY_VAE_CONFIG: dict[str, Any] = {
     "attn_scales": [],
     "temperal_downsample": [False, True, True],
     "dropout": 0.0,
-    "latents_mean": list(_WAN21_LATENTS_MEAN),
-    "latents_std": list(_WAN21_LATENTS_STD),
+    "latents_mean": list(WAN21_LATENTS_MEAN),
+    "latents_std": list(WAN21_LATENTS_STD),
 }
 
 TEMPORAL_FACTOR = 4
 SPATIAL_FACTOR = 8
 
 
-def _autoencoder_cls():
+def autoencoder_cls():
+    """diffusers' ``AutoencoderKLWan`` class (an ImportError naming the fix without diffusers)."""
     try:
         from diffusers import AutoencoderKLWan
     except ImportError as e:  # pragma: no cover - diffusers is a hard dependency
@@ -99,7 +103,7 @@ def make_tiny_vae(seed: int = 0, dtype: torch.dtype = torch.float32, device: str
 
     Returns the model in eval mode, on ``device``, in ``dtype``.
     """
-    cls = _autoencoder_cls()
+    cls = autoencoder_cls()
     cfg = {k: (list(v) if isinstance(v, list) else v) for k, v in TINY_VAE_CONFIG.items()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -151,7 +155,7 @@ def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device
             f"({looked}) with its *.safetensors weights. Pass a diffusers VAE folder or a "
             "diffusers pipeline root with a vae/ subfolder."
         )
-    cls = _autoencoder_cls()
+    cls = autoencoder_cls()
     vae = cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     return vae.to(device=device).eval().requires_grad_(False)
 
