@@ -42,26 +42,33 @@ _NAMED = {**{n: ("taew2_1", "ENGINE_TAEHV") for n in TAEHV_NAMES},
           **{n: ("lightvaew2_1", "ENGINE_LIGHTVAE") for n in LIGHTVAE_NAMES}}
 
 
+_SOURCES = {  # stem -> (what to get and where, file suffixes in lookup order)
+    "taew2_1": ("the TAEHV weights for Wan2.1 (taew2_1.pth from github.com/madebyollin/taehv)", (".pth", ".safetensors")),
+    "lighttaew2_1": ("LightX2V's lighttaew2_1.safetensors (huggingface.co/lightx2v/Autoencoders)",
+                     (".safetensors", ".pth")),
+    "lightvaew2_1": ("LightX2V's lightvaew2_1.safetensors (huggingface.co/lightx2v/Autoencoders)",
+                     (".safetensors", ".pth")),
+}
+
+
 def find_light_weights(name: str) -> str:
     """Path of the weights a decoder name stands for (``"taehv"``, ``"lighttae"``,
-    ``"lightvae"`` and their file stems): ``$ENGINE_<KIND>``, else ``./<stem>.{safetensors,pth}``,
-    else ``~/.cache/engine/<stem>.{...}``; raises naming where it looked."""
+    ``"lightvae"`` and their file stems): ``$ENGINE_<KIND>``, else ``./<stem>.<suffix>``,
+    else ``~/.cache/engine/<stem>.<suffix>``; raises naming where it looked."""
     stem, var = _NAMED[name.lower()]
-    if stem == "taew2_1":
-        return find_taehv()
+    what, suffixes = _SOURCES[stem]
     env = os.environ.get(var)
     if env:
         if not os.path.isfile(env):
-            raise FileNotFoundError(f"{var}={env!r} is not a file: point it at {stem}.safetensors")
+            raise FileNotFoundError(f"{var}={env!r} is not a file: point it at {stem}{suffixes[0]}")
         return env
     places = [Path.cwd(), Path.home() / ".cache" / "engine"]
-    tried = [p / f"{stem}{ext}" for p in places for ext in (".safetensors", ".pth")]
+    tried = [p / f"{stem}{ext}" for p in places for ext in suffixes]
     for p in tried:
         if p.is_file():
             return str(p)
-    raise FileNotFoundError(
-        f"decoder {name!r} needs LightX2V's {stem}.safetensors (huggingface.co/lightx2v/Autoencoders): not found at "
-        f"{[str(p) for p in tried]}; pass decoder=<path>, set {var}, or use decoder='full'")
+    raise FileNotFoundError(f"decoder {name!r} needs {what}: not found at {[str(p) for p in tried]}; pass "
+                            f"decoder=<path>, set {var}, or use decoder='full'")
 
 
 def is_lighttae_path(path: str) -> bool:
@@ -71,21 +78,8 @@ def is_lighttae_path(path: str) -> bool:
 
 
 def find_taehv() -> str:
-    """Path of the Wan2.1 TAEHV weights for the name ``"taehv"``; raises naming where it looked."""
-    env = os.environ.get("ENGINE_TAEHV")
-    if env:
-        if not os.path.isfile(env):
-            raise FileNotFoundError(f"ENGINE_TAEHV={env!r} is not a file: point it at taew2_1.pth")
-        return env
-    places = [Path.cwd(), Path.home() / ".cache" / "engine"]
-    tried = [p / f"taew2_1{ext}" for p in places for ext in (".pth", ".safetensors")]
-    for p in tried:
-        if p.is_file():
-            return str(p)
-    raise FileNotFoundError(
-        f"decoder 'taehv' needs the TAEHV weights for Wan2.1 (taew2_1.pth from github.com/madebyollin/taehv): "
-        f"not found at {[str(p) for p in tried]}; pass decoder=<path to taew2_1.pth>, set ENGINE_TAEHV, or use "
-        f"decoder='full'")
+    """Path of the Wan2.1 TAEHV weights for the name ``"taehv"`` (:func:`find_light_weights`)."""
+    return find_light_weights("taehv")
 
 
 class LightDecoder:
