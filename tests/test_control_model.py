@@ -1,19 +1,20 @@
 """Control injection in the controlled Wan DiT: zero-initialised layers change nothing, non-zero ones
 change only the frames that can see a controlled frame; multi-view attention over
-(view, frame) equals an explicit dense mask; control weights load from checkpoints."""
+(view, frame) equals an explicit dense mask; control weights load from checkpoints.
+(LongVie 2's dense / sparse branches are the release's own model: engine.models.longvie.)"""
 
 import pytest
 import torch
 
 import engine
 from engine.attention import FrameVisibility, attention, attention_reference
-from engine.control import ControlError, branch_state_dict, load_control_branches, multiview_visibility
+from engine.control import ControlError, multiview_visibility
 from engine.control.multiview import frames_to_views, views_to_frames
 from engine.control.setup import TimelineControlledDiT
 from engine.kvcache import KVCache
 from engine.loading import build_model
 from engine.models.wan import WanDiT
-from engine.models.wan_control import ControlledWanDiT, ControlPass
+from engine.models.wan_control import CONTROL_KINDS, ControlledWanDiT, ControlPass
 from engine.models.weights import CheckpointError, save_original_layout
 from kernels import patterns
 
@@ -29,16 +30,13 @@ def inputs(nf=4, h=4, w=6, seed=0, batch=1):
     return dict(
         x=torch.randn(batch, 16, nf, h, w, generator=g), t=torch.rand(batch, nf, generator=g) * 1000,
         text=torch.randn(batch, 5, 32, generator=g), lat=torch.randn(batch, 16, nf, h, w, generator=g),
-        dense=torch.randn(batch, 16, nf, h, w, generator=g), sparse=torch.randn(batch, 16, nf, h, w, generator=g),
         wp=torch.randn(batch, nf, 6, generator=g), cam=torch.randn(batch, nf, 16, generator=g))
 
 
-def enable_all(m, blocks=2):
+def enable_all(m):
     m.enable_control("warp")
     m.enable_control("waypoints", in_features=6)
     m.enable_control("camera")
-    m.enable_control("dense", num_blocks=blocks)
-    m.enable_control("sparse", num_blocks=blocks)
     return m
 
 
@@ -50,8 +48,7 @@ def randomize_controls(m, seed=1):
 
 
 def full_control(d, mask=None):
-    return ControlPass(warp=d["lat"], dense=d["dense"], sparse=d["sparse"], waypoints=d["wp"], camera=d["cam"],
-                       mask=mask)
+    return ControlPass(warp=d["lat"], waypoints=d["wp"], camera=d["cam"], mask=mask)
 
 
 @torch.no_grad()
@@ -68,11 +65,11 @@ def test_default_model_has_no_control_parameters():
     enable_all(m)
     assert not hasattr(base, "control_layers")
     assert {k.split(".")[1] for k in m.state_dict() if k.startswith("control_layers.")} == {
-        "warp", "waypoints", "camera", "dense", "sparse"}
+        "warp", "waypoints", "camera"} == set(CONTROL_KINDS)
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind", ["warp", "waypoints", "camera", "dense", "sparse", "all"])
+@pytest.mark.parametrize("kind", ["warp", "waypoints", "camera", "all"])
 def test_zero_initialised_injection_leaves_output_unchanged(kind):
     m = fresh()
     d = inputs()
@@ -114,7 +111,7 @@ def test_zero_warp_and_vectors_leave_the_kv_cache_rollout_unchanged():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind", ["warp", "vectors", "branches"])
+@pytest.mark.parametrize("kind", ["warp", "vectors", "all"])
 def test_nonzero_injection_changes_only_frames_that_see_the_control(kind):
     m = enable_all(fresh())
     randomize_controls(m)
@@ -122,7 +119,7 @@ def test_nonzero_injection_changes_only_frames_that_see_the_control(kind):
     full = full_control(d, mask=torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
     ctl = {"warp": ControlPass(warp=full.warp, mask=full.mask),
            "vectors": ControlPass(waypoints=full.waypoints, camera=full.camera, mask=full.mask),
-           "branches": ControlPass(dense=full.dense, sparse=full.sparse, mask=full.mask)}[kind]
+           "all": full}[kind]
     vis = patterns.block_causal(4, 2)  # frames 0-1 cannot see frames 2-3
     base = m(d["x"], d["t"], d["text"], visibility=vis)
     got = m(d["x"], d["t"], d["text"], visibility=vis, control=ctl)
@@ -134,30 +131,44 @@ def test_nonzero_injection_changes_only_frames_that_see_the_control(kind):
 
 
 @torch.no_grad()
-def test_branches_need_no_kv_cache_and_errors_name_the_problem():
+def test_control_errors_name_the_problem():
     m = fresh()
     d = inputs()
     with pytest.raises(ValueError, match="no 'warp' control layer"):
         m(d["x"], d["t"], d["text"], control=ControlPass(warp=d["lat"]))
-    m.enable_control("dense", num_blocks=1)
-    with pytest.raises(ValueError, match="control.dense must be latents"):
-        m(d["x"], d["t"], d["text"], control=ControlPass(dense=d["dense"][:, :, :2]))
+    enable_all(m)
+    with pytest.raises(ValueError, match="control.warp must be latents"):
+        m(d["x"], d["t"], d["text"], control=ControlPass(warp=d["lat"][:, :, :2]))
+    with pytest.raises(ValueError, match=r"control.waypoints must be \[B, F, features\]"):
+        m(d["x"], d["t"], d["text"], control=ControlPass(waypoints=d["wp"][:, :2]))
+    with pytest.raises(ValueError, match="takes 6 features per frame"):
+        m(d["x"], d["t"], d["text"], control=ControlPass(waypoints=d["wp"][..., :4]))
+    with pytest.raises(ValueError, match=r"control.mask must be \[B, F\]"):
+        m(d["x"], d["t"], d["text"], control=ControlPass(warp=d["lat"], mask=torch.ones(1, 3)))
+    # multi-view passes run through the runtime (history frames), never over a KV cache
+    g = torch.Generator().manual_seed(4)
+    wrapped = TimelineControlledDiT(m, {"camera": torch.randn(4, 2, 16, generator=g)}, views=2)
     cache = KVCache(num_layers=3, batch=1, num_heads=2, head_dim=32, tokens_per_frame=6, chunk_frames=2, max_frames=4)
-    with pytest.raises(ValueError, match="context='history'"):
-        m(d["x"][:, :, :2], d["t"][:, :2], d["text"], frame_positions=[0, 1], kv_cache=cache,
-          cache_slots=cache.claim([0, 1]), control=ControlPass(dense=d["dense"][:, :, :2]))
+    x = torch.randn(1, 16, 2, 4, 8, generator=g)  # 2 views of 4x4 latents
+    with pytest.raises(ControlError, match="context='history'"):
+        wrapped(x, d["t"][:, :2], d["text"], timeline_positions=[0, 1], frame_positions=[0, 1], kv_cache=cache,
+                cache_slots=cache.claim([0, 1]))
+    with pytest.raises(ControlError, match="timeline_positions"):
+        wrapped(x, d["t"][:, :2], d["text"], frame_positions=[0, 1])
 
 
 @torch.no_grad()
-def test_branch_blocks_are_half_copies_of_the_base_blocks():
+def test_longvie_branch_kinds_are_gone_from_the_controlled_dit():
+    """The old invented dense / sparse branch layout is not a control kind any more (LongVie 2
+    is engine.models.longvie, the release's own key layout)."""
     m = fresh()
-    br = m.enable_control("sparse", num_blocks=2)
-    D = CFG.dim
-    q, bq = br.blocks[1].self_attn.q.weight, m.blocks[1].self_attn.q.weight
-    assert q.shape == (D // 2, D // 2) and torch.equal(q, bq[D // 2:, D // 2:])
-    assert torch.equal(br.blocks[0].ffn[0].weight, m.blocks[0].ffn[0].weight[CFG.ffn_dim // 2:, D // 2:])
-    assert torch.equal(br.blocks[0].modulation, m.blocks[0].modulation[..., D // 2:])
-    assert all(float(lin.weight.abs().max()) == 0 for lin in br.inject)
+    for kind in ("dense", "sparse"):
+        with pytest.raises(ValueError, match=f"unknown control kind '{kind}'"):
+            m.enable_control(kind, num_blocks=1)
+        with pytest.raises(ValueError, match=f"unknown control layer '{kind}'"):
+            m.load_control_state({f"{kind}.inject.0.weight": torch.zeros(1)})
+    assert not hasattr(ControlPass(), "dense") and not hasattr(ControlPass(), "sparse")
+    assert len(m.control_layers) == 0
 
 
 # ----------------------------------------------------------------------------------
@@ -233,39 +244,6 @@ def test_multiview_model_pass_equals_the_flattened_dense_pattern():
 # ----------------------------------------------------------------------------------
 # weights
 # ----------------------------------------------------------------------------------
-@torch.no_grad()
-def test_control_branch_weights_load_from_their_own_file_with_a_key_map(tmp_path):
-    from safetensors.torch import save_file
-
-    m = fresh()
-    m.enable_control("dense", num_blocks=2)
-    m.enable_control("sparse", num_blocks=2)
-    randomize_controls(m, seed=7)
-    sd = branch_state_dict(m)
-    assert "dense.inject.1.weight" in sd and "sparse.blocks.0.self_attn.q.weight" in sd
-    renamed = {}
-    for k, v in sd.items():  # an alternative naming the key map reads
-        k2 = k.replace("dense.blocks.", "dense_blocks.").replace("sparse.inject.", "sparse.zero_linears.")
-        renamed["controlnet." + k2] = v
-    path = tmp_path / "branches.safetensors"
-    save_file(renamed, str(path))
-    plain = build_model(CFG, seed=3).eval().requires_grad_(False)
-    other = load_control_branches(plain, path)
-    assert isinstance(other, ControlledWanDiT) and set(other.control_layers) == {"dense", "sparse"}
-    assert other.blocks[0].ffn[0].weight is plain.blocks[0].ffn[0].weight
-    assert load_control_branches(other, path) is other
-    d = inputs()
-    ctl = ControlPass(dense=d["dense"], sparse=d["sparse"])
-    assert torch.equal(other(d["x"], d["t"], d["text"], control=ctl), m(d["x"], d["t"], d["text"], control=ctl))
-    bad = dict(sd)
-    del bad["dense.inject.0.bias"]
-    bad["dense.extra.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"missing \['inject.0.bias'\].*unexpected \['extra.weight'\]"):
-        load_control_branches(fresh(), bad)
-    with pytest.raises(ControlError, match="dense.' or 'sparse."):
-        load_control_branches(fresh(), {"depth.blocks.0.x": torch.zeros(1)})
-
-
 @torch.no_grad()
 def test_checkpoint_control_layers_load_and_absent_ones_are_zero(tmp_path):
     m = fresh()
