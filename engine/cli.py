@@ -46,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                    "sampler, negative prompt, size; explicit flags override it")
     g.add_argument("--checkpoint-key", choices=["generator", "generator_ema"],
                    help="which dict of a training .pt to load (default: EMA, or the recipe's)")
-    g.add_argument("--num-frames", type=int, required=True, help="video frames: ar, mila 4k+1 (33, 81, 161); mmpl "
-                   "32n+1 with its default options; longdwm 12n+1; recipes mmpl-t2v / mmpl-i2v 76n, "
-                   "mmpl-t2v-parallel 81+76(n-1)")
+    g.add_argument("--num-frames", type=int, help="video frames (required but for --recipe longvie2): ar, mila 4k+1 "
+                   "(33, 81, 161); mmpl 32n+1 with its default options; longdwm 12n+1; recipes mmpl-t2v / mmpl-i2v "
+                   "76n, mmpl-t2v-parallel 81+76(n-1), longvie2 81+80(n-1) from its clips")
     g.add_argument("--fit", choices=["down", "up"], help="round --num-frames to the nearest length the strategy "
                    "accepts (instead of an error naming the two nearest)")
     g.add_argument("--out", default="video.mp4", help="output mp4 path")
@@ -94,9 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     c_.add_argument("--cameras", help="MiLA cameras .npy [V, 16] or [T, V, 16]")
     c_.add_argument("--views", type=int, help="MiLA: camera views generated together (output: a 1 x V grid)")
     c_.add_argument("--view-outputs", help="also write one mp4 per view: a pattern with {view}, e.g. out_{view}.mp4")
-    c_.add_argument("--depth", help="LongVie 2 dense control: depth video .npy [T, H, W]")
-    c_.add_argument("--point-map", help="LongVie 2 sparse control: point-map video .npy [T, H, W, 3] in [0, 1]")
-    c_.add_argument("--control-branches", help="LongVie 2 control-branch weights (.safetensors)")
+    l_ = g.add_argument_group("LongVie 2 (--recipe longvie2; engine.longvie)")
+    l_.add_argument("--cond", help="the release's cond.json: per clip {text, depth mp4, track mp4}")
+    l_.add_argument("--depth", help="dense control for the whole video: raw depth .npy [T, H, W] (normalised as the "
+                    "release) or a depth video (mp4 / .npy [T, H, W, 3] uint8), cut into 81-frame clips")
+    l_.add_argument("--track", help="sparse control for the whole video: the point-track video (mp4 / .npy uint8)")
+    l_.add_argument("--control-weights", help="the release's control.safetensors")
+    l_.add_argument("--overlay", help="the release's dit.safetensors (loaded over the base DiT)")
+    l_.add_argument("--image-encoder", help="CLIP image encoder folder (default: the model root's image_encoder/)")
+    l_.add_argument("--clip-outputs", help="also write every clip's own 81 frames: a pattern with {clip}, e.g. "
+                    "clip_{clip}.mp4")
     g.add_argument("--vae", help="folder of a diffusers AutoencoderKLWan (default: from the model's pipeline)")
     g.add_argument("--vae-dtype", default=None, help="VAE precision: fp32 (default), bf16 or fp16")
     g.add_argument("--decoder", default=None, help="full (the VAE, default), taehv (taew2_1.pth found at "
@@ -139,10 +146,10 @@ def _load_array(text: str):
 
 def _control_args(args) -> dict:
     out = {}
-    for name in ("trajectory", "intrinsics", "waypoints", "cameras", "depth", "point_map"):
+    for name in ("trajectory", "intrinsics", "waypoints", "cameras"):
         if getattr(args, name):
             out[name] = _load_array(getattr(args, name))
-    for name in ("warp_depth", "save_warped", "views", "control_branches"):
+    for name in ("warp_depth", "save_warped", "views"):
         if getattr(args, name) is not None:
             out[name] = getattr(args, name)
     return out
@@ -299,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if recipe is not None and recipe.strategy == "longvie2":
+        return _longvie(args, sampler)
+    if args.num_frames is None:
+        print("error: --num-frames is required (e.g. 33)", file=sys.stderr)
+        return 2
     strategy = args.strategy or (recipe.strategy if recipe else "ar")
     chosen = {name: getattr(args, name) for name, _, _ in _STRATEGY_ARGS if getattr(args, name) is not None}
     wrong = sorted(k for k in chosen if k not in STRATEGY_OPTIONS[strategy])
@@ -387,6 +399,46 @@ def main(argv: list[str] | None = None) -> int:
         f"in {s.seconds:.1f} s ({s.fps:.2f} frames/s, first frame after {s.first_frame_seconds:.2f} s; "
         f"strategy {strategy}, critical path {s.critical_path_passes} DiT passes)"
     )
+    return 0
+
+
+def _longvie(args, sampler) -> int:
+    """``generate --recipe longvie2``: the LongVie 2 release chain (engine.longvie)."""
+    from .generation import GenerationError, GenerationInterrupted, generate
+
+    try:
+        for flag in ("trajectory", "waypoints", "cameras", "views", "strategy", "coarse_model", "fine_model", "decoder"):
+            if getattr(args, flag, None):
+                raise ValueError(f"--{flag.replace('_', '-')} does not apply to --recipe longvie2")
+        if args.devices and "," in args.devices:
+            raise ValueError("--recipe longvie2 is one sequential chain: give one --device")
+        clip_videos = {}
+        video = generate(
+            args.model, recipe="longvie2", num_frames=args.num_frames, prompt=args.prompt or None,
+            prompt_embeds=_load_embeds(args.prompt_embeds) if args.prompt_embeds else None,
+            negative_prompt=args.negative_prompt, first_frame=args.first_frame, height=args.height, width=args.width,
+            seed=args.seed, devices=[args.devices or args.device] if (args.devices or args.device) else None,
+            dtype=args.dtype, sampler=sampler, vae=args.vae, vae_dtype=args.vae_dtype, text_encoder=args.text_encoder,
+            image_encoder=args.image_encoder, control_weights=args.control_weights, overlay=args.overlay,
+            cond=args.cond, dense=args.depth, sparse=args.track, output=args.out, progress=not args.no_progress,
+            on_clip=(lambda k, f: clip_videos.__setitem__(k, f)) if args.clip_outputs else None)
+    except GenerationInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except GenerationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.clip_outputs:
+        from .video import Video
+
+        for k, frames in sorted(clip_videos.items()):
+            Video(frames, video.fps).save(args.clip_outputs.format(clip=k))
+    s = video.stats
+    print(f"wrote {args.out}: {len(video)} frames {video.width}x{video.height} @ {video.fps:g} fps in {s.seconds:.1f} s "
+          f"({s.fps:.2f} frames/s; recipe longvie2, {s.critical_path_passes} DiT passes)")
     return 0
 
 

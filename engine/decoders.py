@@ -158,46 +158,16 @@ class LightVAEDecoder(LightDecoder):
         return StreamingDecoder(self.on(p.device, self.dtype or p.dtype))
 
 
-def _is_wan_vae_layout(sd: dict) -> bool:
-    return "decoder.conv1.weight" in sd and "conv2.weight" in sd
-
-
 def load_lightvae(path_or_sd, device="cpu", dtype: torch.dtype = torch.float32):
     """LightX2V's LightVAE (``lightvaew2_1``) as a diffusers ``AutoencoderKLWan``.
 
     The release (lightx2v/models/video_encoders/hf/wan/vae.py) builds its ``WanVAE_`` with
     ``dim=96, pruning_rate=0.75``: every width ``int(96 * m * 0.25) = 24 * m``, which is the
-    Wan2.1 VAE with ``base_dim=24``; keys are the original Wan layout. The width is read
-    from the file (``decoder.conv1`` out channels / 4), keys are converted with diffusers'
-    ``convert_wan_vae_to_diffusers`` and loaded strictly; latent statistics: Wan2.1's."""
-    from .models.taehv import read_taehv_state_dict
-    from .models.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, autoencoder_cls
+    Wan2.1 VAE with ``base_dim=24`` in the original Wan key layout
+    (:func:`engine.models.vae.load_original_vae` reads the width from the file)."""
+    from .models.vae import load_original_vae
 
-    where = os.fspath(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else "state dict"
-    sd = read_taehv_state_dict(where) if isinstance(path_or_sd, (str, os.PathLike)) else dict(path_or_sd)
-    if not _is_wan_vae_layout(sd):
-        raise ValueError(f"{where!r} is not in the original Wan VAE layout (decoder.conv1.*, conv2.*) of LightX2V's "
-                         f"lightvaew2_1")
-    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-
-    dec_width = int(sd["decoder.conv1.weight"].shape[0])  # dims[0] = base_dim * dim_mult[-1] (4)
-    z_dim = int(sd["conv2.weight"].shape[0])
-    if dec_width % 4 or z_dim != len(WAN21_LATENTS_MEAN):
-        raise ValueError(f"{where!r}: decoder width {dec_width} / z_dim {z_dim} is not a (pruned) Wan2.1 VAE")
-    cfg = dict(base_dim=dec_width // 4, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-               temperal_downsample=[False, True, True], dropout=0.0,
-               latents_mean=list(WAN21_LATENTS_MEAN), latents_std=list(WAN21_LATENTS_STD))
-    model = autoencoder_cls()(**cfg)
-    conv = convert_wan_vae_to_diffusers({k: v for k, v in sd.items()})
-    try:
-        missing, unexpected = model.load_state_dict(conv, strict=False)
-    except RuntimeError as exc:
-        raise ValueError(f"{where!r} does not match a Wan VAE of base width {cfg['base_dim']} "
-                         f"({str(exc).splitlines()[-1].strip()})") from None
-    if missing or unexpected:
-        raise ValueError(f"{where!r} does not match a Wan VAE of base width {cfg['base_dim']} (missing "
-                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return load_original_vae(path_or_sd, device=device, dtype=dtype)
 
 
 def load_decoder(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -207,12 +177,13 @@ def load_decoder(path: str | os.PathLike, device: str | torch.device = "cpu",
     None: the VAE's at decode time (float32 by default). ``raw_latents`` (TAE files): None
     decides by the file name ("lighttae" in it: raw latents). Pass the result as
     ``generate(decoder=...)``."""
-    from .models.taehv import read_taehv_state_dict, load_taehv
+    from .models.taehv import load_taehv, read_taehv_state_dict
+    from .models.vae import is_wan_vae_layout
 
     path = os.fspath(path)
     if path.lower() in _NAMED:
         path = find_light_weights(path)
-    if os.path.isfile(path) and _is_wan_vae_layout(read_taehv_state_dict(path)):  # LightX2V's LightVAE
+    if os.path.isfile(path) and is_wan_vae_layout(read_taehv_state_dict(path)):  # LightX2V's LightVAE
         return LightVAEDecoder(load_lightvae(path, device=device, dtype=dtype or torch.float32), path=path, dtype=dtype)
     return LightDecoder(load_taehv(path, device=device, dtype=dtype or torch.float32), path=path, dtype=dtype,
                         raw_latents=is_lighttae_path(path) if raw_latents is None else raw_latents)

@@ -120,6 +120,18 @@ class PreparedRun:
     fps: float
     noise: torch.Tensor | None = None
 
+    @property
+    def video_frames(self) -> int:
+        """Frames of the video the run makes."""
+        return self.plan.video_frames
+
+    def plan_line(self) -> str:
+        """'plan: mmpl, 2 clips, 7 denoise / 12 decode / 1 encode jobs, critical path 26 DiT passes, 2 workers'."""
+        s = self.plan.summary()
+        return (f"plan: {s['strategy']}, {s['clips']} clip(s), {s['jobs']} denoise / {s['decode_jobs']} decode / "
+                f"{s['encode_jobs']} encode jobs, critical path {s['critical_path_passes']} DiT passes, "
+                f"{len(self.devices)} worker(s) on {', '.join(dict.fromkeys(self.devices))}")
+
 
 def plan_for(model, *, num_frames: int, height: int | None = None, width: int | None = None, strategy: str = "ar",
              first_frame_given: bool = False, sampler: SamplerConfig | None = None, chunk_frames: int = 3,
@@ -178,8 +190,12 @@ def prepare(model, *, recipe=None, **options) -> PreparedRun:
     denoised yet. ``recipe`` (a name from :data:`engine.recipes.RECIPES` or a Recipe)
     fills in every argument not given. Raises ValueError / TypeError naming the problem."""
     if recipe is not None:
-        from .recipes import apply_recipe
+        from .recipes import apply_recipe, get_recipe
 
+        if get_recipe(recipe).strategy == "longvie2":  # the release's clip chain (engine.longvie)
+            from .longvie import prepare_longvie
+
+            return prepare_longvie(model, **options)
         options = apply_recipe(recipe, options)
     return _prepare(model, **options)
 
@@ -234,9 +250,9 @@ def _prepare(
         raise ValueError(f"unknown strategy {strategy!r}; available: {STRATEGIES}")
     if devices is not None and (isinstance(devices, str) or len(devices) == 0):
         raise ValueError(f"devices must be a non-empty list such as ['cpu', 'cpu'] or ['cuda:0', 'cuda:1'], got {devices!r}")
-    from .control.setup import CONTROL_OPTIONS  # control inputs travel beside the strategy options
+    from .control.setup import CONTROL_OPTIONS, LONGVIE_OPTIONS  # control inputs travel beside the strategy options
 
-    control_opts = {k: strategy_options.pop(k) for k in CONTROL_OPTIONS if k in strategy_options}
+    control_opts = {k: strategy_options.pop(k) for k in CONTROL_OPTIONS + LONGVIE_OPTIONS if k in strategy_options}
     unknown = sorted(k for k in strategy_options if k not in STRATEGY_OPTIONS[strategy])
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for strategy {strategy!r}; its own options are "
@@ -377,6 +393,8 @@ def run(prepared: PreparedRun, stats: RunStats | None = None, keep_latents: dict
     from .distributed import distributed_active, run_distributed
 
     r = prepared
+    if not isinstance(r, PreparedRun):  # a release chain with its own loop (engine.longvie)
+        return r.frames(stats)
     if stats is not None:
         stats.video_fps = r.fps
     execute_here = run_distributed if distributed_active() else execute
@@ -412,14 +430,6 @@ def check_output_path(output, suffix: str = ".mp4") -> None:
         raise ValueError(f"output {str(output)!r} is not writable (permissions of {str(parent)!r})")
 
 
-def _plan_line(prepared: PreparedRun) -> str:
-    """'plan: mmpl, 2 clips, 7 denoise / 12 decode / 1 encode jobs, critical path 26 DiT passes, 2 workers'."""
-    s = prepared.plan.summary()
-    return (f"plan: {s['strategy']}, {s['clips']} clip(s), {s['jobs']} denoise / {s['decode_jobs']} decode / "
-            f"{s['encode_jobs']} encode jobs, critical path {s['critical_path_passes']} DiT passes, "
-            f"{len(prepared.devices)} worker(s) on {', '.join(dict.fromkeys(prepared.devices))}")
-
-
 def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
     t0 = stats.t0 if stats is not None and stats.t0 is not None else time.perf_counter()
     for positions, frames in it:
@@ -431,7 +441,7 @@ def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
 def generate(
     model,
     *,
-    num_frames: int,
+    num_frames: int | None = None,
     prompt: str | None = None,
     prompt_embeds: torch.Tensor | None = None,
     first_frame=None,
@@ -464,8 +474,9 @@ def generate(
     engine_config (:class:`EngineConfig`: device, dtype, attention backend, fused ops,
     compile / CUDA graphs). Controls (:mod:`engine.control`, any
     strategy): trajectory, intrinsics, warp_depth, save_warped (LongDWM); waypoints,
-    cameras, views, cross_view (MiLA); depth, point_map, control_branches, control_blocks
-    (LongVie 2).
+    cameras, views, cross_view (MiLA). LongVie 2 runs as released with ``recipe="longvie2"``
+    (:func:`engine.longvie.prepare_longvie`: control_weights, overlay, cond or dense /
+    sparse per clip, image_encoder).
 
     recipe: a released method's whole setting by name (``mmpl-t2v``, ``mmpl-t2v-parallel``,
     ``mmpl-i2v``; :mod:`engine.recipes`, ``python -m engine recipes``): strategy, options,
@@ -513,8 +524,9 @@ def generate(
             prepared = prepare(model, num_frames=num_frames, prompt=prompt, prompt_embeds=prompt_embeds,
                                first_frame=first_frame, height=height, width=width, strategy=strategy, seed=seed,
                                devices=devices, **options)
+            num_frames = prepared.video_frames
             if progress:
-                print(f"generate: {_plan_line(prepared)}; set-up took {time.perf_counter() - t0:.1f} s",
+                print(f"generate: {prepared.plan_line()}; set-up took {time.perf_counter() - t0:.1f} s",
                       file=sys.stderr, flush=True)
                 from tqdm import tqdm
 
@@ -525,7 +537,7 @@ def generate(
                 raise Interrupted(stop.signum)
             from .checks import check_kept_frames
 
-            check_kept_frames(prepared.plan.video_frames, 8 * prepared.latent_hw[0], 8 * prepared.latent_hw[1])
+            check_kept_frames(prepared.video_frames, 8 * prepared.latent_hw[0], 8 * prepared.latent_hw[1])
             it = run(prepared, stats)
             for frames in it:
                 fps = stats.video_fps

@@ -143,7 +143,11 @@ def check_frames(num_frames: int, height: int, width: int, model: WanDiT, tempor
     return (num_frames - 1) // st + 1, height // sh, width // sw
 
 
-def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds, seed):
+def text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, seed
+              ) -> torch.Tensor:
+    """The text conditioning rows [1 or 2, L, text_dim] (positive, then negative when
+    ``guidance`` != 1), zero-padded to the model's text_len; an untrained preset without a
+    text encoder gets deterministic random tokens (positive) and zeros (negative)."""
     from .models.text import resolve_prompt_embeds
 
     cfg = model.config
@@ -170,7 +174,15 @@ def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negativ
             pad[:, :n] = neg[:, :n]
             neg = pad
         rows.append(neg)
-    text = torch.cat(rows, 0)
+    return torch.cat(rows, 0)
+
+
+def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds, seed):
+    """The model's prepared context (text rows of :func:`text_rows`, plus CLIP image tokens
+    for an I2V model), or the raw text rows for a DiT that embeds its text on every call."""
+    cfg = model.config
+    dev, dt = model.device, model.dtype
+    text = text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, seed)
     img = None
     if cfg.is_i2v:
         if image_embeds is None and comps.random_weights:

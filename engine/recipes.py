@@ -21,6 +21,20 @@ WAN_NEGATIVE_PROMPT = (
     "杂乱的背景，三条腿，背景人很多，倒着走"
 )
 
+@dataclass(frozen=True)
+class LongVieOptions:
+    """The LongVie 2 release's fixed chain settings (Vchitect/LongVie ``inference.py`` and
+    ``LongViePipeline.__call__``): 81-frame clips, the previous clip's last 8 decoded
+    frames as history, latent frame 0 of later clips started at ``frame0_sigma`` noise
+    share over the last history latent; ``batch_cfg``: both CFG rows in one forward (ours;
+    the release runs two)."""
+
+    clip_frames: int = 81
+    history_frames: int = 8
+    frame0_sigma: float = 0.925926
+    batch_cfg: bool = True
+
+
 _MMPL_SAMPLER = SamplerConfig(kind="unipc", num_steps=50, shift=5.0, timesteps=None, guidance_scale=5.0,
                               schedule="wan")
 _MMPL_REF = "Tele-AI/MMPL (MMPL_t2v/pipeline/casual_fps_inference.py, configs/self_forcing_df.yaml)"
@@ -63,6 +77,13 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
+    "self-forcing": Recipe(
+        "self-forcing", "Self-Forcing as released: autoregressive 3-latent chunks over the KV cache, 4 few-step "
+        "denoising steps (1000, 750, 500, 250; shift 5), no CFG, full Wan VAE decode", "ar",
+        ArOptions(chunk_frames=3), SamplerConfig(kind="fewstep", timesteps=(1000, 750, 500, 250), shift=5.0,
+                                                 guidance_scale=1.0), None, 480, 832, 16,
+        checkpoint_key="generator_ema",
+        reference="guandeh17/Self-Forcing (configs/self_forcing_dmd.yaml, inference.py --use_ema)", frames_rule="4k+1"),
     "mmpl-t2v": Recipe(
         "mmpl-t2v", "MMPL T2V as released, 1-GPU chaining: 21-latent segments in stages 2/7/6/6, UniPC-50 "
         "(shift 5, Wan's int64 timesteps), CFG 5 with Wan's negative prompt; each segment's last 5 frames are "
@@ -89,6 +110,16 @@ RECIPES: dict[str, Recipe] = {
         480, 832, 16, checkpoint_key="generator_ema",
         reference="guandeh17/Self-Forcing (configs/self_forcing_dmd.yaml, inference.py --use_ema) + madebyollin/taehv",
         frames_rule="4k+1", decoder="taehv"),
+    "longvie2": Recipe(
+        "longvie2", "LongVie 2 as released: 81-frame I2V clips at 352x640 on Wan2.1-I2V-14B with the dense (depth) "
+        "and sparse (point-track) control branches, each clip starting from the last decoded frame, the last 8 "
+        "frames re-encoded as history, one seeded noise for every clip (frame 0 blended with the history), "
+        "FlowMatch Euler 50 steps (shift 5), CFG 5 with Wan's negative prompt", "longvie2", LongVieOptions(),
+        SamplerConfig(kind="euler", num_steps=50, shift=5.0, timesteps=None, guidance_scale=5.0), WAN_NEGATIVE_PROMPT,
+        352, 640, 16, first_frame=True,
+        reference="Vchitect/LongVie (inference.py, diffsynth/pipelines/wan_video_new_longvie.py, "
+                  "diffsynth/models/wan_video_dit_dual_control.py, utils/depth_npy2mp4.py)",
+        frames_rule="81 + 80*(n-1) for n clips"),
 }
 
 

@@ -35,14 +35,16 @@ def available_backends() -> list[str]:
     return out
 
 
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+def to_uint8_frames(video: torch.Tensor, truncate: bool = False) -> np.ndarray:
     """Float video ``[B, 3, T, H, W]`` in ``[-1, 1]`` -> uint8 frames ``[B, T, H, W, 3]``
-    (so ``out[b]`` is ``[T, H, W, 3]``): clamp to [-1, 1], ``(x + 1) * 127.5``, round.
+    (so ``out[b]`` is ``[T, H, W, 3]``): clamp to [-1, 1], ``(x + 1) * 127.5``, round
+    (``truncate=True``: cut the fraction, as DiffSynth-based releases such as LongVie do).
     """
     if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
         shape = tuple(video.shape) if hasattr(video, "shape") else type(video).__name__
         raise ValueError(f"video must be a float tensor [B, 3, T, H, W] in [-1, 1], got {shape}")
-    x = video.detach().float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round()
+    x = video.detach().float().clamp(-1.0, 1.0).add(1.0).mul(127.5)
+    x = x.trunc() if truncate else x.round()
     return x.to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
 
 

@@ -46,9 +46,6 @@ CASES = {
                                    intrinsics=(32.0, 32.0, 15.5, 15.5), warp_depth=8.0)),
     "ctl-waypoints-mmpl": (13, dict(strategy="mmpl", seed=4, segment_frames=3, anchor_frames=1, midpoint=2,
                                     model="controlled", waypoints=np.random.default_rng(2).normal(size=(13, 3, 2)))),
-    "ctl-branches-ar": (13, dict(strategy="ar", seed=4, chunk_frames=2, model="controlled", control_blocks=1,
-                                 depth=np.random.default_rng(4).uniform(1, 60, (13, 32, 32)),
-                                 point_map=np.random.default_rng(5).uniform(0, 1, (13, 32, 32, 3)))),
     "ctl-multiview-ar": (13, dict(strategy="ar", seed=4, chunk_frames=2, model="controlled", views=2, width=64,
                                   cameras=np.abs(np.random.default_rng(3).normal(size=(2, 16))) + 0.1)),
 }
@@ -64,8 +61,6 @@ def controlled_model():
     m.enable_control("warp")
     m.enable_control("waypoints", in_features=6)
     m.enable_control("camera")
-    m.enable_control("dense", num_blocks=1)
-    m.enable_control("sparse", num_blocks=1)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in m.control_layers.parameters():

@@ -2,8 +2,7 @@
 per job by position.
 
 :class:`ControlSetup` checks every control option of a run, builds the whole-video
-control tensors (warped-frame latents, normalised depth / point-map latents, waypoint and
-camera vectors) and wraps each DiT in a :class:`TimelineControlledDiT` around a
+control tensors (warped-frame latents, waypoint and camera vectors) and wraps each DiT in a :class:`TimelineControlledDiT` around a
 :class:`~engine.models.wan_control.ControlledWanDiT`.
 
 How a job finds its slice: a model that declares ``takes_timeline_positions = True`` is
@@ -26,14 +25,15 @@ import torch
 import torch.nn as nn
 
 from ..models.wan import WanDiT
-from ..models.wan_control import CAMERA_FEATURES, ControlledWanDiT, ControlPass, default_branch_blocks
-from .longvie import MAX_HISTORY_FRAMES, load_control_branches, normalize_depth
+from ..models.wan_control import CAMERA_FEATURES, ControlledWanDiT, ControlPass
 from .multiview import CROSS_VIEW, MultiViewDecoder, frames_to_views, multiview_visibility, views_to_frames
 from .trajectory import DEFAULT_DEPTH, check_intrinsics, check_trajectory, warp_video
-from .validate import ControlError, as_float_tensor, check_frames, check_range, video_tensor
+from .validate import ControlError, as_float_tensor, check_frames, check_range
 
 CONTROL_OPTIONS = ("trajectory", "intrinsics", "warp_depth", "save_warped", "waypoints", "cameras", "views",
-                   "cross_view", "depth", "point_map", "control_branches", "control_blocks")
+                   "cross_view")
+#: LongVie 2's options, which belong to its release recipe (engine.longvie), not to a strategy
+LONGVIE_OPTIONS = ("depth", "point_map", "control_branches", "control_blocks")
 
 
 def latent_frame_index(num_video_frames: int) -> list[int]:
@@ -51,14 +51,17 @@ class ControlSetup:
     waypoints [T, N_w, 2] (or [T, 2 N_w]) per video frame; cameras [16], [V, 16] or
     [T, V, 16] (fx/W, fy/H, cx/W, cy/H, R row-major, t); views V (multi-view, latents packed
     side by side; output a 1 x V grid); cross_view ("same_frame" | "all"): MiLA.
-    depth [T, H, W] (any positive unit; normalised over the whole video) and point_map
-    [T, H, W, 3] / [T, 3, H, W] in [0, 1] (uint8: 0..255); control_branches: a safetensors
-    file (or state dict) of dense/sparse branches; control_blocks: blocks per branch when
-    no file is given (default: 12/40 of the layers): LongVie 2.
+    LongVie 2's dense / sparse controls are not options of a strategy: they run as the
+    release does, through ``recipe="longvie2"`` (:mod:`engine.longvie`).
     """
 
     def __init__(self, options: dict, *, model, num_frames: int, height: int, width: int, latent_frames: int,
                  first_frame_given: bool):
+        old = sorted(set(options) & set(LONGVIE_OPTIONS))
+        if old:
+            raise ControlError(f"{old}: LongVie 2's dense / sparse controls run as the release does, with "
+                               f"recipe='longvie2' (engine.longvie: per-clip depth and track videos, the release's "
+                               f"control.safetensors); they are not options of the {list(CONTROL_OPTIONS)} kind")
         unknown = sorted(set(options) - set(CONTROL_OPTIONS))
         if unknown:
             raise ControlError(f"unknown control option(s) {unknown}; known: {list(CONTROL_OPTIONS)}")
@@ -117,29 +120,13 @@ class ControlSetup:
                 raise ControlError(f"cameras describe {cam.shape[1]} view(s) but views={self.views}")
             check_range("cameras' focal lengths (fx/W, fy/H)", cam[..., :2], 1e-6, None)
             self.cameras = cam[idx].float()  # [F, V, 16]
-        # -- LongVie 2 maps
-        self.depth = self.point_map = None
-        self.depth_scale = None
-        if "depth" in o:
-            d = video_tensor("depth", o["depth"], num_frames, height, width, channels=1, value_range=(0.0, None))
-            self.depth, self.depth_scale = normalize_depth(d)  # ONE scale over the whole video, before clips
-        if "point_map" in o:
-            self.point_map = video_tensor("point_map", o["point_map"], num_frames, height, width, channels=3,
-                                          value_range=(0.0, 1.0))
-        self.branch_source = o.get("control_branches")
-        self.branch_blocks = o.get("control_blocks")
-        if self.branch_source is not None and self.depth is None and self.point_map is None:
-            raise ControlError("control_branches given without a control video: pass depth= and/or point_map=")
-        if self.branch_blocks is not None and (not isinstance(self.branch_blocks, int) or
-                                               not 1 <= self.branch_blocks <= cfg.num_layers):
-            raise ControlError(f"control_blocks must be an int in 1..{cfg.num_layers}, got {self.branch_blocks!r}")
-        if self.views > 1 and (self.trajectory is not None or self.depth is not None or self.point_map is not None):
-            raise ControlError("multi-view generation takes waypoints and cameras only (no trajectory / depth / "
-                               "point_map control per view yet)")
+        if self.views > 1 and self.trajectory is not None:
+            raise ControlError("multi-view generation takes waypoints and cameras only (no trajectory control per "
+                               "view yet)")
         if self.views > 1 and first_frame_given:
             raise ControlError("multi-view generation starts from noise: first_frame is not supported with views > 1")
         if not self.kinds():
-            raise ControlError("no control given: pass trajectory, waypoints, cameras, depth or point_map")
+            raise ControlError("no control given: pass trajectory, waypoints or cameras")
         self.warped: torch.Tensor | None = None
         self._wrapped: dict[int, TimelineControlledDiT] = {}
         self._built: dict | None = None
@@ -153,38 +140,23 @@ class ControlSetup:
             k.append("waypoints")
         if self.cameras is not None:
             k.append("camera")
-        if self.depth is not None:
-            k.append("dense")
-        if self.point_map is not None:
-            k.append("sparse")
         if self.views > 1 and "camera" not in k:
             k.append("multiview")
         return tuple(k)
 
     @property
-    def uses_branches(self) -> bool:
-        return self.depth is not None or self.point_map is not None
-
-    @property
     def supports_kv_cache(self) -> bool:
-        """Warp and waypoint/camera controls run on the KV-cache rollout; control branches
-        (their blocks keep no cache) and multi-view (V frames per position) run through the
-        runtime with history frames in the sequence."""
-        return not self.uses_branches and self.views == 1
+        """Warp and waypoint/camera controls run on the KV-cache rollout; multi-view (V
+        frames per position) runs through the runtime with history frames in the sequence."""
+        return self.views == 1
 
     def route(self, strategy: str, ar_cache: bool, strategy_options: dict) -> tuple[bool, dict]:
-        """(ar_cache, strategy_options) after routing: ar with branches or views > 1 runs as
-        ``context="history"`` (LongVie 2: N_H in 0..16 history frames, default 16)."""
+        """(ar_cache, strategy_options) after routing: ar with views > 1 runs as
+        ``context="history"``."""
         opts = dict(strategy_options)
         if strategy == "ar" and ar_cache and not self.supports_kv_cache:
             ar_cache = False
             opts["context"] = "history"
-            if opts.get("history_frames") is None:
-                opts["history_frames"] = MAX_HISTORY_FRAMES
-        if strategy == "ar" and self.uses_branches and opts.get("context") == "history":
-            nh = opts.get("history_frames")
-            if nh is not None and not 0 <= nh <= MAX_HISTORY_FRAMES:
-                raise ControlError(f"LongVie 2 history context takes 0..{MAX_HISTORY_FRAMES} frames, got {nh}")
         return ar_cache, opts
 
     def latent_width(self, w: int) -> int:
@@ -206,12 +178,6 @@ class ControlSetup:
 
                 Video.from_tensor(video).save(str(Path(self.save_warped)))
             built["warp"] = encode_frames(vae, video.to(_vae_device(vae)))
-        if self.depth is not None:  # [T, 1, H, W] in [0, 1] -> 3 channels in [-1, 1]
-            v = (self.depth * 2 - 1).expand(-1, 3, -1, -1).permute(1, 0, 2, 3)[None]
-            built["dense"] = encode_frames(vae, v.to(_vae_device(vae)))
-        if self.point_map is not None:
-            v = (self.point_map * 2 - 1).permute(1, 0, 2, 3)[None]
-            built["sparse"] = encode_frames(vae, v.to(_vae_device(vae)))
         for k, z in built.items():
             if z.shape[2] != self.latent_frames:
                 raise ControlError(f"the {k} control encodes to {z.shape[2]} latent frames, the video has {self.latent_frames}")
@@ -224,8 +190,7 @@ class ControlSetup:
 
     def wrap(self, model) -> "TimelineControlledDiT":
         """The model as a :class:`ControlledWanDiT` (sharing its weights) with its control
-        layers enabled (zero-initialised where absent; branches loaded from
-        ``control_branches``) and the timeline controls attached."""
+        layers enabled (zero-initialised where absent) and the timeline controls attached."""
         if self._built is None:
             raise RuntimeError("ControlSetup.build() must run before wrap()")
         key = id(model)
@@ -234,14 +199,10 @@ class ControlSetup:
                 raise ControlError(f"model {type(model).__name__} ({model.config.name}) takes no control inputs; "
                                    f"controls need a Wan DiT")
             model = ControlledWanDiT.from_base(model)
-            if self.branch_source is not None:
-                load_control_branches(model, self.branch_source)
             for kind, z in self._built.items():
                 kw = {}
                 if kind == "waypoints":
                     kw["in_features"] = z.shape[-1]
-                elif kind in ("dense", "sparse"):
-                    kw["num_blocks"] = self.branch_blocks or default_branch_blocks(model.config.num_layers)
                 layer = model.enable_control(kind, **kw)
                 if kind == "waypoints" and layer.in_features != z.shape[-1]:
                     raise ControlError(f"the model's waypoint embedding takes {layer.in_features // 2} waypoints per "
@@ -304,7 +265,7 @@ class TimelineControlledDiT(nn.Module):
         kw = {}
         for k in self.kinds:
             full = getattr(self, f"timeline_{k}")
-            if k in ("warp", "dense", "sparse"):
+            if k == "warp":
                 kw[k] = full.index_select(2, idx).expand(batch, -1, -1, -1, -1)
             elif k == "waypoints":
                 v = full.index_select(0, idx).repeat_interleave(self.views, 0)

@@ -62,3 +62,23 @@ class ImageEncoder:
         pixels = inputs["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
         out = self.model(pixel_values=pixels, output_hidden_states=True)
         return out.hidden_states[-2]
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> penultimate-layer tokens [B, N, hidden], preprocessed
+        as Wan's own CLIP wrapper does it (wan/modules/clip.py ``visual``; LongVie's
+        ``WanImageEncoder.encode_image``): the WHOLE image bicubic-resized to the encoder's
+        square input (no centre crop, unlike :meth:`encode`), mapped to [0, 1], normalised
+        with the processor's mean / std."""
+        if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"pixels must be [B, 3, H, W] in [-1, 1]; got "
+                             f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
+        import torch.nn.functional as F
+
+        size = int(self.model.config.image_size)
+        dt = next(self.model.parameters()).dtype
+        x = F.interpolate(pixels.to(self.device, torch.float32), size=(size, size), mode="bicubic", align_corners=False)
+        mean = torch.tensor(self.processor.image_mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.processor.image_std, device=self.device).view(1, 3, 1, 1)
+        x = (x * 0.5 + 0.5 - mean) / std
+        return self.model(pixel_values=x.to(dt), output_hidden_states=True).hidden_states[-2]

@@ -135,17 +135,60 @@ def _is_vae_folder(path: str) -> bool:
     return name in (None, "AutoencoderKLWan")
 
 
+def is_wan_vae_layout(sd: dict) -> bool:
+    """Whether a state dict is a Wan VAE in the original key layout."""
+    return "decoder.conv1.weight" in sd and "conv2.weight" in sd
+
+
+def load_original_vae(path_or_sd, device="cpu", dtype: torch.dtype = torch.float32):
+    """A Wan2.1 VAE in the ORIGINAL layout (``Wan2.1_VAE.pth`` as Wan, DiffSynth-based
+    releases such as LongVie, and LightX2V ship it; also pruned widths) as a diffusers
+    ``AutoencoderKLWan``: the width is read from the file (``decoder.conv1`` out channels
+    / 4), keys are converted with diffusers' ``convert_wan_vae_to_diffusers`` and loaded
+    strictly; latent statistics: Wan2.1's. ``path_or_sd``: a .pth / .safetensors file or
+    a state dict."""
+    from .weights import read_state_dict
+
+    where = os.fspath(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else "state dict"
+    sd = read_state_dict(where)[0] if isinstance(path_or_sd, (str, os.PathLike)) else dict(path_or_sd)
+    if not is_wan_vae_layout(sd):
+        raise ValueError(f"{where!r} is not a Wan VAE in the original layout (decoder.conv1.*, conv2.*)")
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    dec_width = int(sd["decoder.conv1.weight"].shape[0])  # dims[0] = base_dim * dim_mult[-1] (4)
+    z_dim = int(sd["conv2.weight"].shape[0])
+    if dec_width % 4 or z_dim != len(WAN21_LATENTS_MEAN):
+        raise ValueError(f"{where!r}: decoder width {dec_width} / z_dim {z_dim} is not a (pruned) Wan2.1 VAE")
+    cfg = dict(base_dim=dec_width // 4, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+               temperal_downsample=[False, True, True], dropout=0.0,
+               latents_mean=list(WAN21_LATENTS_MEAN), latents_std=list(WAN21_LATENTS_STD))
+    model = autoencoder_cls()(**cfg)
+    conv = convert_wan_vae_to_diffusers({k: v for k, v in sd.items()})
+    try:
+        missing, unexpected = model.load_state_dict(conv, strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"{where!r} does not match a Wan VAE of base width {cfg['base_dim']} "
+                         f"({str(exc).splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise ValueError(f"{where!r} does not match a Wan VAE of base width {cfg['base_dim']} (missing "
+                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
 def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Load a Wan ``AutoencoderKLWan`` from a LOCAL folder (no downloads).
 
-    ``path`` may be a diffusers model folder (``config.json`` + ``*.safetensors``) or a
-    diffusers pipeline root holding it in ``path/vae``. Returns the model in eval mode.
+    ``path`` may be a diffusers model folder (``config.json`` + ``*.safetensors``), a
+    diffusers pipeline root holding it in ``path/vae``, or an original-layout file
+    (``Wan2.1_VAE.pth``, :func:`load_original_vae`). Returns the model in eval mode.
     The Wan VAE is usually run in float32 (bf16 decode is noticeably worse); pass
     ``dtype`` explicitly.
 
     Raises ``FileNotFoundError`` naming the locations that were looked at.
     """
     path = os.fspath(path)
+    if os.path.isfile(path):  # an original-layout file (Wan2.1_VAE.pth)
+        return load_original_vae(path, device=device, dtype=dtype)
     candidates = [path, os.path.join(path, "vae")]
     folder = next((c for c in candidates if os.path.isdir(c) and _is_vae_folder(c)), None)
     if folder is None:

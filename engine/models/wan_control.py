@@ -15,13 +15,10 @@ layer (key prefix)    what                                        initialisation
                       every DiT block
 ``waypoints``,        MiLA: Fourier features + MLP of a per-frame  last linear zero
 ``camera``            vector, added to the frame (time) embedding
-``dense``, ``sparse`` LongVie 2: a control branch -- copies of the injection linears zero; blocks
-                      first n DiT blocks at half width (the dense  copied from the base blocks'
-                      path takes the first half of the features,   halves
-                      the sparse path the second), fed its own
-                      control latents, injected after base block
-                      i through a zero-initialised linear
 ====================  ==========================================  =============================
+
+LongVie 2's dense / sparse control branches are the release's own model, beside this one:
+:mod:`engine.models.longvie`.
 
 ``ControlPass.mask`` ([B, F], optional) scales every injection per frame: frames with mask
 0 get no control at all. In a checkpoint the layers' keys are ``control_layers.<kind>.*``
@@ -42,20 +39,18 @@ from .wan import DiTPass, SelfAttnContext, WanBlock, WanDiT
 
 FOURIER_BANDS = 6
 CAMERA_FEATURES = 16  # fx/W, fy/H, cx/W, cy/H, rotation (9, row-major), translation (3)
-CONTROL_KINDS = ("warp", "waypoints", "camera", "dense", "sparse")
+CONTROL_KINDS = ("warp", "waypoints", "camera")
 
 
 @dataclass
 class ControlPass:
     """Control inputs of one forward pass, sliced to its F latent frames.
 
-    warp / dense / sparse: latents [B, C_lat, F, h, w] (normalised, the VAE's latent space);
+    warp: latents [B, C_lat, F, h, w] (normalised, the VAE's latent space);
     waypoints: [B, F, 2*N_w]; camera: [B, F, 16]; mask: [B, F] (1 = control applies).
     """
 
     warp: torch.Tensor | None = None
-    dense: torch.Tensor | None = None
-    sparse: torch.Tensor | None = None
     waypoints: torch.Tensor | None = None
     camera: torch.Tensor | None = None
     mask: torch.Tensor | None = None
@@ -104,74 +99,6 @@ class WarpInjection(nn.Module):
         return self.patch_embedding(z.to(w.dtype)).flatten(3).permute(0, 2, 3, 1)
 
 
-def half_config(cfg):
-    """The ModelConfig of one control path: half the width, heads and FFN (same head dim)."""
-    if cfg.dim % 2 or cfg.num_heads % 2 or cfg.ffn_dim % 2:
-        raise ValueError(f"control branches split the features in two: dim ({cfg.dim}), heads ({cfg.num_heads}) "
-                         f"and ffn_dim ({cfg.ffn_dim}) must be even")
-    return cfg.replace(dim=cfg.dim // 2, ffn_dim=cfg.ffn_dim // 2, num_heads=cfg.num_heads // 2)
-
-
-class ControlBranch(nn.Module):
-    """One LongVie 2 control path (``dense`` = half 0, ``sparse`` = half 1): a patch
-    embedding of its control latents, ``n`` half-width copies of the base model's first
-    blocks, and one zero-initialised linear (D/2 -> D) per block injecting into the base."""
-
-    def __init__(self, cfg, num_blocks: int, half: int):
-        super().__init__()
-        if not 1 <= num_blocks <= cfg.num_layers:
-            raise ValueError(f"a control branch copies 1..{cfg.num_layers} blocks, got {num_blocks}")
-        sub = half_config(cfg)
-        self.half = int(half)
-        self.dim = sub.dim
-        self.patch_embedding = nn.Conv3d(cfg.latent_channels, sub.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.blocks = nn.ModuleList([WanBlock(sub) for _ in range(num_blocks)])
-        self.inject = nn.ModuleList([nn.Linear(sub.dim, cfg.dim) for _ in range(num_blocks)])
-        for lin in self.inject:
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
-
-    @property
-    def features(self) -> slice:
-        return slice(self.half * self.dim, (self.half + 1) * self.dim)
-
-    @torch.no_grad()
-    def copy_from(self, model) -> "ControlBranch":
-        """Initialise the blocks (and the control patch embedding) as this path's half of
-        the base model's first blocks: every dimension the base has twice as large is
-        sliced to this half."""
-        def take(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-            idx = []
-            for d, (a, b) in enumerate(zip(dst.shape, src.shape)):
-                if a == b:
-                    idx.append(slice(None))
-                elif b == 2 * a:
-                    idx.append(slice(self.half * a, (self.half + 1) * a))
-                else:
-                    idx.append(slice(0, a))  # in_channels of the patch embedding: the latent channels
-            return src[tuple(idx)]
-
-        for i, blk in enumerate(self.blocks):
-            base = dict(model.blocks[i].named_parameters())
-            for name, p in blk.named_parameters():
-                p.copy_(take(p, base[name]))
-        self.patch_embedding.weight.copy_(take(self.patch_embedding.weight, model.patch_embedding.weight))
-        self.patch_embedding.bias.copy_(take(self.patch_embedding.bias, model.patch_embedding.bias))
-        return self
-
-    def embed(self, z: torch.Tensor) -> torch.Tensor:
-        w = self.patch_embedding.weight
-        return self.patch_embedding(z.to(w.dtype)).flatten(3).permute(0, 2, 3, 1)
-
-    def context_kv(self, ctx) -> list[tuple]:
-        """Per-block cross-attention keys/values from this path's half of the text (and
-        image) embedding of a prepared context."""
-        sl = self.features
-        text = ctx.text[..., sl]
-        image = None if ctx.image is None else ctx.image[..., sl]
-        return [blk.cross_attn.context_kv(text, image) for blk in self.blocks]
-
-
 def make_layer(kind: str, cfg, **kw) -> nn.Module:
     """A freshly (zero-)initialised control layer of ``kind`` for a model config."""
     if kind == "warp":
@@ -180,8 +107,6 @@ def make_layer(kind: str, cfg, **kw) -> nn.Module:
         return VectorEmbedding(int(kw["in_features"]), cfg.dim)
     if kind == "camera":
         return VectorEmbedding(int(kw.get("in_features", CAMERA_FEATURES)), cfg.dim)
-    if kind in ("dense", "sparse"):
-        return ControlBranch(cfg, int(kw["num_blocks"]), 0 if kind == "dense" else 1)
     raise ValueError(f"unknown control kind {kind!r}; known: {CONTROL_KINDS}")
 
 
@@ -192,15 +117,7 @@ def layer_from_state(kind: str, cfg, state: dict[str, torch.Tensor]) -> nn.Modul
         if w is None:
             raise ValueError(f"control layer {kind!r}: the checkpoint lacks 'mlp.0.weight'")
         return make_layer(kind, cfg, in_features=w.shape[1] // (2 * FOURIER_BANDS + 1))
-    if kind in ("dense", "sparse"):
-        ids = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
-        return make_layer(kind, cfg, num_blocks=max(ids) + 1 if ids else 1)
     return make_layer(kind, cfg)
-
-
-def default_branch_blocks(num_layers: int) -> int:
-    """LongVie 2 copies 12 of Wan-14B's 40 blocks: the same share, at least one."""
-    return max(1, round(num_layers * 12 / 40))
 
 
 # ----------------------------------------------------------------------------------
@@ -235,12 +152,9 @@ class ControlledWanDiT(WanDiT):
 
     def enable_control(self, kind: str, **kw) -> nn.Module:
         """The control layer of ``kind`` (:data:`CONTROL_KINDS`), created zero-initialised
-        on first use (a ``dense``/``sparse`` branch takes ``num_blocks`` and starts as a copy
-        of its half of the first blocks). An existing (e.g. loaded) layer is returned as is."""
+        on first use. An existing (e.g. loaded) layer is returned as is."""
         if kind not in self.control_layers:
             layer = make_layer(kind, self.config, **kw)
-            if kind in ("dense", "sparse"):
-                layer.copy_from(self)
             self.control_layers[kind] = layer.to(device=self.device, dtype=self.dtype).requires_grad_(False)
         return self.control_layers[kind]
 
@@ -276,7 +190,7 @@ class ControlledWanDiT(WanDiT):
     def forward(self, latents, timesteps, text_embeds, *, image_embeds=None, condition=None, frame_positions=None,
                 visibility=None, kv_cache=None, cache_slots=None, control: ControlPass | None = None) -> torch.Tensor:
         """As :meth:`WanDiT.forward`; ``control``: a :class:`ControlPass` of this pass's
-        frames (warp latents, waypoint / camera vectors, dense / sparse branch latents)."""
+        frames (warp latents, waypoint / camera vectors)."""
         kw = dict(image_embeds=image_embeds, condition=condition, frame_positions=frame_positions,
                   visibility=visibility, kv_cache=kv_cache, cache_slots=cache_slots)
         if control is None:
@@ -320,8 +234,7 @@ class ControlledWanDiT(WanDiT):
         return (e.float() + add.reshape(B * gf, -1)).to(e.dtype)
 
     def _blocks(self, control: ControlPass, p: DiTPass, e0: torch.Tensor, mask) -> torch.Tensor:
-        """The block loop with control injections: warp tokens before every block, control
-        branches beside the first blocks (their outputs added after base block i)."""
+        """The block loop with the warp tokens added before every block."""
         cfg = self.config
         B, nf, h, w = p.dims[:4]
         tokens, actx, ctx_in = p.tokens, p.attn, p.context
@@ -340,30 +253,10 @@ class ControlledWanDiT(WanDiT):
             if m4 is not None:
                 warp = warp * m4.to(warp.dtype)
             warp = warp.to(tokens.dtype)
-        branches = []
-        for kind in ("dense", "sparse"):
-            z = getattr(control, kind)
-            if z is None:
-                continue
-            if actx.cache is not None:
-                raise ValueError(f"the {kind!r} control branch cannot run over a KV cache (its blocks keep no cache): "
-                                 f"run the ar strategy with context='history'")
-            br = self._layer(kind)
-            hb = (tokens[..., br.features].float() + br.embed(check_map(kind, z)).float()).to(tokens.dtype)
-            bctx = SelfAttnContext(actx.cos, actx.sin, actx.vis, actx.backend, fused=actx.fused)
-            branches.append([br, hb, br.context_kv(ctx_in), e0[..., br.features].contiguous(), bctx])
         for i, block in enumerate(self.blocks):
             if warp is not None:
                 tokens = tokens + warp
             tokens = block(tokens, e0, ctx_in.cross_kv[i], actx, i)
-            for st in branches:
-                br = st[0]
-                if i < len(br.blocks):
-                    st[1] = br.blocks[i](st[1], st[3], st[2][i], st[4], i)
-                    inj = br.inject[i](st[1])
-                    if m4 is not None:
-                        inj = inj * m4.to(inj.dtype)
-                    tokens = tokens + inj.to(tokens.dtype)
         return tokens
 
 
