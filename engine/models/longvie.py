@@ -37,6 +37,7 @@ negative) and latents / conditions of batch 1 are expanded to batch 2.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -101,6 +102,15 @@ def control_layers_of(state: dict[str, torch.Tensor], source: str = "control wei
     return max(ids) + 1
 
 
+@dataclass
+class LongVieContext(Context):
+    """A prepared context plus the branches' cross-attention keys / values (computed once
+    per clip from ``control_text_linear`` of the embedded context, not on every step)."""
+
+    dense_kv: list | None = None
+    sparse_kv: list | None = None
+
+
 class LongVieDiT(WanDiT):
     """A Wan2.1-I2V DiT with the LongVie 2 ``controller`` (see the module docstring)."""
 
@@ -140,6 +150,17 @@ class LongVieDiT(WanDiT):
         model.source = getattr(base, "source", None)
         return model.train(base.training)
 
+    def prepare_context(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor | None = None) -> LongVieContext:
+        """As :meth:`WanDiT.prepare_context`, plus the control branches' cross-attention
+        keys / values over ``control_text_linear`` of the embedded [CLIP tokens; text]."""
+        ctx = super().prepare_context(text_embeds, image_embeds)
+        c = self.controller
+        text = c.control_text_linear(ctx.text)
+        image = None if ctx.image is None else c.control_text_linear(ctx.image)
+        return LongVieContext(ctx.text, ctx.image, ctx.cross_kv,
+                              [blk.cross_attn.context_kv(text, image) for blk in c.control_blocks_dense],
+                              [blk.cross_attn.context_kv(text, image) for blk in c.control_blocks_sparse])
+
     # -- forward ------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor | Context, *,
                 image_embeds: torch.Tensor | None = None, condition: torch.Tensor, dense: torch.Tensor,
@@ -147,7 +168,7 @@ class LongVieDiT(WanDiT):
         """The release's ``model_fn_wan_video`` (dual control, optional history).
 
         latents [B|1, 16, F, h, w]; timesteps [B] or a scalar (one timestep per row, as the
-        release); text_embeds [B, L, text_dim] or a prepared :class:`Context` (B = 2: CFG
+        release); text_embeds [B, L, text_dim] or this model's :meth:`prepare_context` (B = 2: CFG
         rows); image_embeds [B, N, image_dim] (CLIP tokens, with raw text); condition
         [B|1, 20, F, h, w] (mask + first-frame latent); dense / sparse [B|1, 36, F, h, w]
         (control latents | mask | first control frame latent); history [B|1, 16, f_h, h, w]
@@ -212,10 +233,9 @@ class LongVieDiT(WanDiT):
         if fh:
             bctx = SelfAttnContext(*rope_cos_sin(pos_all[:nf], gh, gw, cfg.rope_split, cfg.rope_theta), None, backend,
                                    fused=self.fused_ops)
-        ctl_text = c.control_text_linear(ctx.text)
-        ctl_image = None if ctx.image is None else c.control_text_linear(ctx.image)
-        dense_kv = [blk.cross_attn.context_kv(ctl_text, ctl_image) for blk in c.control_blocks_dense]
-        sparse_kv = [blk.cross_attn.context_kv(ctl_text, ctl_image) for blk in c.control_blocks_sparse]
+        if not isinstance(ctx, LongVieContext):
+            raise TypeError("pass text_embeds (and image_embeds) or a context from this model's prepare_context")
+        dense_kv, sparse_kv = ctx.dense_kv, ctx.sparse_kv
 
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, e_base, ctx.cross_kv[i], actx, i)
