@@ -4,6 +4,8 @@ Public entry points (imported lazily so that light submodules such as
 ``engine.sampling`` import without pulling in the whole stack):
 
 - :func:`engine.load_model` -- a DiT from a preset name, a checkpoint file or folder.
+- :func:`engine.load_longvie` -- LongVie 2 as released: a Wan2.1-I2V base (+ the release's
+  ``dit.safetensors`` overlay) with its ``control.safetensors`` (``recipe="longvie2"``).
 - :func:`engine.load_decoder` -- a light decoder (TAEHV ``.pth`` / ``.safetensors``) for
   ``generate(decoder=...)``.
 - :func:`engine.generate` -- a long video from a model, a prompt and options
@@ -21,6 +23,7 @@ from .version import __version__
 
 _LAZY = {
     "load_model": "engine.loading",
+    "load_longvie": "engine.loading",
     "load_decoder": "engine.decoders",
     "generate": "engine.generation",
     "stream": "engine.generation",

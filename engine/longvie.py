@@ -127,52 +127,63 @@ class LongVieChain:
         return CLIP_FRAMES + (CLIP_FRAMES - 1) * (len(self.clips) - 1)
 
     @torch.no_grad()
-    def denoise(self, k: int, image: np.ndarray, history: np.ndarray | None,
-                keep: dict | None = None) -> torch.Tensor:
-        """Clip k's final latents [1, 16, 21, h, w] (float32) from its first image uint8
-        [H, W, 3] and the previous clip's last 8 frames (None for k = 0). ``keep`` receives
-        the clip's condition tensors (y, dense, sparse, history, clip tokens)."""
+    def conditions(self, k: int, image: np.ndarray, history: np.ndarray | None) -> dict:
+        """Clip k's conditions from its first image uint8 [H, W, 3] and the previous clip's
+        last 8 frames (None for k = 0): y [1, 20, 21, h, w], clip_tokens [1, N, image_dim],
+        dense / sparse [1, 36, 21, h, w], history [1, 16, 2, h, w] or None, and the initial
+        latents [1, 16, 21, h, w] (the seeded noise, frame 0 blended with the history)."""
         from .models.vae import i2v_condition
-        from .sampling import cfg, sampler_for
 
         m, vae = self.model, self.vae
         dev = m.device
         H, W = self.height, self.width
         h, w = self.latent_hw
-        F_lat = (CLIP_FRAMES - 1) // 4 + 1
         img = to_pixels(image[None], dev)[:, :, 0]  # [1, 3, H, W]
-        y = i2v_condition(vae, img.to(next(vae.parameters()).device), CLIP_FRAMES, H, W).to(dev)
-        tokens = self.image_encoder.encode_pixels(img)
         clip = self.clips[k]
-        dense, sparse = control_input(vae, clip.dense).to(dev), control_input(vae, clip.sparse).to(dev)
         hist = None if history is None else history_latents(vae, history).to(dev)
-        text = self.texts[k].to(dev, m.dtype)
+        x = release_noise(self.seed, (CLIP_FRAMES - 1) // 4 + 1, h, w, m.config.latent_channels).to(dev)
+        if hist is not None:
+            x[:, :, :1] = (1 - FRAME0_SIGMA) * hist[:, :, -1:] + FRAME0_SIGMA * x[:, :, :1]
+        return dict(y=i2v_condition(vae, img.to(next(vae.parameters()).device), CLIP_FRAMES, H, W).to(dev),
+                    clip_tokens=self.image_encoder.encode_pixels(img), dense=control_input(vae, clip.dense).to(dev),
+                    sparse=control_input(vae, clip.sparse).to(dev), history=hist, initial=x, text=self.texts[k])
+
+    @torch.no_grad()
+    def sample(self, c: dict) -> torch.Tensor:
+        """The denoising loop over a clip's :meth:`conditions`: its final latents [1, 16, 21, h, w]."""
+        from .sampling import cfg, sampler_for
+
+        m = self.model
+        dev = m.device
+        text = c["text"].to(dev, m.dtype)
         rows = text.shape[0]
         guided = rows == 2
         if guided and self.sampler.guidance_scale == 1.0:
             raise ValueError("two text rows mean classifier-free guidance, but guidance_scale is 1.0")
-        ctx = m.prepare_context(text, tokens.to(dev, m.dtype).expand(rows, -1, -1)) if self.batch_cfg or not guided \
-            else None
-        ctx_rows = None if ctx is not None else [m.prepare_context(text[i:i + 1], tokens.to(dev, m.dtype))
-                                                 for i in range(rows)]
-        x = release_noise(self.seed, F_lat, h, w, m.config.latent_channels).to(dev)
-        if hist is not None:
-            x[:, :, :1] = (1 - FRAME0_SIGMA) * hist[:, :, -1:] + FRAME0_SIGMA * x[:, :, :1]
-        if keep is not None:
-            keep.update(y=y.cpu(), dense=dense.cpu(), sparse=sparse.cpu(), clip_tokens=tokens.cpu(),
-                        history=None if hist is None else hist.cpu(), initial=x.cpu())
+        tokens = c["clip_tokens"].to(dev, m.dtype)
+        if self.batch_cfg or not guided:
+            ctxs = [m.prepare_context(text, tokens.expand(rows, -1, -1))]
+        else:
+            ctxs = [m.prepare_context(text[i:i + 1], tokens) for i in range(rows)]
+        x = c["initial"].clone()
         steps = sampler_for(self.sampler)
-        kw = dict(condition=y, dense=dense, sparse=sparse, history=hist)
+        kw = dict(condition=c["y"], dense=c["dense"], sparse=c["sparse"], history=c["history"])
         for i in range(steps.num_steps):
             t = steps.timestep(i).float().reshape(1)
-            if ctx is not None:
-                v = m(x, t, ctx, **kw).float()
-            else:
-                v = torch.cat([m(x, t, c, **kw).float() for c in ctx_rows], 0)
+            v = torch.cat([m(x, t, ctx, **kw).float() for ctx in ctxs], 0)
             if guided:
                 v = cfg(v[:1], v[1:], self.sampler.guidance_scale)
             x = steps.step(i, x, v)
         return x
+
+    def denoise(self, k: int, image: np.ndarray, history: np.ndarray | None,
+                keep: dict | None = None) -> torch.Tensor:
+        """Clip k's final latents [1, 16, 21, h, w] (float32): :meth:`sample` of its
+        :meth:`conditions`; ``keep`` receives the conditions (on the CPU)."""
+        c = self.conditions(k, image, history)
+        if keep is not None:
+            keep.update({n: None if v is None else v.cpu() for n, v in c.items() if n != "text"})
+        return self.sample(c)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:

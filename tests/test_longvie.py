@@ -166,3 +166,36 @@ def test_recipe_stitches_clips_and_hands_each_clip_on():
     assert v.stats.critical_path_passes == 2  # 1 step x 1 batched CFG pass x 2 clips
     listed = {r.name for r in engine.recipes.RECIPES.values()}
     assert {"self-forcing", "longvie2"} <= listed
+
+
+def test_cli_runs_the_release_cond_json(tmp_path, monkeypatch):
+    """``generate --recipe longvie2 --cond cond.json``: the release's per-clip list of prompt,
+    depth mp4 and track mp4 (paths relative to the file), every clip's own video written."""
+    from PIL import Image
+
+    from engine.cli import main
+    from engine.video import Video
+
+    rng = np.random.default_rng(7)
+    samples = []
+    for k in range(2):
+        for kind in ("depth", "track"):
+            low = rng.uniform(0, 255, (81, 4, 6, 3))
+            frames = np.repeat(np.repeat(low, 8, 1), 8, 2).astype(np.uint8)  # smooth: survives the codec
+            Video(frames, 16).save(tmp_path / f"{kind}_{k}.mp4")
+        samples.append({"text": f"clip {k}", "depth": f"depth_{k}.mp4", "track": f"track_{k}.mp4"})
+    (tmp_path / "cond.json").write_text(__import__("json").dumps(samples))
+    Image.fromarray(IMG).save(tmp_path / "first.png")
+    monkeypatch.chdir(tmp_path.parent)  # the mp4 paths resolve relative to cond.json
+    rc = main(["generate", "--model", "tiny-i2v", "--recipe", "longvie2", "--cond", str(tmp_path / "cond.json"),
+               "--first-frame", str(tmp_path / "first.png"), "--height", "32", "--width", "48", "--steps", "1",
+               "--out", str(tmp_path / "out.mp4"), "--clip-outputs", str(tmp_path / "clip_{clip}.mp4"),
+               "--no-progress"])
+    assert rc == 0
+    from engine.control.longvie import read_video
+
+    assert read_video(tmp_path / "out.mp4").shape == (161, 32, 48, 3)
+    assert all(read_video(tmp_path / f"clip_{k}.mp4").shape == (81, 32, 48, 3) for k in range(2))
+    assert main(["generate", "--model", "tiny-i2v", "--recipe", "longvie2", "--cond", str(tmp_path / "cond.json"),
+                 "--first-frame", str(tmp_path / "first.png"), "--height", "32", "--width", "48", "--waypoints",
+                 "x.npy", "--out", str(tmp_path / "o2.mp4")]) == 2
