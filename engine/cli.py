@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "info":
         return _info()
-    from .generation import GenerationError, GenerationInterrupted, check_output_path, generate
+    from .generation import GenerationError, check_output_path, generate
     from .recipes import get_recipe
 
     if args.command == "recipes":
@@ -376,15 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             from .control import save_views
 
             save_views(video, args.views or 1, args.view_outputs)
-    except GenerationInterrupted as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    except GenerationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (GenerationError, ValueError, TypeError, FileNotFoundError) as exc:
+        return _failed(exc)
     s = video.stats
     if rank != 0:  # rank 0 decodes and writes the video
         return 0
@@ -402,9 +395,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _failed(exc: BaseException) -> int:
+    """Print a generate failure and return its exit code: 128 + signal for a stop signal
+    (frames so far saved), 1 for a failure after frames were made, 2 for bad input."""
+    from .generation import GenerationError, GenerationInterrupted
+
+    if isinstance(exc, GenerationInterrupted):
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    print(f"error: {exc}", file=sys.stderr)
+    return 1 if isinstance(exc, GenerationError) else 2
+
+
 def _longvie(args, sampler) -> int:
     """``generate --recipe longvie2``: the LongVie 2 release chain (engine.longvie)."""
-    from .generation import GenerationError, GenerationInterrupted, generate
+    from .generation import GenerationError, generate
 
     try:
         for flag in ("trajectory", "waypoints", "cameras", "views", "strategy", "coarse_model", "fine_model", "decoder"):
@@ -422,15 +427,8 @@ def _longvie(args, sampler) -> int:
             image_encoder=args.image_encoder, control_weights=args.control_weights, overlay=args.overlay,
             cond=args.cond, dense=args.depth, sparse=args.track, output=args.out, progress=not args.no_progress,
             on_clip=(lambda k, f: clip_videos.__setitem__(k, f)) if args.clip_outputs else None)
-    except GenerationInterrupted as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    except GenerationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (GenerationError, ValueError, TypeError, FileNotFoundError) as exc:
+        return _failed(exc)
     if args.clip_outputs:
         from .video import Video
 

@@ -52,9 +52,9 @@ def test_release_control_keys_load_with_and_without_the_training_prefix():
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda s: s.pop("control_combine_linears.0.bias"), r"missing keys \['control_combine_linears.0.bias'\]"),
-    (lambda s: s.__setitem__("control_t_mod.weight", torch.zeros(16, 31)), r"mis-shaped \['control_t_mod.weight"),
-    (lambda s: s.__setitem__("control_extra.weight", torch.zeros(2)), r"unexpected keys \['control_extra.weight'\]"),
+    (lambda s: s.pop("control_combine_linears.0.bias"), r"1 missing keys: control_combine_linears.0.bias"),
+    (lambda s: s.__setitem__("control_t_mod.weight", torch.zeros(16, 31)), r"1 mis-shaped keys: control_t_mod.weight: checkpoint \(16, 31\)"),
+    (lambda s: s.__setitem__("control_extra.weight", torch.zeros(2)), r"1 unexpected keys: control_extra.weight"),
 ])
 def test_a_bad_control_file_names_the_key(change, match):
     state = _controller_state()

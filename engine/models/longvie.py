@@ -45,7 +45,7 @@ import torch.nn as nn
 from ..attention import resolve_backend
 from ..config import ModelConfig
 from .wan import Context, SelfAttnContext, WanBlock, WanDiT, rope_cos_sin, timestep_embedding
-from .weights import CheckpointError
+from .weights import CheckpointError, check_state_dict
 
 RELEASE_PREFIX = "pipe.dual_controller."
 DEFAULT_CONTROL_LAYERS = 12  # the release's WanModelDualControl default (of Wan-14B's 40 blocks)
@@ -253,15 +253,5 @@ class LongVieDiT(WanDiT):
 def load_controller(ctl: LongVieController, state: dict[str, torch.Tensor], source: str = "control weights") -> None:
     """Load a (prefix-stripped) release controller state into ``ctl``: a missing,
     unexpected or mis-shaped key is a :class:`CheckpointError` naming it."""
-    expected = {k: tuple(v.shape) for k, v in ctl.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad = sorted(f"{k}: {tuple(state[k].shape)} in the file, {expected[k]} expected" for k in set(state) & set(expected)
-                 if tuple(state[k].shape) != expected[k])
-    if missing or unexpected or bad:
-        parts = [f"missing keys {missing[:8]}" if missing else "", f"unexpected keys {unexpected[:8]}" if unexpected else "",
-                 f"mis-shaped {bad[:8]}" if bad else ""]
-        raise CheckpointError(f"{source} does not fit a LongVie 2 controller of {ctl.control_layers} layers over this "
-                              f"base ({'; '.join(p for p in parts if p)}): is it the control.safetensors of a LongVie "
-                              f"release for this base model?")
+    check_state_dict(ctl, state, source=f"{source} (a LongVie 2 controller of {ctl.control_layers} layers)")
     ctl.load_state_dict({k: v.float() for k, v in state.items()})
