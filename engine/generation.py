@@ -234,6 +234,7 @@ def _prepare(
     checkpoint_key: str | None = None,
     noise: torch.Tensor | None = None,
     fit: str | None = None,
+    cfg_drop=None,
     **strategy_options,
 ) -> PreparedRun:
     from .checks import check_finite, check_memory, check_request
@@ -285,12 +286,20 @@ def _prepare(
         raise ValueError(f"model {cfg.name!r} is image-to-video: pass first_frame (an image path, PIL image or array)")
     ar_cache = strategy == "ar" and strategy_options.get("context", "cache") in (None, "cache") and (
         options is None or getattr(options, "context", "cache") == "cache")
+    from .control.setup import check_cfg_drop
+
+    cfg_drop = check_cfg_drop(cfg_drop)
+    if "text" not in cfg_drop and sampler.guidance_scale != 1.0:  # the unconditional row keeps the prompt
+        if negative_prompt is not None or negative_prompt_embeds is not None:
+            raise ValueError("cfg_drop without 'text' keeps the prompt in the unconditional row: drop "
+                             "negative_prompt / negative_prompt_embeds, or add 'text' to cfg_drop")
+    keep_text = "text" not in cfg_drop
     ctl = None
     if control_opts:  # validated now; control branches / multi-view run ar through the runtime (history)
         from .control.setup import ControlSetup
 
         ctl = ControlSetup(control_opts, model=model, num_frames=num_frames, height=height, width=width,
-                           latent_frames=F_lat, first_frame_given=first_frame is not None)
+                           latent_frames=F_lat, first_frame_given=first_frame is not None, cfg_drop=cfg_drop)
         ar_cache, strategy_options = ctl.route(strategy, ar_cache, strategy_options)
         w = ctl.latent_width(w)  # multi-view: views side by side in the latent width
     plan = plan_for(model, num_frames=num_frames, height=height, width=width, strategy=strategy,
@@ -323,7 +332,7 @@ def _prepare(
             own = Components(comps.vae, None, getattr(m, "source", None) is None)
             return prompt_context(m, own, prompt, None, negative_prompt, None, sampler.guidance_scale, image_embeds, seed)
         return prompt_context(m, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
-                               sampler.guidance_scale, image_embeds, seed)
+                               sampler.guidance_scale, image_embeds, seed, same_uncond=keep_text)
 
     first_latent = condition = img = None
     if first_frame is not None:

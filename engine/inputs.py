@@ -143,11 +143,13 @@ def check_frames(num_frames: int, height: int, width: int, model: WanDiT, tempor
     return (num_frames - 1) // st + 1, height // sh, width // sw
 
 
-def text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, seed
-              ) -> torch.Tensor:
+def text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, seed,
+              same_uncond: bool = False) -> torch.Tensor:
     """The text conditioning rows [1 or 2, L, text_dim] (positive, then negative when
     ``guidance`` != 1), zero-padded to the model's text_len; an untrained preset without a
-    text encoder gets deterministic random tokens (positive) and zeros (negative)."""
+    text encoder gets deterministic random tokens (positive) and zeros (negative).
+    ``same_uncond``: the unconditional row keeps the positive text (guidance on the
+    controls alone; ``cfg_drop`` without "text")."""
     from .models.text import resolve_prompt_embeds
 
     cfg = model.config
@@ -160,7 +162,9 @@ def text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_pro
         prompt_embeds = torch.randn(1, max_len, cfg.text_dim, generator=g)
     text = resolve_prompt_embeds(prompt, prompt_embeds, enc, 1, text_dim=cfg.text_dim, max_length=max_len)
     rows = [text.to(dev, dt)]
-    if guidance != 1.0:
+    if guidance != 1.0 and same_uncond:
+        rows.append(rows[0])
+    elif guidance != 1.0:
         if negative_prompt_embeds is None and enc is None and comps.random_weights:
             negative_prompt_embeds = torch.zeros(1, max_len, cfg.text_dim)
         neg = resolve_prompt_embeds(negative_prompt or "", negative_prompt_embeds, enc, 1, text_dim=cfg.text_dim,
@@ -177,12 +181,14 @@ def text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_pro
     return torch.cat(rows, 0)
 
 
-def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds, seed):
+def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds,
+                   seed, same_uncond: bool = False):
     """The model's prepared context (text rows of :func:`text_rows`, plus CLIP image tokens
     for an I2V model), or the raw text rows for a DiT that embeds its text on every call."""
     cfg = model.config
     dev, dt = model.device, model.dtype
-    text = text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, seed)
+    text = text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, seed,
+                     same_uncond)
     img = None
     if cfg.is_i2v:
         if image_embeds is None and comps.random_weights:

@@ -32,6 +32,7 @@ from .validate import ControlError, as_float_tensor, check_frames, check_range
 
 CONTROL_OPTIONS = ("trajectory", "intrinsics", "warp_depth", "save_warped", "waypoints", "cameras", "views",
                    "cross_view")
+CFG_DROPPABLE = ("text", "waypoints", "camera")
 #: LongVie 2's options, which belong to its release recipe (engine.longvie), not to a strategy
 LONGVIE_OPTIONS = ("depth", "point_map", "control_branches", "control_blocks")
 
@@ -40,6 +41,20 @@ def latent_frame_index(num_video_frames: int) -> list[int]:
     """The video frame that represents latent frame p (0 for p = 0, else 4p: the last of
     its 4 frames)."""
     return [0] + [4 * p for p in range(1, (num_video_frames - 1) // 4 + 1)]
+
+
+def check_cfg_drop(cfg_drop) -> tuple[str, ...]:
+    """``cfg_drop``: what the classifier-free guidance's unconditional row goes without, a
+    subset of ("text", "waypoints", "camera"); None gives the default ("text",): the
+    negative prompt replaces the text and both rows get the same controls. MiLA (its paper
+    drops text and waypoints independently in training, for guidance) drops all three;
+    leaving "text" out keeps the prompt in the unconditional row, so the guidance acts on
+    the controls alone. Returns it as a tuple, or raises ControlError naming what is wrong."""
+    drop = ("text",) if cfg_drop is None else (cfg_drop,) if isinstance(cfg_drop, str) else tuple(cfg_drop)
+    bad = sorted(set(drop) - set(CFG_DROPPABLE))
+    if bad:
+        raise ControlError(f"cfg_drop takes a subset of {CFG_DROPPABLE}; got {bad}")
+    return drop
 
 
 class ControlSetup:
@@ -51,12 +66,14 @@ class ControlSetup:
     waypoints [T, N_w, 2] (or [T, 2 N_w]) per video frame; cameras [16], [V, 16] or
     [T, V, 16] (fx/W, fy/H, cx/W, cy/H, R row-major, t); views V (multi-view, latents packed
     side by side; output a 1 x V grid); cross_view ("same_frame" | "all"): MiLA.
+    cfg_drop (:func:`check_cfg_drop`): the vector controls the classifier-free guidance's
+    unconditional row goes without.
     LongVie 2's dense / sparse controls are not options of a strategy: they run as the
     release does, through ``recipe="longvie2"`` (:mod:`engine.longvie`).
     """
 
     def __init__(self, options: dict, *, model, num_frames: int, height: int, width: int, latent_frames: int,
-                 first_frame_given: bool):
+                 first_frame_given: bool, cfg_drop=None):
         old = sorted(set(options) & set(LONGVIE_OPTIONS))
         if old:
             raise ControlError(f"{old}: LongVie 2's dense / sparse controls run as the release does, with "
@@ -127,6 +144,7 @@ class ControlSetup:
             raise ControlError("multi-view generation starts from noise: first_frame is not supported with views > 1")
         if not self.kinds():
             raise ControlError("no control given: pass trajectory, waypoints or cameras")
+        self.cfg_drop = check_cfg_drop(cfg_drop)
         self.warped: torch.Tensor | None = None
         self._wrapped: dict[int, TimelineControlledDiT] = {}
         self._built: dict | None = None
@@ -207,7 +225,9 @@ class ControlSetup:
                 if kind == "waypoints" and layer.in_features != z.shape[-1]:
                     raise ControlError(f"the model's waypoint embedding takes {layer.in_features // 2} waypoints per "
                                        f"frame, the control has {z.shape[-1] // 2}")
-            self._wrapped[key] = TimelineControlledDiT(model, self._built, views=self.views, cross_view=self.cross_view)
+            unguided = tuple(k for k in ("waypoints", "camera") if k in self.cfg_drop)
+            self._wrapped[key] = TimelineControlledDiT(model, self._built, views=self.views, cross_view=self.cross_view,
+                                                       unguided=unguided)
         return self._wrapped[key]
 
     def decoder(self, vae):
@@ -227,8 +247,9 @@ class TimelineControlledDiT(nn.Module):
     takes_timeline_positions = True
 
     def __init__(self, base: ControlledWanDiT, controls: dict[str, torch.Tensor], *, views: int = 1,
-                 cross_view: str = "same_frame"):
+                 cross_view: str = "same_frame", unguided: tuple[str, ...] = ()):
         super().__init__()
+        self.unguided = tuple(unguided)
         self.base = base
         self.views = views
         self.cross_view = cross_view
@@ -272,7 +293,7 @@ class TimelineControlledDiT(nn.Module):
                 kw[k] = v[None].expand(batch, -1, -1)
             else:  # camera [F, V, 16] -> (frame, view) rows
                 kw[k] = full.index_select(0, idx).reshape(-1, full.shape[-1])[None].expand(batch, -1, -1)
-        return ControlPass(**kw)
+        return ControlPass(**kw, unguided=self.unguided)
 
     def forward(self, latents, timesteps, text_embeds, *, timeline_positions=None, condition=None,
                 frame_positions=None, visibility=None, kv_cache=None, cache_slots=None, image_embeds=None):

@@ -20,6 +20,9 @@ layer (key prefix)    what                                        initialisation
 LongVie 2's dense / sparse control branches are the release's own model, beside this one:
 :mod:`engine.models.longvie`.
 
+``ControlPass.unguided`` names vector kinds (``waypoints``, ``camera``) the LAST row of a
+batch does not get: with classifier-free guidance that row is the unconditional one, and
+MiLA trains with waypoints dropped there (its CFG guides on them).
 ``ControlPass.mask`` ([B, F], optional) scales every injection per frame: frames with mask
 0 get no control at all. In a checkpoint the layers' keys are ``control_layers.<kind>.*``
 (:func:`split_control_state`).
@@ -47,13 +50,15 @@ class ControlPass:
     """Control inputs of one forward pass, sliced to its F latent frames.
 
     warp: latents [B, C_lat, F, h, w] (normalised, the VAE's latent space);
-    waypoints: [B, F, 2*N_w]; camera: [B, F, 16]; mask: [B, F] (1 = control applies).
+    waypoints: [B, F, 2*N_w]; camera: [B, F, 16]; mask: [B, F] (1 = control applies);
+    unguided: vector kinds left out of the last row when B >= 2 (the CFG unconditional row).
     """
 
     warp: torch.Tensor | None = None
     waypoints: torch.Tensor | None = None
     camera: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    unguided: tuple[str, ...] = ()
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k in CONTROL_KINDS if getattr(self, k) is not None)
@@ -226,6 +231,10 @@ class ControlledWanDiT(WanDiT):
             if v.dim() != 3 or v.shape[:2] != (B, gf * pt):
                 raise ValueError(f"control.{kind} must be [B, F, features] = [{B}, {gf * pt}, ...]; got {tuple(v.shape)}")
             emb = self._layer(kind)(v[:, ::pt])  # [B, gf, D] float32
+            if kind in control.unguided and B >= 2:  # the CFG unconditional row goes without it
+                keep = torch.ones(B, 1, 1, device=emb.device, dtype=emb.dtype)
+                keep[-1] = 0
+                emb = emb * keep
             add = emb if add is None else add + emb
         if add is None:
             return e
