@@ -100,14 +100,30 @@ class RuntimeStats:
 # one denoise job
 # ----------------------------------------------------------------------------------
 def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, shape_chw: tuple[int, int, int],
-                    device, use_kernel: bool | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                    device, use_kernel: bool | None = None, noise: torch.Tensor | None = None,
+                    anchor_cutoff: float = 0.1) -> torch.Tensor:
     """Initial noisy latents [1, C, G, h, w] (float32) of a job's generated frames: noise
-    by the job's mode (:mod:`engine.noise_streams`), re-noised anchors x = (1 - s) x0 + s eps.
+    by the job's mode (:mod:`engine.noise_streams`), re-noised anchors (MiLA's JDC,
+    :class:`engine.plans.core.Job`) x = (1 - s) x0 + s eps_total with s the anchor's first
+    sigma and
+
+        eps_total = sqrt(1 - beta^2) eps + beta eps_s,   beta = ``job.anchor_structure``,
+        eps_s = standardise(H(x0)),
+
+    eps the frame's noise of the job's mode, H the Gaussian high-pass of ``kernels.spectral``
+    with cutoff ``anchor_cutoff`` (cycles per latent pixel), standardise = zero mean, unit
+    variance per (channel, frame) over (h, w) (a frame whose high-pass is constant keeps
+    plain noise). Var(eps_total) = 1 for eps independent of x0. beta = 0 is plain Gaussian
+    re-noising, bit for bit the path without structured noise.
     ``use_kernel`` (default: on CUDA) computes interpolation, fresh share and anchor
-    re-noising in one pass of the Triton ``noise_init`` kernel; else its torch reference.
+    re-noising in one pass of the Triton ``noise_init`` kernel (and H with the Triton
+    ``highpass``); else their torch references. With beta > 0 the job's noise eps is made
+    first (same kernel / reference), mixed with eps_s, and that eps_total is passed in as the
+    frames' own noise (identity interpolation) for the same re-noising pass.
     ``noise`` [1, C, F, h, w]: per-position noise replacing the seeded draws (fresh and
     interpolated modes)."""
     from kernels.noise import frame_noise, noise_init, noise_init_reference
+    from kernels.spectral import highpass, highpass_reference
 
     dev = torch.device(device)
     use_kernel = dev.type == "cuda" if use_kernel is None else use_kernel
@@ -119,7 +135,7 @@ def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, sh
     anchor = [s is not None for s, g in zip(job.sources, job.generated) if g]
     start = [float(s) if a else 1.0 for s, a in zip(job.sigmas[0], anchor)]
     anchors = any(anchor)
-    planning, pn, fresh = gen, None, None
+    planning, pn, fresh, rho, interp = gen, None, None, job.noise_rho, job.noise == "interp"
 
     def drawn(positions, stream):
         if noise is not None and stream == ns.stream(block, ns.INITIAL):
@@ -128,7 +144,7 @@ def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, sh
 
     if job.noise == "unified":
         pn = frame_noise(seed, list(range(len(gen))), shape, stream=ns.stream(block, ns.UNIFIED))
-    elif job.noise == "interp":
+    elif interp:
         planning = sorted(job.planning)
         pn = drawn(planning, ns.stream(block, ns.INITIAL))
         if job.noise_rho > 0:
@@ -139,12 +155,32 @@ def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, sh
     if anchors:
         x0 = torch.cat([sources[p].to(dev, torch.float32) if a else torch.zeros(shape, device=dev)[:, :, None]
                         for p, a in zip(gen, anchor)], 2)
+    beta = float(job.anchor_structure)
+    if anchors and beta > 0:  # JDC structured noise: eps_total first, then the one re-noising pass below
+        if use_kernel:
+            eps = noise_init(gen, planning, pn.to(dev), fresh=fresh.to(dev) if fresh is not None else None, rho=rho)
+        elif interp:
+            eps = noise_init_reference(gen, planning, pn, fresh=fresh, rho=rho).to(dev)
+        else:
+            eps = pn.to(dev)
+        ks = [k for k, a in enumerate(anchor) if a]
+        xa = x0[:, :, ks]
+        fast = use_kernel and max(xa.shape[-2:]) <= 256  # the Triton high-pass takes h, w <= 256
+        hi = (highpass(xa.contiguous(), anchor_cutoff) if fast else highpass_reference(xa, anchor_cutoff)).float()
+        mean = hi.mean(dim=(-2, -1), keepdim=True)
+        std = hi.std(dim=(-2, -1), keepdim=True, correction=0)
+        flat = std <= 1e-6 * xa.abs().amax(dim=(-2, -1), keepdim=True)  # H(x0) constant: no structure
+        eps_s = (hi - mean) / torch.where(flat, torch.ones_like(std), std)
+        mixed = (1.0 - beta * beta) ** 0.5 * eps[:, :, ks] + beta * eps_s
+        eps = eps.clone()
+        eps[:, :, ks] = torch.where(flat, eps[:, :, ks], mixed)
+        planning, pn, fresh, rho, interp = gen, eps, None, 0.0, False
     if use_kernel:
         fresh = fresh.to(dev) if fresh is not None else None
-        return noise_init(gen, planning, pn.to(dev), fresh=fresh, rho=job.noise_rho, x0=x0,
+        return noise_init(gen, planning, pn.to(dev), fresh=fresh, rho=rho, x0=x0,
                           sigma=list(start) if anchors else None)
-    if job.noise == "interp":
-        eps = noise_init_reference(gen, planning, pn, fresh=fresh, rho=job.noise_rho)
+    if interp:
+        eps = noise_init_reference(gen, planning, pn, fresh=fresh, rho=rho)
     else:
         eps = pn
     eps = eps.to(dev)

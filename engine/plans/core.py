@@ -61,6 +61,7 @@ workers like everything else.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field, replace
 
 INPUT = "@input"
@@ -74,7 +75,24 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    """One denoise job (see the module docstring)."""
+    """One denoise job (see the module docstring).
+
+    Re-noised anchors (MiLA's JDC, paper Sec. 3.3): a generated frame k with a source starts
+    from its predicted clean latent x0 (the source's output) as
+
+        x_k = (1 - s_k) x0 + s_k eps_total,   s_k = sigmas[0][k]
+        eps_total = sqrt(1 - beta^2) eps + beta eps_s,   beta = ``anchor_structure``
+
+    with eps the job's Gaussian noise for that frame and eps_s *structured* noise made from
+    the anchor itself: the high-pass H(x0) (:func:`kernels.highpass`), standardised to zero
+    mean and unit variance per (channel, frame) over (h, w). eps and eps_s are independent,
+    so Var(eps_total) = (1 - beta^2) + beta^2 = 1: the added noise stays standard normal, as
+    the paper asks; beta (the paper's "noise scale") is a constant. The anchor's timestep is
+    a linear function of the clip's: its column of ``sigmas`` is start * (the column a
+    plain frame at its place would get), slope start = MiLA's ``jdc_sigma``
+    (:func:`uniform_table`, :func:`tpd_table`). ``anchor_structure`` 0 (the default, every
+    strategy but MiLA's fine clips) is plain Gaussian re-noising, bit for bit as before.
+    """
 
     id: str
     model: str
@@ -93,6 +111,12 @@ class Job:
     kind: str = "populate"
     extra_passes: int = 0
     cache: str | None = None  # a KV cache (Plan.caches) this job's context lives in
+    anchor_structure: float = 0.0  # beta: structured share of re-noised anchors' noise (JDC, above)
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.anchor_structure) <= 1.0:
+            raise PlanError(f"job {self.id!r}: anchor_structure (beta of the anchors' structured noise, MiLA's "
+                            f"jdc_structure) must lie in [0, 1], got {self.anchor_structure}")
 
     @property
     def pin(self) -> str | None:
@@ -701,27 +725,67 @@ def uniform_table(base: list[float], n: int, start: list[float] | None = None) -
     return tuple(tuple(float(base[i]) * (1.0 if st >= 1.0 else st) for st in start) for i in range(len(base)))
 
 
+TPD_FAST = 4.0  # log shift factor per unit strength of a clip's earliest frame (divides its shift)
+TPD_SLOW = 1.0  # log shift factor per unit strength of a clip's last frame (multiplies its shift)
+
+
 def tpd_table(base: list[float], n: int, strength: float, start: list[float] | None = None) -> tuple[tuple[float, ...], ...]:
-    """MiLA's TPD schedule, [steps+1][n]: frame k (0 = earliest) follows ``base`` at the
-    warped progress u_k(i) = 1 - (1 - i/N)^g_k with g_k = 1 + strength (n-1-k)/(n-1), read
-    by linear interpolation in ``base``. Earlier frames reach low sigma sooner; every frame
-    starts at base[0] (times ``start[k]`` for re-noised anchors) and ends at 0 at step N."""
+    """MiLA's TPD schedule (paper Sec. 3.4), [steps+1][n]: frame k (0 = earliest generated
+    frame of the batch) gets its own sigma sequence, a per-frame transform of the base sigma.
+
+    The paper's formulas (13)-(14) were lost; its prose asks that (a) all frames of a
+    denoising batch reach sigma 0 at the last step together, (b) earlier frames are denoised
+    with larger steps at first and are almost denoised early, (c) trailing frames follow a
+    slow-fast pattern (small steps at first, large ones in the last few steps). Our choice:
+    frame k runs the base schedule with its *timestep shift* multiplied by kappa_k,
+
+        s(i)        = base[i] / base[0]                        (in [0, 1])
+        sigma_k(i)  = base[0] * s(i) / (s(i) + (1 - s(i)) * exp(-l_k))
+        l_k         = strength * (TPD_SLOW * w_k - TPD_FAST * (1 - w_k)),   w_k = k / (n - 1)
+
+    i.e. the flow-matching shift map s -> kappa s / (1 + (kappa - 1) s) with
+    kappa_k = exp(l_k): kappa_0 = exp(-4 strength) for the earliest frame (fast-slow: big
+    early steps, below 0.1 base[0] half-way for strength >= 1 on Wan's shift-5 schedules),
+    kappa_{n-1} = exp(+strength) for the last (slow-fast: above the base everywhere, so
+    smaller steps first and a larger drop in the last steps), log kappa linear in between.
+    Shift maps compose (shift(shift(t, a), b) = shift(t, ab)), so on a base that is a shifted
+    linear schedule of shift S, frame k follows exactly the shift-S*kappa_k schedule; the map
+    fixes s = 1 and s = 0, so every frame starts at base[0] and reaches 0 exactly at step N,
+    and none before (s(i) > 0 for i < N). It is increasing in s (non-increasing sigmas per
+    frame) and in kappa (an earlier frame is never noisier than a later one at any step).
+    The proposed progress warp u_k(x) = (1-w_k)(1-(1-x)^(1+g)) + w_k x^(1+g) was not used:
+    on shifted schedules its earliest frame is still at 0.625 (shift 5, strength 1) half-way,
+    far from "almost denoised".
+
+    strength 0 (and a single frame, n == 1) gives ``base`` exactly for every frame (the same
+    table as :func:`uniform_table`). Re-noised anchors (``start[k]`` < 1) are scaled as in
+    :func:`uniform_table`: their sigma at step i is start[k] * sigma_k(i) -- a linear map of the
+    clip's timestep with slope start[k] (MiLA's JDC, :class:`Job`). Last row exactly 0; each
+    frame's column is clamped to be non-increasing against float rounding.
+    """
     N = len(base) - 1
     start = start or [1.0] * n
+    if strength == 0 or n == 1:
+        return uniform_table(base, n, start)
+    if strength < 0:
+        raise PlanError(f"TPD strength must be >= 0, got {strength}")
+    s0 = float(base[0])
     rows = []
     for i in range(N + 1):
+        s = float(base[i]) / s0 if s0 > 0 else 0.0
         row = []
         for k in range(n):
-            g = 1.0 + (strength * (n - 1 - k) / (n - 1) if n > 1 else 0.0)
-            u = 1.0 - (1.0 - i / N) ** g if i < N else 1.0
-            x = u * N
-            lo = min(int(x), N - 1)
-            f = x - lo
-            s = base[lo] * (1 - f) + base[lo + 1] * f
-            row.append(float(s) * (1.0 if start[k] >= 1.0 else start[k]))
-        rows.append(tuple(row))
-    rows[-1] = tuple(0.0 for _ in range(n))
-    return tuple(rows)
+            w = k / (n - 1)
+            lk = strength * (TPD_SLOW * w - TPD_FAST * (1.0 - w))
+            if lk == 0.0 or i == 0:
+                v = float(base[i])
+            else:
+                v = s0 * (s / (s + (1.0 - s) * math.exp(-lk))) if s > 0 else 0.0
+            row.append(min(v, rows[-1][k]) if rows else v)
+        rows.append(row)
+    out = [tuple(v * (1.0 if st >= 1.0 else st) for v, st in zip(row, start)) for row in rows]
+    out[-1] = tuple(0.0 for _ in range(n))
+    return tuple(out)
 
 
 def conditioned_visibility(generated: list[bool], groups: list[int] | None = None) -> tuple[tuple[bool, ...], ...]:

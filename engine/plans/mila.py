@@ -24,7 +24,16 @@ from .core import INPUT, Plan, PlanError, coarse_rollouts, make_job
 
 @dataclass(frozen=True)
 class MilaOptions:
-    """Options of ``mila`` (see the module docstring)."""
+    """Options of ``mila`` (see the module docstring).
+
+    JDC: an anchor inside a fine clip is re-noised from its coarse latent x0 to
+    x = (1 - s) x0 + s eps_total, eps_total = sqrt(1 - beta^2) eps + beta eps_s, with eps
+    Gaussian, eps_s the high-pass of x0 standardised per channel and frame (structured
+    noise), beta = ``jdc_structure`` in [0, 1] (0: plain Gaussian re-noising), so the added
+    noise keeps unit variance. Its timestep is linear in the clip's: sigma_anchor(i) =
+    ``jdc_sigma`` * sigma_clip(i) (slope jdc_sigma; :class:`engine.plans.core.Job`).
+    TPD: ``tpd`` is the strength of :func:`engine.plans.core.tpd_table` (0: one schedule).
+    """
 
     anchor_stride: int = 4
     anchors_per_rollout: int = 5
@@ -33,6 +42,7 @@ class MilaOptions:
     jdc_sigma: float = 0.5
     tpd: float = 1.0
     lookahead: int = 1
+    jdc_structure: float = 0.5
 
 
 OPTIONS = tuple(f.name for f in fields(MilaOptions))
@@ -40,7 +50,7 @@ OPTIONS = tuple(f.name for f in fields(MilaOptions))
 
 def build_mila(num_frames: int, *, base: list[float], first_given: bool = False, anchor_stride: int,
                anchors_per_rollout: int, clip_frames: int, history_frames: int, jdc_sigma: float, tpd: float,
-               lookahead: int) -> Plan:
+               lookahead: int, jdc_structure: float = 0.5) -> Plan:
     r, K, n = int(anchor_stride), int(anchors_per_rollout), int(clip_frames)
     if r < 1 or K < 2 or n < 1:
         raise PlanError(f"mila needs anchor_stride >= 1, anchors_per_rollout >= 2, clip_frames >= 1; got {r}, {K}, {n}")
@@ -75,9 +85,10 @@ def build_mila(num_frames: int, *, base: list[float], first_given: bool = False,
             else:
                 frames[p] = (True, None)
         jid = f"mila/fine{ci}"
-        jobs.append(make_job(jid, "fine", frames, base=base, outputs=clip, start=jdc, tpd=tpd))
+        jobs.append(make_job(jid, "fine", frames, base=base, outputs=clip, start=jdc, tpd=tpd,
+                             anchor_structure=float(jdc_structure) if jdc else 0.0))
         for p in clip:
             fine_of[p] = jid
     opts = dict(anchor_stride=r, anchors_per_rollout=K, clip_frames=n, history_frames=history_frames,
-                jdc_sigma=jdc_sigma, tpd=tpd, lookahead=lookahead)
+                jdc_sigma=jdc_sigma, tpd=tpd, lookahead=lookahead, jdc_structure=jdc_structure)
     return Plan("mila", num_frames, jobs, inputs=(0,) if first_given else (), options=opts)
