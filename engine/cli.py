@@ -31,6 +31,7 @@ _STRATEGY_ARGS = [
     ("jdc_sigma", float, "mila: sigma anchors are re-noised to (0.5)"),
     ("tpd", float, "mila: TPD strength, 0 = one schedule for all frames (1.0)"),
     ("lookahead", int, "mila: anchors after a clip read as context (1)"),
+    ("jdc_structure", float, "mila: share beta of structured (high-pass) noise in re-noised anchors (0.5)"),
 ]
 
 
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-embeds", help="a .safetensors or .pt file holding prompt embeddings [1, L, text_dim]")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--first-frame", help="image to start from (required for image-to-video models)")
+    g.add_argument("--first-frames", help="mila: prior condition frames, comma-separated images or a uint8 .npy "
+                   "[P, H, W, 3] ([V, P, H, W, 3] with --views)")
+    g.add_argument("--cfg-drop", help="what the CFG unconditional row goes without: comma list of text, waypoints, "
+                   "camera (default text; recipe mila: all three)")
     g.add_argument("--height", type=int)
     g.add_argument("--width", type=int)
     g.add_argument("--seed", type=int, default=0)
@@ -126,6 +131,17 @@ def _load_embeds(path: str):
                              f"{sorted(tensors)}")
         return next(iter(tensors.values()))
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _first_frames(text: str | None):
+    """--first-frames: a uint8 .npy of frames, or comma-separated image paths."""
+    if not text:
+        return None
+    if text.endswith(".npy"):
+        import numpy as np
+
+        return np.load(text, allow_pickle=False)
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def _load_array(text: str):
@@ -349,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             prompt_embeds=_load_embeds(args.prompt_embeds) if args.prompt_embeds else None,
             negative_prompt=args.negative_prompt,
             first_frame=args.first_frame,
+            first_frames=_first_frames(args.first_frames),
+            cfg_drop=tuple(x.strip() for x in args.cfg_drop.split(",") if x.strip()) if args.cfg_drop else None,
             height=args.height,
             width=args.width,
             seed=args.seed,

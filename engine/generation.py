@@ -136,10 +136,11 @@ class PreparedRun:
 def plan_for(model, *, num_frames: int, height: int | None = None, width: int | None = None, strategy: str = "ar",
              first_frame_given: bool = False, sampler: SamplerConfig | None = None, chunk_frames: int = 3,
              sink_frames: int | None = None, window_frames: int | None = None, options=None,
-             **strategy_kw) -> Plan:
+             prior_frames: int = 0, **strategy_kw) -> Plan:
     """The plan ``generate`` would run for a loaded ``model`` (no VAE, text or weights
     touched): clips, denoise/decode/encode jobs. ``options``: the strategy's typed options
-    (e.g. :class:`~engine.plans.MmplOptions`), ``strategy_kw`` override its fields."""
+    (e.g. :class:`~engine.plans.MmplOptions`), ``strategy_kw`` override its fields.
+    ``prior_frames``: P condition frames before the video (MiLA's ``first_frames``)."""
     cfg = model.config
     default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
     release = _release_layout(strategy, options, strategy_kw)
@@ -154,6 +155,11 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
         strategy_kw = dict(strategy_kw, chunk_frames=chunk_frames, sink_frames=sink_frames, window_frames=window_frames)
     from .sampling import config_sigmas
 
+    if prior_frames:
+        if strategy != "mila":
+            raise ValueError(f"first_frames (prior condition frames) are MiLA's input: run strategy='mila', or give "
+                             f"one first_frame to {strategy!r}")
+        strategy_kw = dict(strategy_kw, prior_frames=int(prior_frames))
     return build_plan(strategy, F_lat, sigmas=config_sigmas(sampler or SamplerConfig()).tolist(),
                       first_given=first_frame_given and not cfg.is_i2v, options=options, **strategy_kw)
 
@@ -209,6 +215,7 @@ def _prepare(
     negative_prompt: str | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     first_frame=None,
+    first_frames=None,
     image_embeds: torch.Tensor | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -235,6 +242,7 @@ def _prepare(
     noise: torch.Tensor | None = None,
     fit: str | None = None,
     cfg_drop=None,
+    fps: float | None = None,
     **strategy_options,
 ) -> PreparedRun:
     from .checks import check_finite, check_memory, check_request
@@ -282,6 +290,18 @@ def _prepare(
     sampler = sampler or SamplerConfig()
     if guidance_scale is not None:
         sampler = sampler.replace(guidance_scale=float(guidance_scale))
+    priors = None
+    if first_frames is not None:  # MiLA's condition frames: [V, P, 3, H, W]
+        from .inputs import prior_frames_tensor
+
+        if first_frame is not None:
+            raise ValueError("give first_frame (one image) or first_frames (MiLA's prior frames), not both")
+        if cfg.is_i2v:
+            raise ValueError(f"model {cfg.name!r} is image-to-video (one first_frame condition); first_frames are "
+                             f"MiLA's prior frames for a text-to-video backbone")
+        priors = prior_frames_tensor(first_frames, height, width, int(control_opts.get("views") or 1))
+        check_finite("first_frames", priors)
+    P = 0 if priors is None else priors.shape[1]
     if cfg.is_i2v and first_frame is None:
         raise ValueError(f"model {cfg.name!r} is image-to-video: pass first_frame (an image path, PIL image or array)")
     ar_cache = strategy == "ar" and strategy_options.get("context", "cache") in (None, "cache") and (
@@ -299,13 +319,15 @@ def _prepare(
         from .control.setup import ControlSetup
 
         ctl = ControlSetup(control_opts, model=model, num_frames=num_frames, height=height, width=width,
-                           latent_frames=F_lat, first_frame_given=first_frame is not None, cfg_drop=cfg_drop)
+                           latent_frames=F_lat, first_frame_given=first_frame is not None, cfg_drop=cfg_drop,
+                           prior_frames=P)
         ar_cache, strategy_options = ctl.route(strategy, ar_cache, strategy_options)
         w = ctl.latent_width(w)  # multi-view: views side by side in the latent width
     plan = plan_for(model, num_frames=num_frames, height=height, width=width, strategy=strategy,
                     first_frame_given=first_frame is not None, sampler=sampler, chunk_frames=chunk_frames,
-                    sink_frames=sink_frames, window_frames=window_frames, options=options, **strategy_options)
-    if plan.num_frames != F_lat and (cfg.is_i2v or ctl is not None):
+                    sink_frames=sink_frames, window_frames=window_frames, options=options, prior_frames=P,
+                    **strategy_options)
+    if plan.num_frames != F_lat + P and (cfg.is_i2v or ctl is not None):
         raise ValueError(f"{strategy} with separate clips ({len(plan.clips)} clips) re-encodes frames between clips; "
                          f"whole-video conditions (an image-to-video model's first-frame condition, controls) are not "
                          f"cut per clip yet: run it without clip options")
@@ -342,6 +364,14 @@ def _prepare(
             condition = i2v_condition(comps.vae, img, num_frames, height, width)
         else:
             first_latent = encode_frames(comps.vae, img[:, :, None])
+    inputs = {0: first_latent} if first_latent is not None else {}
+    if priors is not None:  # each prior frame encoded alone (an image latent), views side by side
+        from .control.multiview import pack_views
+
+        z = torch.stack([torch.cat([encode_frames(comps.vae, f[None, :, None].to(model.device)) for f in v], 2)
+                         for v in priors], 1)  # [1, V, C, P, h, w]
+        z = pack_views(z)
+        inputs = {p: z[:, :, p:p + 1] for p in range(P)}
     if ctl is not None:  # whole-timeline controls beside each DiT; every pass takes its positions' slice
         condition = ctl.build(comps.vae, img, condition, (h, w))
         roles = {r: ctl.wrap(m) for r, m in roles.items()}
@@ -358,9 +388,9 @@ def _prepare(
         compile_mode = mode_of(engine_config.compile, engine_config.cuda_graphs)
     return PreparedRun(plan=plan, models=roles, devices=list(devices) if devices else [str(model.device)],
                        make_context=make_context, seed=seed, sampler=sampler, latent_hw=(h, w),
-                       inputs={0: first_latent} if first_latent is not None else {}, condition=condition,
+                       inputs=inputs, condition=condition,
                        vae=comps.vae, make_decoder=make_decoder,
-                       compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(cfg.fps),
+                       compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(fps or cfg.fps),
                        noise=noise)
 
 

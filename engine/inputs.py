@@ -226,6 +226,31 @@ def first_frame_tensor(first_frame, height: int, width: int) -> torch.Tensor:
     return x
 
 
+def prior_frames_tensor(first_frames, height: int, width: int, views: int = 1) -> torch.Tensor:
+    """Prior frames (MiLA's condition frames) -> float [V, P, 3, height, width] in [-1, 1].
+
+    first_frames: P images for one view -- a list of images (paths, PIL images, uint8
+    [H, W, 3]) or a uint8 array [P, H, W, 3] -- or, for ``views`` V > 1, a list of V such
+    lists or a uint8 array [V, P, H, W, 3]; every frame resized to the video size."""
+    if isinstance(first_frames, np.ndarray):
+        want = 5 if views > 1 else 4
+        if first_frames.ndim != want or first_frames.shape[-1] != 3:
+            shape = "[V, P, H, W, 3]" if views > 1 else "[P, H, W, 3]"
+            raise ValueError(f"first_frames as an array must be uint8 {shape}; got {first_frames.dtype} "
+                             f"{first_frames.shape}")
+        first_frames = list(first_frames) if views > 1 else [list(first_frames)]
+    elif views == 1:
+        first_frames = [list(first_frames)]
+    per_view = [list(v) for v in first_frames]
+    if len(per_view) != views:
+        raise ValueError(f"first_frames: {len(per_view)} view(s) of prior frames for views={views}")
+    counts = {len(v) for v in per_view}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(f"first_frames: every view needs the same number (>= 1) of prior frames; got "
+                         f"{[len(v) for v in per_view]}")
+    return torch.stack([torch.cat([first_frame_tensor(f, height, width) for f in v]) for v in per_view])
+
+
 # ----------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import SamplerConfig
-from .plans import ArOptions, MmplOptions
+from .plans import ArOptions, MilaOptions, MmplOptions
 
 #: Wan2.1's default negative prompt (as the Wan2.1 and MMPL releases' configs give it).
 WAN_NEGATIVE_PROMPT = (
@@ -49,6 +49,8 @@ class Recipe:
     first_frame: whether the recipe starts from an image (``first_frame=`` required).
     decoder: the decoder it decodes with (``generate(decoder=)``): ``"full"`` (the VAE) or
     ``"taehv"`` (the tiny TAEHV decoder, :mod:`engine.decoders`).
+    prior_frames: the most condition frames it reads (``first_frames=``: the last ones are
+    kept when more are given). cfg_drop: what its unconditional CFG row goes without.
     """
 
     name: str
@@ -65,6 +67,8 @@ class Recipe:
     reference: str = ""
     frames_rule: str = ""
     decoder: str = "full"
+    prior_frames: int = 0
+    cfg_drop: tuple[str, ...] | None = None
 
     def describe(self) -> dict:
         """A JSON-friendly summary (``python -m engine recipes``)."""
@@ -73,7 +77,8 @@ class Recipe:
                 "sampler": vars(self.sampler), "negative_prompt": self.negative_prompt is not None,
                 "size": [self.height, self.width], "fps": self.fps, "checkpoint_key": self.checkpoint_key,
                 "first_frame": self.first_frame, "frames": self.frames_rule, "reference": self.reference,
-                "decoder": self.decoder}
+                "decoder": self.decoder, "prior_frames": self.prior_frames,
+                "cfg_drop": list(self.cfg_drop) if self.cfg_drop is not None else None}
 
 
 RECIPES: dict[str, Recipe] = {
@@ -110,6 +115,16 @@ RECIPES: dict[str, Recipe] = {
         480, 832, 16, checkpoint_key="generator_ema",
         reference="guandeh17/Self-Forcing (configs/self_forcing_dmd.yaml, inference.py --use_ema) + madebyollin/taehv",
         frames_rule="4k+1", decoder="taehv"),
+    "mila": Recipe(
+        "mila", "MiLA as its paper states it (no code released): 4 prior frames at 12 fps condition the first "
+        "clip; coarse anchors at 1 fps (every 3rd latent), recurrent (re)fine clips with JDC (anchors re-noised at "
+        "half the clip's sigma with variance-kept structured noise) and TPD; rectified-flow Euler 50 steps; CFG whose "
+        "unconditional row drops text, waypoints and cameras (the guidance scale is lost from the paper's text: 5 "
+        "here). Evaluation protocol: 28 frames at 12 fps, the first 25 scored (29 = 4k+1 here)", "mila",
+        MilaOptions(anchor_stride=3), SamplerConfig(kind="euler", num_steps=50, shift=5.0, timesteps=None,
+                                                    guidance_scale=5.0), None, 480, 832, 12,
+        reference="arXiv 2503.15875 (MiLA), secs. 3.2-3.4, 4.1, App. B; ../shared/papers/mila.txt",
+        frames_rule="4k+1", prior_frames=4, cfg_drop=("text", "waypoints", "camera")),
     "longvie2": Recipe(
         "longvie2", "LongVie 2 as released: 81-frame I2V clips at 352x640 on Wan2.1-I2V-14B with the dense (depth) "
         "and sparse (point-track) control branches, each clip starting from the last decoded frame, the last 8 "
@@ -156,6 +171,15 @@ def apply_recipe(recipe: str | Recipe, given: dict) -> dict:
         raise ValueError(f"recipe {r.name!r} starts from an image: pass first_frame (an image path, PIL image or "
                          f"array)")
     out.setdefault("checkpoint_key", r.checkpoint_key)
+    if out.get("fps") is None:
+        out["fps"] = r.fps
+    if r.cfg_drop is not None and out.get("cfg_drop") is None:
+        out["cfg_drop"] = r.cfg_drop
+    if r.prior_frames and out.get("first_frames") is not None:  # the last prior_frames of what is given
+        ff = out["first_frames"]
+        views = out.get("views") or 1
+        out["first_frames"] = ff[..., -r.prior_frames:, :, :, :] if hasattr(ff, "ndim") else (
+            [list(v)[-r.prior_frames:] for v in ff] if views > 1 else list(ff)[-r.prior_frames:])
     if out.get("decoder") is None:
         out["decoder"] = r.decoder
     return out

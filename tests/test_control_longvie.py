@@ -295,7 +295,7 @@ def test_history_context_clips_overlap_as_configured():
     (dict(trajectory=np.zeros((3, 2)), intrinsics=np.eye(2)), "3x3"),
     (dict(intrinsics=np.eye(3)), "pass trajectory"),
     (dict(views=0, waypoints=np.zeros((9, 2, 2))), "views must be"),
-    (dict(views=2, waypoints=np.zeros((9, 2, 2))), "first_frame is not supported"),
+    (dict(views=2, waypoints=np.zeros((9, 2, 2))), r"first_frames=\[V, P, H, W, 3\] \(MiLA\), not first_frame"),
     (dict(views=2, trajectory=np.array([[0, 0], [0.2, 1.0], [0.5, 2.0]])), "waypoints and cameras only"),
     (dict(waypoints="abc"), "numbers"),
     (dict(views=1), "no control given"),

@@ -73,7 +73,7 @@ class ControlSetup:
     """
 
     def __init__(self, options: dict, *, model, num_frames: int, height: int, width: int, latent_frames: int,
-                 first_frame_given: bool, cfg_drop=None):
+                 first_frame_given: bool, cfg_drop=None, prior_frames: int = 0):
         old = sorted(set(options) & set(LONGVIE_OPTIONS))
         if old:
             raise ControlError(f"{old}: LongVie 2's dense / sparse controls run as the release does, with "
@@ -84,6 +84,7 @@ class ControlSetup:
             raise ControlError(f"unknown control option(s) {unknown}; known: {list(CONTROL_OPTIONS)}")
         o = {k: v for k, v in options.items() if v is not None}
         self.num_frames, self.height, self.width, self.latent_frames = num_frames, height, width, latent_frames
+        self.prior_frames = int(prior_frames)  # MiLA's condition frames: timeline positions before the video
         cfg = model.config
         if not isinstance(model, WanDiT):
             raise ControlError(f"model {type(model).__name__} ({cfg.name}) takes no control inputs; controls need a Wan DiT")
@@ -106,6 +107,8 @@ class ControlSetup:
                 raise ControlError(f"warp_depth must be a positive finite number, got {o.get('warp_depth')!r}")
             if not first_frame_given:
                 raise ControlError("trajectory control warps the first frame: pass first_frame (an image)")
+            if self.prior_frames:
+                raise ControlError("trajectory control warps one first frame: pass first_frame, not first_frames")
         else:
             for k in ("intrinsics", "warp_depth", "save_warped"):
                 if k in o:
@@ -141,7 +144,8 @@ class ControlSetup:
             raise ControlError("multi-view generation takes waypoints and cameras only (no trajectory control per "
                                "view yet)")
         if self.views > 1 and first_frame_given:
-            raise ControlError("multi-view generation starts from noise: first_frame is not supported with views > 1")
+            raise ControlError("multi-view generation starts from noise or from prior frames of every view: pass "
+                               "first_frames=[V, P, H, W, 3] (MiLA), not first_frame, with views > 1")
         if not self.kinds():
             raise ControlError("no control given: pass trajectory, waypoints or cameras")
         self.cfg_drop = check_cfg_drop(cfg_drop)
@@ -203,6 +207,10 @@ class ControlSetup:
             built["waypoints"] = self.waypoints
         if self.cameras is not None:
             built["camera"] = self.cameras
+        if self.prior_frames:  # prior positions lead the timeline: no control there (mask 0)
+            P = self.prior_frames
+            built = {k: torch.cat([v.new_zeros((P, *v.shape[1:])), v]) for k, v in built.items()}
+            built["mask"] = torch.cat([torch.zeros(P), torch.ones(self.latent_frames)])
         self._built = built
         return condition
 
@@ -218,6 +226,8 @@ class ControlSetup:
                                    f"controls need a Wan DiT")
             model = ControlledWanDiT.from_base(model)
             for kind, z in self._built.items():
+                if kind == "mask":
+                    continue
                 kw = {}
                 if kind == "waypoints":
                     kw["in_features"] = z.shape[-1]
@@ -253,7 +263,7 @@ class TimelineControlledDiT(nn.Module):
         self.base = base
         self.views = views
         self.cross_view = cross_view
-        self.kinds = tuple(controls)
+        self.kinds = tuple(k for k in controls if k != "mask")
         for k, v in controls.items():
             self.register_buffer(f"timeline_{k}", v.float().to(base.device), persistent=False)
 
@@ -284,6 +294,8 @@ class TimelineControlledDiT(nn.Module):
         """The controls of timeline ``positions`` (views unfolded to (frame, view) order)."""
         idx = torch.as_tensor(positions, device=self.device)
         kw = {}
+        if hasattr(self, "timeline_mask"):  # positions without control (prior frames)
+            kw["mask"] = self.timeline_mask.index_select(0, idx).repeat_interleave(self.views)[None].expand(batch, -1)
         for k in self.kinds:
             full = getattr(self, f"timeline_{k}")
             if k == "warp":

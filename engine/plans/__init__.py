@@ -41,18 +41,25 @@ def strategy_options(strategy: str, options=None, **kw):
 
 
 def build_plan(strategy: str, num_frames: int, *, sigmas: list[float] | None = None, first_given: bool = False,
-               options=None, **kw) -> Plan:
+               options=None, prior_frames: int = 0, **kw) -> Plan:
     """A validated plan for ``num_frames`` latent frames of video.
 
     sigmas: the sampler's shared schedule [steps+1] (default: the few-step 1000/750/500/250
-    table with shift 5); first_given: position 0 is a given clean frame; options / kw: the
-    strategy's own (:func:`strategy_options`).
+    table with shift 5); first_given: position 0 is a given clean frame; prior_frames: P
+    given condition frames before the video (``mila`` only: MiLA's prior frames); options /
+    kw: the strategy's own (:func:`strategy_options`).
     """
     opts = strategy_options(strategy, options, **kw)
     if not isinstance(num_frames, int) or num_frames < 1:
         raise PlanError(f"num_frames (latent) must be an int >= 1, got {num_frames!r}")
     base = list(sigmas) if sigmas is not None else default_sigmas()
-    return BUILDERS[strategy](num_frames, base=base, first_given=first_given, **dataclasses.asdict(opts)).validate()
+    extra = {}
+    if prior_frames:
+        if strategy != "mila":
+            raise PlanError(f"prior_frames are MiLA's condition frames: strategy 'mila' takes them, {strategy!r} does not")
+        extra["prior_frames"] = int(prior_frames)
+    return BUILDERS[strategy](num_frames, base=base, first_given=first_given, **dataclasses.asdict(opts),
+                              **extra).validate()
 
 
 __all__ = ["INPUT", "ArOptions", "CacheSpec", "Clip", "DecodeJob", "EncodeJob", "Job", "LongdwmOptions", "MilaOptions",
