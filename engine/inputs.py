@@ -69,12 +69,163 @@ def resolve_role_model(model, dtype, device, engine_config: EngineConfig | None 
     return as_flow_model(resolve_model(model, dtype, device, engine_config))
 
 
+def _is_cogvideox(model) -> bool:
+    """Whether ``model`` (or the DiT a VPredictionAdapter wraps) is a CogVideoX DiT."""
+    from .models.cogvideox import CogVideoXConfig
+
+    return isinstance(getattr(model, "config", None), CogVideoXConfig)
+
+
+def _pipeline_root(source) -> Path | None:
+    """The diffusers pipeline root (holding ``model_index.json``) of a model's source path."""
+    if source is None:
+        return None
+    for cand in (Path(source), Path(source).parent):
+        if (cand / "model_index.json").exists():
+            return cand
+    return None
+
+
+def _pipeline_class(path) -> str | None:
+    """``_class_name`` of the ``model_index.json`` in ``path`` or its parent (a component folder)."""
+    import json
+
+    for cand in (Path(path), Path(path).parent):
+        try:
+            return json.loads((cand / "model_index.json").read_text()).get("_class_name")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _is_wan_vae(vae) -> bool:
+    cfg = getattr(vae, "config", None)
+    return type(vae).__name__ == "AutoencoderKLWan" or (hasattr(cfg, "z_dim") and hasattr(cfg, "latents_mean"))
+
+
+def _refuse_cogvideox_parts(model, vae, text_encoder) -> None:
+    """A Wan DiT given CogVideoX's VAE or T5 encoder (object, folder or CogVideoX pipeline
+    root): a ValueError saying why, before anything is loaded."""
+    from .models.cogvideox_vae import is_cogvideox_vae, is_cogvideox_vae_folder, scaling_factor
+
+    name = getattr(model.config, "name", type(model).__name__)
+    if (isinstance(vae, (str, Path)) and is_cogvideox_vae_folder(vae)) or (
+            vae is not None and not isinstance(vae, (str, Path)) and is_cogvideox_vae(vae)):
+        sf = "" if isinstance(vae, (str, Path)) else f" {scaling_factor(vae):g}"
+        raise ValueError(
+            f"model {name!r} is a Wan DiT: it needs the Wan VAE (AutoencoderKLWan, latents normalised per channel by "
+            f"latents_mean / latents_std); the VAE given is CogVideoX's AutoencoderKLCogVideoX (latents = posterior x "
+            f"scaling_factor{sf}, no per-channel statistics), whose latents are not this model's. Pass a Wan VAE "
+            f"folder (e.g. Wan2.1-T2V-1.3B-Diffusers/vae)")
+    cog_text = getattr(text_encoder, "family", None) == "cogvideox"
+    if isinstance(text_encoder, (str, Path)):
+        from .models.cogvideox_text import text_encoder_model_type
+
+        cls = _pipeline_class(text_encoder) or ""
+        cog_text = cls.startswith("CogVideoX") and text_encoder_model_type(text_encoder) == "t5"
+    if cog_text:
+        raise ValueError(
+            f"model {name!r} is a Wan DiT conditioned on UMT5 embeddings (512 tokens, padding zeroed); the text "
+            f"encoder given is CogVideoX's T5 (226 tokens, padding states kept), another text space. Pass a Wan "
+            f"pipeline root or its UMT5 text_encoder folder")
+
+
+def _check_cogvideox_vae(model, vae) -> None:
+    from .models.cogvideox_vae import is_cogvideox_vae, latent_channels, scaling_factor
+
+    cfg = model.config
+    if _is_wan_vae(vae):
+        raise ValueError(
+            f"model {cfg.name!r} is a CogVideoX DiT: it was trained on AutoencoderKLCogVideoX latents "
+            f"({cfg.out_channels} channels, posterior x scaling_factor); the VAE given is a Wan AutoencoderKLWan "
+            f"(latents normalised per channel by latents_mean / latents_std), whose latents are not this model's. "
+            f"Pass the vae/ folder of the model's CogVideoX pipeline, or load the model from its pipeline root")
+    if is_cogvideox_vae(vae):
+        if latent_channels(vae) != cfg.out_channels:
+            raise ValueError(
+                f"the CogVideoX VAE has {latent_channels(vae)} latent channels but model {cfg.name!r} denoises "
+                f"{cfg.out_channels}: they are not one pipeline's components")
+        if not scaling_factor(vae) > 0:
+            raise ValueError(f"the CogVideoX VAE's scaling_factor is {scaling_factor(vae)}; it must be positive")
+
+
+def _check_cogvideox_text(model, text_encoder) -> None:
+    from .models.text import TextEncoder
+
+    cfg = model.config
+    if text_encoder is None:
+        return
+    model_type = getattr(getattr(getattr(text_encoder, "model", None), "config", None), "model_type", None)
+    if isinstance(text_encoder, TextEncoder) or model_type == "umt5":
+        raise ValueError(
+            f"model {cfg.name!r} is a CogVideoX DiT conditioned on T5 v1.1 states ({cfg.text_len} tokens, text_dim "
+            f"{cfg.text_dim}, padding states kept); the text encoder given is Wan's UMT5 encoder ({model_type}, 512 "
+            f"tokens, padding zeroed), another text space. Pass the CogVideoX pipeline root or its text_encoder/ "
+            f"folder (T5EncoderModel + tokenizer)")
+    dim = getattr(text_encoder, "dim", None)
+    if dim is not None and dim != cfg.text_dim:
+        raise ValueError(f"text encoder d_model={dim} but model {cfg.name!r} takes text_dim={cfg.text_dim}: it is "
+                         f"not this model's text encoder")
+
+
+def _cogvideox_components(model, vae, text_encoder, seed: int, vae_dtype: torch.dtype) -> Components:
+    """resolve_components for a CogVideoX DiT: CogVideoX's own VAE and T5 encoder."""
+    from .models.cogvideox_text import CogVideoXTextEncoder, make_tiny_cogvideox_text_encoder
+    from .models.cogvideox_vae import cogvideox_autoencoder_cls, load_cogvideox_vae, make_tiny_cogvideox_vae
+
+    inner = getattr(model, "model", model) if hasattr(model, "alphas_cumprod") else model  # a VPredictionAdapter
+    cfg = inner.config
+    source = getattr(inner, "source", None)
+    random_weights = source is None
+    dev = inner.device
+    root = _pipeline_root(source)
+    if isinstance(vae, (str, Path)):
+        vae = load_cogvideox_vae(vae, dtype=vae_dtype, device=dev)  # refuses a Wan VAE folder
+    if vae is None:
+        if random_weights and cfg.name.startswith("tiny"):
+            vae = make_tiny_cogvideox_vae(seed=seed, device=dev, dtype=vae_dtype)
+        elif root is not None and (root / "vae").is_dir():
+            vae = load_cogvideox_vae(root / "vae", dtype=vae_dtype, device=dev)
+        elif random_weights:  # CogVideoX 1.0 VAE shape, random weights
+            vae = cogvideox_autoencoder_cls()().to(dev, vae_dtype).eval().requires_grad_(False)
+        else:
+            where = f"its pipeline folder {root} has no vae/ subfolder" if root is not None else "it has no pipeline root"
+            raise ValueError(
+                f"no VAE for CogVideoX model loaded from {source}: {where}; pass vae=<folder of a diffusers "
+                f"AutoencoderKLCogVideoX> (e.g. CogVideoX-2b/vae)")
+    _check_cogvideox_vae(inner, vae)
+    if isinstance(text_encoder, (str, Path)):
+        text_encoder = CogVideoXTextEncoder.from_folder(text_encoder, dtype=inner.dtype, device=dev)  # refuses UMT5
+    if text_encoder is None:
+        if random_weights and cfg.name.startswith("tiny"):
+            text_encoder = make_tiny_cogvideox_text_encoder(seed=seed, dim=cfg.text_dim, device=dev)
+        elif root is not None and (root / "text_encoder").is_dir():
+            text_encoder = CogVideoXTextEncoder.from_folder(root, dtype=inner.dtype, device=dev)
+    _check_cogvideox_text(inner, text_encoder)
+    return Components(vae=vae, text_encoder=text_encoder, random_weights=random_weights)
+
+
 def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0,
                        vae_dtype: torch.dtype = torch.float32) -> Components:
     """Find the VAE and text encoder for a model: given objects or folders win; a
     ``tiny`` preset gets its embedded random ones; a model loaded from a diffusers
     pipeline root uses the root's ``vae/`` and ``text_encoder/``. A VAE the engine builds
-    or loads runs in ``vae_dtype`` (float32 by default: Wan's VAE degrades in bf16)."""
+    or loads runs in ``vae_dtype`` (float32 by default: Wan's VAE degrades in bf16).
+
+    Components come from the model's own family. A CogVideoX DiT (or a VPredictionAdapter
+    around one) gets CogVideoX's: an ``AutoencoderKLCogVideoX``
+    (:mod:`engine.models.cogvideox_vae`: tiny presets a tiny random one, a pipeline root its
+    ``vae/``, an untrained full-size preset a random CogVideoX-2b-shaped one) and a T5
+    :class:`~engine.models.cogvideox_text.CogVideoXTextEncoder` (tiny presets: a tiny
+    random T5 of the model's text_dim; a root: its ``text_encoder/`` + ``tokenizer/``).
+    The other family's parts are refused with the reason, both ways: a Wan VAE (per-channel
+    normalised latents) or a UMT5 / Wan TextEncoder for a CogVideoX model; a CogVideoX VAE
+    (scaled latents) or CogVideoX T5 encoder (object or a CogVideoX pipeline's folder) for
+    a Wan model; also a VAE whose latent channels or an encoder whose width differ from
+    the model's. Wan models otherwise resolve exactly as before."""
+    if _is_cogvideox(model):
+        return _cogvideox_components(model, vae, text_encoder, seed, vae_dtype)
+    _refuse_cogvideox_parts(model, vae, text_encoder)
     from .models.text import TextEncoder, make_tiny_text_encoder
     from .models.vae import load_vae, make_tiny_vae
 
@@ -82,12 +233,7 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
     source = getattr(model, "source", None)
     random_weights = source is None
     dev = model.device
-    root = None
-    if source is not None:
-        for cand in (Path(source), Path(source).parent):
-            if (cand / "model_index.json").exists():
-                root = cand
-                break
+    root = _pipeline_root(source)
     if isinstance(vae, (str, Path)):
         vae = load_vae(vae, dtype=vae_dtype, device=dev)
     if vae is None:

@@ -28,6 +28,11 @@ loop is sampler-agnostic::
 Samplers are stateful (UniPC keeps a short history); :meth:`Sampler.reset` (or
 calling ``step(0, ...)``) starts a new trajectory, e.g. for the next chunk.
 
+CogVideoX (v-prediction on a discrete DDPM schedule) has its own samplers at the end
+of this module -- :class:`CogVideoXSchedule`, :class:`CogVideoXDDIMSampler`,
+:class:`CogVideoXDPMSampler`: they step in the variance-preserving space with the
+DiT's raw output and integer timesteps, not with flow sigmas and velocities.
+
 The code here is an independent implementation; diffusers' schedulers are only
 used as a numerical reference in the tests.
 """
@@ -35,6 +40,7 @@ used as a numerical reference in the tests.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from typing import Callable, Sequence, Union
 
@@ -65,6 +71,13 @@ __all__ = [
     "config_sigmas",
     "config_timestep_of",
     "sampler_for",
+    "COGVIDEOX_SAMPLER_KINDS",
+    "CogVideoXSchedule",
+    "CogVideoXDDIMSampler",
+    "CogVideoXDPMSampler",
+    "cogvideox_scheduler_kind",
+    "cogvideox_dynamic_guidance",
+    "make_cogvideox_sampler",
 ]
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -645,3 +658,269 @@ def sampler_for(config, sigmas: torch.Tensor | None = None) -> Sampler:
     smp = make_sampler(config.kind, sigmas=config_sigmas(config) if sigmas is None else sigmas)
     smp.timestep_of = config_timestep_of(config)
     return smp
+
+
+# --------------------------------------------------------------------------- #
+# CogVideoX: v-prediction on a discrete DDPM schedule (its own samplers)
+# --------------------------------------------------------------------------- #
+# Everything above is rectified flow. CogVideoX is sampled in its own (variance-preserving)
+# space with the raw v-prediction of the DiT and integer DDPM timesteps, exactly as
+# diffusers' CogVideoXDDIMScheduler / CogVideoXDPMScheduler step it (those classes are the
+# numerical reference in tests/test_cogvideox_pipeline.py; the code here is our own).
+COGVIDEOX_SAMPLER_KINDS = ("ddim", "dpm")
+_COGVIDEOX_BETA_SCHEDULES = ("linear", "scaled_linear")
+_COGVIDEOX_SPACINGS = ("trailing", "leading", "linspace")
+_COGVIDEOX_PREDICTIONS = ("v_prediction", "epsilon", "sample")
+_COGVIDEOX_SCHEDULERS = {"CogVideoXDDIMScheduler": "ddim", "CogVideoXDPMScheduler": "dpm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CogVideoXSchedule:
+    """The discrete schedule of a CogVideoX ``scheduler/scheduler_config.json`` (field names
+    and defaults of the published CogVideoX-2b config; CogVideoX-5b: ``snr_shift_scale=1``).
+
+    * ``alphas_cumprod``: betas ``linspace(beta_start, beta_end, T)`` ("linear", float32 as
+      diffusers computes it) or ``linspace(sqrt(beta_start), sqrt(beta_end), T)^2``
+      ("scaled_linear", float64); a = cumprod(1 - beta); SNR shift ``a / (k + (1 - k) a)``
+      with k = ``snr_shift_scale``; with ``rescale_betas_zero_snr`` sqrt(a) is shifted and
+      scaled so that a_0 keeps its value and a_{T-1} = 0 (zero terminal SNR).
+    * timesteps of N steps (``timestep_spacing``): "trailing" ``round(arange(T, 0, -T/N)) - 1``
+      (999, 979, ..., 19 for N = 50), "leading" ``arange(N) * (T // N)`` reversed plus
+      ``steps_offset``, "linspace" ``round(linspace(0, T-1, N))`` reversed. numpy's float
+      arange yields N + 1 trailing values for some N (61, 103, ...); diffusers then runs an
+      extra step at timestep -1 (which indexes the table's last entry); we keep the first N.
+    * the step goes from t to ``t - T // N`` (diffusers' rule, even where the next timestep
+      of the list differs by rounding), to a "final" a = 1 (``set_alpha_to_one``) or a_0
+      past the start of the table.
+
+    ``clip_sample`` / ``thresholding`` are not part of it: CogVideoX's schedulers ignore them.
+    """
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    snr_shift_scale: float = 3.0
+    rescale_betas_zero_snr: bool = True
+    timestep_spacing: str = "trailing"
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
+    prediction_type: str = "v_prediction"
+
+    def __post_init__(self) -> None:
+        if self.beta_schedule not in _COGVIDEOX_BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule {self.beta_schedule!r} is not supported; expected one of "
+                             f"{_COGVIDEOX_BETA_SCHEDULES}")
+        if self.timestep_spacing not in _COGVIDEOX_SPACINGS:
+            raise ValueError(f"timestep_spacing {self.timestep_spacing!r} is not supported; expected one of "
+                             f"{_COGVIDEOX_SPACINGS}")
+        if self.prediction_type not in _COGVIDEOX_PREDICTIONS:
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not supported; expected one of "
+                             f"{_COGVIDEOX_PREDICTIONS}")
+        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be an int >= 2, got {self.num_train_timesteps!r}")
+
+    @classmethod
+    def from_config(cls, config: dict) -> "CogVideoXSchedule":
+        """From a diffusers scheduler config dict (``scheduler_config.json``); unknown keys
+        are ignored, ``trained_betas`` (explicit betas) is refused."""
+        if config.get("trained_betas") is not None:
+            raise ValueError("scheduler config with trained_betas is not supported (give beta_start/beta_end)")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in fields})
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """a_t, t = 0..T-1 (float64 tensor [T]; module notes above for the recipe)."""
+        T = self.num_train_timesteps
+        if self.beta_schedule == "linear":
+            betas = torch.linspace(self.beta_start, self.beta_end, T, dtype=torch.float32)
+        else:
+            betas = torch.linspace(self.beta_start ** 0.5, self.beta_end ** 0.5, T, dtype=torch.float64) ** 2
+        a = torch.cumprod(1.0 - betas, dim=0)
+        k = self.snr_shift_scale
+        a = a / (k + (1 - k) * a)
+        if self.rescale_betas_zero_snr:
+            r = a.sqrt()
+            r0, rT = r[0].clone(), r[-1].clone()
+            a = ((r - rT) * (r0 / (r0 - rT))) ** 2
+        return a.double()
+
+    def timesteps(self, num_steps: int) -> torch.Tensor:
+        """The N integer timesteps (int64 [N], decreasing) of ``timestep_spacing``."""
+        import numpy as np
+
+        T = self.num_train_timesteps
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= T:
+            raise ValueError(f"num_steps must be an int in [1, {T}], got {num_steps!r}")
+        if self.timestep_spacing == "linspace":
+            ts = np.linspace(0, T - 1, num_steps).round()[::-1].astype(np.int64)
+        elif self.timestep_spacing == "leading":
+            ts = (np.arange(0, num_steps) * (T // num_steps)).round()[::-1].astype(np.int64) + self.steps_offset
+        else:
+            ts = np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64)[:num_steps] - 1
+        return torch.from_numpy(ts.copy())
+
+
+def cogvideox_scheduler_kind(config: dict) -> str:
+    """"ddim" or "dpm" from a scheduler config's ``_class_name`` (CogVideoXDDIMScheduler /
+    CogVideoXDPMScheduler); another class is refused."""
+    name = config.get("_class_name", "CogVideoXDDIMScheduler")
+    if name not in _COGVIDEOX_SCHEDULERS:
+        raise ValueError(f"scheduler {name!r} is not a CogVideoX scheduler ({', '.join(_COGVIDEOX_SCHEDULERS)})")
+    return _COGVIDEOX_SCHEDULERS[name]
+
+
+def cogvideox_dynamic_guidance(guidance_scale: float, timestep: float, num_steps: int) -> float:
+    """The guidance of CogVideoX's ``use_dynamic_cfg``, as the diffusers pipelines compute it:
+    ``1 + g (1 - cos(pi ((N - t) / N) ** 5)) / 2`` with ``t`` the *DDPM timestep* of the step
+    (0..999, not the step index) and N the number of steps -- so for t > N the base is
+    negative and the cosine's argument large; reproduced as is."""
+    return 1 + guidance_scale * ((1 - math.cos(math.pi * ((num_steps - float(timestep)) / num_steps) ** 5.0)) / 2)
+
+
+class CogVideoXDDIMSampler:
+    """Deterministic DDIM (eta 0) on a :class:`CogVideoXSchedule`, as CogVideoXDDIMScheduler.
+
+    Step ``i`` at timestep t = ``timestep(i)`` with a = a_t, a' = a at ``t - T // N`` (or the
+    final value): x0 = sqrt(a) x - sqrt(1 - a) v (v-prediction; epsilon / sample also),
+    x' = c x + (sqrt(a') - sqrt(a) c) x0 with c = sqrt((1 - a') / (1 - a)). At t = 999 on
+    a zero-terminal-SNR table (a = 0) this is x0 = -v, x' = sqrt(1 - a') x + sqrt(a') x0.
+
+    ``step(i, x, model_output)`` takes the DiT's *raw* output (v), not a flow velocity; x
+    and the output are ``[B, C, F, H, W]`` (any shape works: the coefficients are scalars);
+    arithmetic in float32 (float64 for float64 latents), the result in x's dtype.
+    Attributes ``num_steps``, ``timesteps`` (int64 [N]), ``alphas_cumprod`` (float64 [T]),
+    ``last_x0`` (x0 of the last step), ``order`` (1), ``init_noise_sigma`` (1.0).
+    """
+
+    order = 1
+    init_noise_sigma = 1.0
+    stochastic = False
+
+    def __init__(self, num_steps: int, schedule: CogVideoXSchedule | None = None):
+        self.schedule = schedule or CogVideoXSchedule()
+        self.timesteps = self.schedule.timesteps(num_steps)
+        self.num_steps = int(self.timesteps.numel())
+        self.alphas_cumprod = self.schedule.alphas_cumprod()
+        self._final = 1.0 if self.schedule.set_alpha_to_one else float(self.alphas_cumprod[0])
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the trajectory (DPM's previous x0)."""
+        self.last_x0: torch.Tensor | None = None
+        self._old_x0: torch.Tensor | None = None
+
+    def timestep(self, i: int) -> int:
+        """The integer DDPM timestep the model is fed at step i."""
+        if isinstance(i, bool) or not 0 <= int(i) < self.num_steps:
+            raise ValueError(f"step index must be in [0, {self.num_steps - 1}], got {i!r}")
+        return int(self.timesteps[int(i)])
+
+    def _alpha(self, t: int) -> float:
+        return float(self.alphas_cumprod[t]) if t >= 0 else self._final
+
+    def _prev(self, i: int) -> int:
+        return self.timestep(i) - self.schedule.num_train_timesteps // self.num_steps
+
+    def _x0(self, x: torch.Tensor, out: torch.Tensor, a: float) -> torch.Tensor:
+        kind = self.schedule.prediction_type
+        if kind == "v_prediction":
+            return a ** 0.5 * x - (1 - a) ** 0.5 * out
+        if kind == "epsilon":
+            return (x - (1 - a) ** 0.5 * out) / a ** 0.5
+        return out
+
+    def _check(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or x.shape != out.shape:
+            shapes = [tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for v in (x, out)]
+            raise ValueError(f"latents {shapes[0]} and model output {shapes[1]} must be tensors of one shape")
+
+    def step(self, i: int, x: torch.Tensor, model_output: torch.Tensor, noise=None) -> torch.Tensor:
+        """Advance the latents ``x`` (at ``timestep(i)``) by one step; ``noise`` is ignored."""
+        self._check(x, model_output)
+        t = self.timestep(i)
+        a, a_prev = self._alpha(t), self._alpha(self._prev(i))
+        cd = _compute_dtype(x)
+        xc, out = x.to(cd), model_output.to(cd)
+        x0 = self._x0(xc, out, a)
+        c = ((1 - a_prev) / (1 - a)) ** 0.5
+        self.last_x0 = x0.to(x.dtype)
+        return (c * xc + (a_prev ** 0.5 - a ** 0.5 * c) * x0).to(x.dtype)
+
+
+def _draw(noise, like: torch.Tensor) -> torch.Tensor:
+    """Fresh noise like ``like``: from a callable, or a torch.Generator drawn on its own
+    device (diffusers' randn_tensor) and moved to ``like``'s."""
+    if isinstance(noise, torch.Generator):
+        eps = torch.randn(like.shape, generator=noise, device=noise.device, dtype=like.dtype).to(like.device)
+    elif callable(noise):
+        eps = noise(like)
+    else:
+        raise ValueError("CogVideoXDPMSampler is stochastic: pass noise= (a torch.Generator or a callable like -> tensor)")
+    if not isinstance(eps, torch.Tensor) or eps.shape != like.shape:
+        raise ValueError(f"noise must give a tensor of shape {tuple(like.shape)}")
+    return eps.to(like.dtype)
+
+
+class CogVideoXDPMSampler(CogVideoXDDIMSampler):
+    """CogVideoX's DPM-Solver++(2M) SDE variant, as CogVideoXDPMScheduler steps it.
+
+    With half-log-SNRs lam = log sqrt(a / (1 - a)) of t, of t' = ``t - T // N`` and of the
+    previous step's timestep, h = lam' - lam and r = (lam - lam_back) / h:
+    x' = m1 x - m2 D + sqrt(1 - a') sqrt(1 - exp(-2h)) eps, m1 = sqrt((1 - a') / (1 - a))
+    exp(-h), m2 = expm1(-2h) sqrt(a'); D = x0 on the first and the last step, else
+    (1 + 1/(2r)) x0 - 1/(2r) x0_prev. Fresh noise eps is drawn on every step -- twice on the
+    second-order ones, the first draw then unused -- because diffusers draws so: with the
+    same torch.Generator the draws are the same (a Generator draws in the latents' own
+    layout; :func:`engine.models.cogvideox.cogvideox_sample` draws in the pipelines'
+    ``[B, F, C, h, w]``). Zero-SNR entries give infinite log-SNRs;
+    the coefficients are computed in float64 with IEEE infinities exactly as there
+    (first step: x' = sqrt(a') x0 + sqrt(1 - a') eps; last: x' = x0).
+
+    ``step(i, x, model_output, noise)``: ``noise`` a torch.Generator or a callable
+    ``noise(like) -> tensor``. Steps run in order (0 restarts).
+    """
+
+    stochastic = True
+
+    def step(self, i: int, x: torch.Tensor, model_output: torch.Tensor, noise=None) -> torch.Tensor:
+        """Advance ``x`` from ``timestep(i)``; see the class docstring."""
+        self._check(x, model_output)
+        i = int(i)
+        if i == 0:
+            self.reset()
+        t, t_prev = self.timestep(i), self._prev(i)
+        f64 = torch.float64
+
+        def lam(alpha: float) -> torch.Tensor:
+            a_ = torch.tensor(alpha, dtype=f64)
+            return (a_ / (1 - a_)).sqrt().log()
+
+        a, a_prev = self._alpha(t), self._alpha(t_prev)
+        h = lam(a_prev) - lam(a)
+        m1 = float(((1 - a_prev) / (1 - a)) ** 0.5 * (-h).exp())
+        m2 = float((-2 * h).expm1() * a_prev ** 0.5)
+        mn = float((1 - a_prev) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5)
+        cd = _compute_dtype(x)
+        xc, out = x.to(cd), model_output.to(cd)
+        x0 = self._x0(xc, out, a)
+        eps = _draw(noise, xc)
+        x_next = m1 * xc - m2 * x0 + mn * eps
+        if self._old_x0 is not None and t_prev >= 0:
+            r = (lam(a) - lam(self._alpha(self.timestep(i - 1)))) / h
+            m3, m4 = float(1 + 1 / (2 * r)), float(1 / (2 * r))
+            d = m3 * x0 - m4 * self._old_x0
+            eps = _draw(noise, xc)
+            x_next = m1 * xc - m2 * d + mn * eps
+        self._old_x0 = x0
+        self.last_x0 = x0.to(x.dtype)
+        return x_next.to(x.dtype)
+
+
+def make_cogvideox_sampler(kind: str, num_steps: int, schedule: CogVideoXSchedule | None = None):
+    """A CogVideoX sampler: ``kind`` "ddim" (:class:`CogVideoXDDIMSampler`) or "dpm"
+    (:class:`CogVideoXDPMSampler`) over ``schedule`` (default: the CogVideoX-2b config)."""
+    classes = {"ddim": CogVideoXDDIMSampler, "dpm": CogVideoXDPMSampler}
+    if kind not in classes:
+        raise ValueError(f"unknown CogVideoX sampler {kind!r}; expected one of {COGVIDEOX_SAMPLER_KINDS}")
+    return classes[kind](num_steps, schedule)
