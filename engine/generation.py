@@ -273,6 +273,12 @@ def _prepare(
     decoder = resolve_decoder(decoder)  # "full" / "taehv" / a TAEHV file / a callable: loaded and checked now
     device = devices[0] if devices else None
     model = resolve_model(model, dtype, device, engine_config, checkpoint_key=checkpoint_key)
+    from .models.cogvideox import CogVideoXDiT
+
+    if isinstance(model, CogVideoXDiT) or isinstance(getattr(model, "model", None), CogVideoXDiT):
+        raise ValueError("a CogVideoX DiT as the main model is not run by engine.generate yet: sample it with "
+                         "engine.models.cogvideox.cogvideox_sample (diffusers' CogVideoXPipeline, its VAE and T5), or "
+                         "pass it as coarse_model / fine_model of longdwm or mila beside a Wan main model")
     from .checks import check_fused_ops
 
     check_fused_ops(getattr(model, "fused_ops", False), model.device)

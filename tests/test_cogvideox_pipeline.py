@@ -325,3 +325,13 @@ def test_resolve_components_picks_the_family_and_refuses_the_other(tmp_path):
         resolve_components(wan, text_encoder=root)
     comps = resolve_components(wan)
     assert isinstance(comps.vae, AutoencoderKLWan) and isinstance(comps.text_encoder, TextEncoder)
+
+
+def test_generate_refuses_a_cogvideox_main_model_with_a_pointer():
+    """Until generate() routes CogVideoX main models to cogvideox_sample, it says so (instead
+    of stepping a v-prediction through the flow samplers and the Wan decoder)."""
+    import engine
+    from engine.models.cogvideox import load_cogvideox
+
+    with pytest.raises(ValueError, match="cogvideox_sample"):
+        engine.generate(load_cogvideox("tiny-cogvideox", device="cpu"), num_frames=9, height=32, width=32, progress=False)
