@@ -177,7 +177,9 @@ class EngineConfig:
     :mod:`engine.attention`); ``fused_ops`` uses the fused Triton AdaLN / QK-norm+RoPE
     kernels where available; ``compile`` runs the DiT blocks under torch.compile and
     ``cuda_graphs`` additionally captures them in CUDA graphs (both for the ``ar`` KV-cache
-    rollout; see :mod:`engine.compile`).
+    rollout; see :mod:`engine.compile`). ``batch_jobs``: at most this many ready like
+    denoise jobs (no KV cache, equal batch keys) run as one batched forward per step on a
+    worker (:func:`engine.runtime.execute`); 1 (the default) runs every job alone.
     """
 
     devices: list[str] = field(default_factory=lambda: [str(default_device())])
@@ -186,6 +188,7 @@ class EngineConfig:
     fused_ops: bool = False
     compile: bool = False
     cuda_graphs: bool = False
+    batch_jobs: int = 1
 
     def __post_init__(self) -> None:
         from .attention import BACKENDS
@@ -193,6 +196,9 @@ class EngineConfig:
         if self.attention_backend not in BACKENDS:
             raise ValueError(f"EngineConfig.attention_backend {self.attention_backend!r} is unknown; choose one of "
                              f"{BACKENDS}")
+        if isinstance(self.batch_jobs, bool) or not isinstance(self.batch_jobs, int) or self.batch_jobs < 1:
+            raise ValueError(f"EngineConfig.batch_jobs (most denoise jobs per batched pass) must be an int >= 1, got "
+                             f"{self.batch_jobs!r}")
 
     @property
     def device(self) -> torch.device:

@@ -19,6 +19,15 @@ producer's stream: the consumer's stream waits on the producer's event (latents 
 copied asynchronously between devices on the copy stream), never on the whole device.
 On the CPU there are no streams and an issued job is a finished job.
 
+Batching (``batch_jobs`` > 1, default off): a worker that pops a ready denoise job without a
+KV cache also takes up to ``batch_jobs - 1`` other READY jobs of the shared queue with the
+same :func:`batch_key` (model role, frame layout, sigma table, visibility, RoPE) and runs
+them as one batched forward per step (:func:`denoise_jobs`: B jobs x the context's CFG
+rows), each with its own noise, sources, condition slice and sampler state; while other
+workers wait idle it takes only its share of them. Every job keeps its own stats record
+(``batch``: how many ran together). KV-cache jobs, exported models, models taking
+timeline positions and jobs without CFG's two rows always run alone (:func:`batchable`).
+
 Output: the output clips' decoded frames are stitched strictly in video order (each clip
 without its ``drop`` leading frames) and handed out through the iterator :func:`execute`
 returns as soon as a prefix is complete. Without a decoder the clean latents are handed
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import heapq
 import queue
 import random
@@ -249,8 +259,11 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
     clean result -- Self-Forcing's block-autoregressive step. noise: a replayed
     timeline noise tensor (:func:`execute`). cache_write=False (a plan-visibility cache's
     last job, which nothing reads after): the generated frames attend to the cache and
-    themselves without being stored.
+    themselves without being stored. Without a cache this is :func:`denoise_jobs` of one job.
     """
+    if cache is None:
+        return denoise_jobs(model, context, [job], [sources], seed=seed, sampler=sampler, latent_hw=latent_hw,
+                            ropes=[rope], condition=condition, noise=noise)[0]
     dev, dt = model.device, model.dtype
     h, w = latent_hw
     C = model.config.out_channels
@@ -266,8 +279,7 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
         """The guided model output over the job's frames ``idx`` (indices into positions)."""
         pos = [job.positions[i] for i in idx]
         if cond is not None:
-            kw["condition"] = (cond[:, :, pos[0]:pos[-1] + 1] if pos == list(range(pos[0], pos[-1] + 1))
-                               else cond[:, :, pos])
+            kw["condition"] = _positions_slice(cond, pos)
         if timeline:
             kw["timeline_positions"] = pos
         tb = t.to(dev).float().reshape(1, -1).expand(batch, len(idx))
@@ -277,53 +289,206 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
     gen_idx = [i for i, g in enumerate(job.generated) if g]
     gen_pos = [job.positions[i] for i in gen_idx]
     x = initial_latents(job, sources, seed=seed, shape_chw=(C, h, w), device=dev, noise=noise)
-
-    def renoise(i: int):
-        if isinstance(steps, FewStepSampler) and i + 1 < steps.num_steps:
-            from kernels.noise import frame_noise
-
-            return frame_noise(seed, gen_pos, (1, C, h, w), stream=ns.stream(job.noise_stream, ns.renoise(i)),
-                               device=dev)
-        return None
-
-    if cache is not None:
-        fill = [i for i, g in enumerate(job.generated) if not g and job.positions[i] in sources]
-        by_plan = getattr(cache, "plan_visibility", False)
-        # context not yet in the cache (e.g. a given first frame): clean passes write it
-        for group, see in (_fill_passes(job, fill) if by_plan else ([(fill, None)] if fill else [])):
-            clean = torch.cat([sources[job.positions[i]].to(dev, dt) for i in group], 2)
-            forward(clean, torch.zeros(len(group)), group, kv_cache=cache,
-                    cache_slots=cache.claim([job.positions[i] for i in group], see=see))
-        slots = cache.claim(gen_pos, see=_seen_context(job, gen_idx) if by_plan else None,
-                            write=cache_write or not by_plan)
-        steps = sampler_for(sampler, torch.tensor([row[0] for row in job.sigmas], dtype=torch.float64))
-        n = len(gen_idx)
-        for i in range(steps.num_steps):
-            t = steps.timestep(i)
-            v = forward(x, t.expand(n) if t.dim() == 0 else t, gen_idx, kv_cache=cache, cache_slots=slots)
-            x = steps.step(i, x, v.float(), noise=renoise(i))
-        if job.extra_passes:
-            forward(x, torch.zeros(n), gen_idx, kv_cache=cache, cache_slots=slots)
-        return x
-
-    n = len(job.positions)
-    ctx_idx = [i for i, g in enumerate(job.generated) if not g]
-    table = torch.tensor(job.sigmas, dtype=torch.float64)  # [N+1, G]
-    vis = torch.tensor(job.visibility, dtype=torch.bool, device=dev)
-    steps = sampler_for(sampler, table)
-    gen_t = torch.tensor(gen_idx, device=dev)
-    full = torch.empty(1, C, n, h, w, device=dev, dtype=torch.float32)
-    if ctx_idx:
-        clean = torch.cat([sources[job.positions[i]].to(dev, torch.float32) for i in ctx_idx], 2)
-        full.index_copy_(2, torch.tensor(ctx_idx, device=dev), clean)
-    every = list(range(n))
+    fill = [i for i, g in enumerate(job.generated) if not g and job.positions[i] in sources]
+    by_plan = getattr(cache, "plan_visibility", False)
+    # context not yet in the cache (e.g. a given first frame): clean passes write it
+    for group, see in (_fill_passes(job, fill) if by_plan else ([(fill, None)] if fill else [])):
+        clean = torch.cat([sources[job.positions[i]].to(dev, dt) for i in group], 2)
+        forward(clean, torch.zeros(len(group)), group, kv_cache=cache,
+                cache_slots=cache.claim([job.positions[i] for i in group], see=see))
+    slots = cache.claim(gen_pos, see=_seen_context(job, gen_idx) if by_plan else None,
+                        write=cache_write or not by_plan)
+    steps = sampler_for(sampler, torch.tensor([row[0] for row in job.sigmas], dtype=torch.float64))
+    n = len(gen_idx)
     for i in range(steps.num_steps):
-        full.index_copy_(2, gen_t, x)
+        t = steps.timestep(i)
+        v = forward(x, t.expand(n) if t.dim() == 0 else t, gen_idx, kv_cache=cache, cache_slots=slots)
+        x = steps.step(i, x, v.float(), noise=_renoise(steps, i, job, seed, (1, C, h, w), dev))
+    if job.extra_passes:
+        forward(x, torch.zeros(n), gen_idx, kv_cache=cache, cache_slots=slots)
+    return x
+
+
+def _positions_slice(t: torch.Tensor, pos: list[int]) -> torch.Tensor:
+    """``t[:, :, pos]`` (a view where the positions are consecutive)."""
+    return t[:, :, pos[0]:pos[-1] + 1] if pos == list(range(pos[0], pos[-1] + 1)) else t[:, :, pos]
+
+
+def _renoise(steps, i: int, job: Job, seed: int, shape: tuple[int, ...], dev) -> torch.Tensor | None:
+    """The fresh noise a few-step sampler re-noises the job's generated frames with after
+    step ``i`` (addressed by (seed, the job's stream, step, position)); None otherwise."""
+    if isinstance(steps, FewStepSampler) and i + 1 < steps.num_steps:
+        from kernels.noise import frame_noise
+
+        return frame_noise(seed, list(job.generated_positions), shape,
+                           stream=ns.stream(job.noise_stream, ns.renoise(i)), device=dev)
+    return None
+
+
+def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """[B, ...] -> [B * rows, ...], every job's row repeated ``rows`` times in place (job
+    major: CFG's (conditional, unconditional) rows of job 0, then job 1, ...); a view for
+    one job (its rows are the same tensor, as one job's CFG pass always had)."""
+    return x[:, None].expand(x.shape[0], rows, *x.shape[1:]).reshape(x.shape[0] * rows, *x.shape[1:])
+
+
+def batch_key(job, rope: tuple[int, ...] | None = None):
+    """What must be equal for denoise jobs to share one batched forward per step (None:
+    the job always runs alone -- a KV-cache job, or not a denoise job): model role, frame
+    layout (generated / context pattern, hence frame count), sigma table (hence sampler
+    steps), visibility and RoPE positions (one pass has one of each). Noise, sources,
+    anchors and condition slices are the job's own and may differ."""
+    if not isinstance(job, Job) or job.cache is not None:
+        return None
+    return (job.model, job.generated, job.sigmas, job.visibility,
+            tuple(job.positions if rope is None else rope))
+
+
+class _NotStackable(Exception):
+    pass
+
+
+def _map_rows(obj, rows: int, fn):
+    """``obj`` (a context: a dataclass, tuple or list of tensors, recursively) with ``fn``
+    applied to every tensor, each of which must have the context's ``rows`` first."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0 or obj.shape[0] != rows:
+            raise _NotStackable
+        return fn(obj)
+    if type(obj) in (list, tuple):
+        return type(obj)(_map_rows(o, rows, fn) for o in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _map_rows(getattr(obj, f.name), rows, fn)
+                                           for f in dataclasses.fields(obj) if f.init})
+    raise _NotStackable
+
+
+def stack_context(context, n: int):
+    """The text context of ``n`` jobs in one batched pass: every row of ``context`` (one, or
+    CFG's two) repeated for each job, job major ([cond, uncond] * n). None when the
+    context is not a prepared context whose tensors all lead with its rows (a dataclass
+    such as :class:`engine.models.wan.Context`): such a model's jobs run alone."""
+    rows = getattr(context, "batch", None)
+    if not isinstance(rows, int) or n < 1:
+        return None
+    try:
+        out = _map_rows(context, rows, lambda t: t.repeat(n, *([1] * (t.dim() - 1))))
+    except _NotStackable:
+        return None
+    return out if getattr(out, "batch", None) == rows * n else None
+
+
+def context_prefix(stacked, rows: int, m: int):
+    """The first ``m`` jobs' rows of a :func:`stack_context` result (views, no copy)."""
+    return _map_rows(stacked, stacked.batch, lambda t: t[:m * rows])
+
+
+def batchable(model, context) -> bool:
+    """May the executor run several of this model's jobs in one batched forward, with each
+    job's result bit for bit what it gets alone? Not an exported model (fixed-batch graphs),
+    nor one taking per-pass timeline positions (its controls are addressed per pass); the
+    context must stack (:func:`stack_context`) and have CFG's two rows: a job alone is then
+    already a batch of two, and a batch of several runs the same kernels. A one-row job
+    alone is a batch of ONE, which some kernels run by another algorithm (PyTorch's CPU
+    Conv3d -- the patch embedding -- uses its slow path for batch 1 and oneDNN above), so
+    batching it would change the last bits and make the output depend on which jobs
+    happened to be ready together; such jobs run alone (:func:`denoise_jobs` still takes
+    them)."""
+    if getattr(model, "is_exported", False) or getattr(model, "takes_timeline_positions", False):
+        return False
+    rows = getattr(context, "batch", 1)
+    return isinstance(rows, int) and rows >= 2 and stack_context(context, 2) is not None
+
+
+@torch.no_grad()
+def denoise_jobs(model, context, jobs: list[Job], sources: list[dict[int, torch.Tensor]], *, seed: int,
+                 sampler: SamplerConfig, latent_hw: tuple[int, int], ropes: list | None = None,
+                 condition: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                 batch_context=None) -> list[torch.Tensor]:
+    """Run denoise jobs without a KV cache that share a :func:`batch_key` as ONE batched
+    forward per sampler step; returns each job's clean latents [1, C, G, h, w] (float32),
+    as :func:`denoise_job` would one by one (the batch of one is that path).
+
+    Every job sits in the whole-sequence pass: its context frames clean, its generated
+    frames at their per-frame timesteps, its visibility. The pass holds B jobs x the
+    context's rows (CFG's conditional and unconditional rows of each job side by side).
+    Each job keeps its own initial noise (:func:`initial_latents`, by (seed, position)),
+    its own sources (context frames, anchors), its own condition slice (by its positions)
+    and its own sampler state; the jobs share ``context`` (one model role's text context)
+    and, being batch-key equal, the frame layout, sigma table, visibility and RoPE.
+    sources: one {position: clean latent} per job; ropes: one RoPE tuple per job (None:
+    its positions); batch_context: ``context`` already stacked for these B jobs
+    (:func:`stack_context`; else it is stacked here). Raises ValueError for jobs that may
+    not share a batch.
+    """
+    B = len(jobs)
+    if B == 0:
+        return []
+    ropes = list(ropes) if ropes is not None else [None] * B
+    if len(sources) != B or len(ropes) != B:
+        raise ValueError(f"denoise_jobs: {B} jobs need {B} sources and ropes, got {len(sources)} and {len(ropes)}")
+    ropes = [tuple(j.positions if r is None else r) for j, r in zip(jobs, ropes)]
+    keys = [batch_key(j, r) for j, r in zip(jobs, ropes)]
+    if any(k is None for k in keys):
+        bad = next(j.id for j, k in zip(jobs, keys) if k is None)
+        raise ValueError(f"denoise_jobs runs jobs without a KV cache; job {bad!r} has one (denoise_job runs it)")
+    if any(k != keys[0] for k in keys):
+        bad = next(j.id for j, k in zip(jobs, keys) if k != keys[0])
+        raise ValueError(f"job {bad!r} cannot share a batched pass with {jobs[0].id!r}: model role, frame layout, "
+                         f"sigma table, visibility and RoPE positions must be equal")
+    dev, dt = model.device, model.dtype
+    h, w = latent_hw
+    C = model.config.out_channels
+    rows = getattr(context, "batch", 1)
+    guided = rows == 2
+    if guided and sampler.guidance_scale == 1.0:
+        raise ValueError("a 2-row context means classifier-free guidance, but guidance_scale is 1.0")
+    timeline = getattr(model, "takes_timeline_positions", False)
+    ctx = context
+    if B > 1:
+        if timeline:
+            raise ValueError("a model taking timeline_positions addresses its controls per pass: its jobs run alone")
+        ctx = batch_context if batch_context is not None else stack_context(context, B)
+        if ctx is None or getattr(ctx, "batch", None) != B * rows:
+            raise ValueError(f"the text context ({type(context).__name__}) cannot be stacked for {B} jobs")
+    job0 = jobs[0]
+    n = len(job0.positions)
+    gen_idx = [i for i, g in enumerate(job0.generated) if g]
+    ctx_idx = [i for i, g in enumerate(job0.generated) if not g]
+    table = torch.tensor(job0.sigmas, dtype=torch.float64)  # [N+1, G]
+    vis = torch.tensor(job0.visibility, dtype=torch.bool, device=dev)
+    gen_t = torch.tensor(gen_idx, device=dev)
+    kw = {}
+    if condition is not None:
+        cond = condition.to(dev, dt)
+        parts = [_positions_slice(cond, list(j.positions)) for j in jobs]
+        kw["condition"] = _rows(parts[0] if B == 1 else torch.cat(parts, 0), rows)
+    if timeline:
+        kw["timeline_positions"] = list(job0.positions)
+    full = torch.empty(B, C, n, h, w, device=dev, dtype=torch.float32)
+    xs, steps = [], []
+    for k, (job, src) in enumerate(zip(jobs, sources)):
+        xs.append(initial_latents(job, src, seed=seed, shape_chw=(C, h, w), device=dev, noise=noise))
+        steps.append(sampler_for(sampler, table))
+        if ctx_idx:
+            clean = torch.cat([src[job.positions[i]].to(dev, torch.float32) for i in ctx_idx], 2)
+            full[k:k + 1].index_copy_(2, torch.tensor(ctx_idx, device=dev), clean)
+    for i in range(steps[0].num_steps):
+        for k in range(B):
+            full[k:k + 1].index_copy_(2, gen_t, xs[k])
         t = torch.zeros(n, dtype=torch.float32)
         t[gen_idx] = (table[i] * 1000.0).float()
-        v = forward(full, t, every, visibility=vis)
-        x = steps.step(i, x, v.index_select(2, gen_t).float(), noise=renoise(i))
-    return x
+        tb = t.to(dev).float().reshape(1, -1).expand(B * rows, n)
+        v = model(_rows(full.to(dt), rows), tb, ctx, frame_positions=list(ropes[0]), visibility=vis, **kw)
+        for k, job in enumerate(jobs):
+            vk = v[k * rows:(k + 1) * rows]
+            if guided:
+                vk = apply_cfg(vk[:1], vk[1:], sampler.guidance_scale)
+            xs[k] = steps[k].step(i, xs[k], vk.index_select(2, gen_t).float(),
+                                  noise=_renoise(steps[k], i, job, seed, (1, C, h, w), dev))
+    return xs
 
 
 # ----------------------------------------------------------------------------------
@@ -414,8 +579,10 @@ class Executor:
                  sampler: SamplerConfig, latent_hw: tuple[int, int], inputs: dict[int, torch.Tensor],
                  condition: torch.Tensor | None, vae, make_decoder: Callable | None, to_frames: Callable | None,
                  shuffle: int | None, cpu_threads: int, stats: RuntimeStats, placement: Placement | None = None,
-                 worker_prefix: str = "", noise: torch.Tensor | None = None, keep_latents: dict | None = None):
+                 worker_prefix: str = "", noise: torch.Tensor | None = None, keep_latents: dict | None = None,
+                 batch_jobs: int = 1):
         self.plan = plan
+        self.batch_jobs = check_batch_jobs(batch_jobs)
         self.seed = seed
         self.noise = noise
         self.keep_latents = keep_latents
@@ -493,6 +660,16 @@ class Executor:
         self.caches: dict[tuple[int, str], object] = {}
         self.decoders: dict[str, object] = {}
         self.encode_lock = threading.Lock()  # the VAE's encoder keeps its cache on the module
+        # batching of like jobs: the roles whose model and context can run several jobs in one
+        # pass, each job's batch key (None: alone), contexts stacked for batch_jobs jobs
+        self.idle = 0  # workers waiting for a job
+        self.batch_roles: set[str] = set()
+        if self.batch_jobs > 1:
+            first = str(self.devices[0])
+            self.batch_roles = {r for r in plan.roles if batchable(self.models[first][r], self.contexts[first][r])}
+        self.batch_keys: dict[str, object] = {}
+        self.stacked: dict[tuple[str, str], object] = {}
+        self.stack_lock = threading.Lock()
         home = str(self.devices[0])
         for p, t in inputs.items():
             self.put((INPUT, p), t.to(self.devices[0]), None, home)
@@ -633,8 +810,51 @@ class Executor:
                 return jid
             if self.issued >= self.n_jobs or (self.error is not None and self.running == 0):
                 return None
-            self.cond.wait()
+            self.idle += 1
+            try:
+                self.cond.wait()
+            finally:
+                self.idle -= 1
         return None
+
+    def _batch_key(self, jid: str):
+        if jid not in self.batch_keys:
+            job = self.plan.job(jid)
+            ok = isinstance(job, Job) and job.model in self.batch_roles
+            self.batch_keys[jid] = batch_key(job, self.plan.rope_of(job)) if ok else None
+        return self.batch_keys[jid]
+
+    def _companions(self, w: int, jid: str) -> list[str]:
+        """Other READY denoise jobs worker ``w`` runs in one batch with ``jid`` (callers hold
+        self.cond): jobs of the shared queue with the same batch key, in queue (priority)
+        order, at most ``batch_jobs - 1`` -- fewer when other workers wait idle, so the
+        ready like jobs are shared out rather than piled on one worker. A batch never
+        takes a pinned job (KV-cache jobs are never batched), nor anything after a failure."""
+        if self.batch_jobs <= 1 or self.error is not None or self.cancelled:
+            return []
+        key = self._batch_key(jid)
+        if key is None:
+            return []
+        like = sorted(it for it in self.shared if self._batch_key(it[3]) == key)
+        if not like:
+            return []
+        share = -(-(len(like) + 1) // (self.idle + 1))  # ceil: this worker's share of the like jobs
+        take = like[:max(0, min(self.batch_jobs, share) - 1)]
+        if take:
+            ids = {it[3] for it in take}
+            self.shared[:] = [it for it in self.shared if it[3] not in ids]
+            heapq.heapify(self.shared)
+        return [it[3] for it in take]
+
+    def _batch_context(self, key: str, role: str, m: int):
+        """The role's context on device ``key`` stacked for ``m`` jobs: stacked once for
+        ``batch_jobs`` jobs, smaller batches take a prefix of it."""
+        ctx = self.contexts[key][role]
+        with self.stack_lock:
+            full = self.stacked.get((key, role))
+            if full is None:
+                full = self.stacked[(key, role)] = stack_context(ctx, self.batch_jobs)
+        return context_prefix(full, getattr(ctx, "batch", 1), m)
 
     def put(self, key, tensor, event, dev: str):
         """Store ``tensor`` under ``key`` if anyone will read it."""
@@ -700,25 +920,30 @@ class Executor:
                 jid = self._next_job(w)
                 if jid is None:
                     return
-                self.issued += 1
-                self.running += 1
-                job = self.plan.job(jid)
-                reads = self.plan.reads_of(job)
-                entries = {p: self.store[(s, p)] for p, s in reads}
-                pixels = {d: self.store[(d, "px")] for d, _ in self.plan.pixel_reads_of(job)}
+                ids = [jid] + self._companions(w, jid)
+                self.issued += len(ids)
+                self.running += len(ids)
+                jobs = [self.plan.job(j) for j in ids]
+                reads = [self.plan.reads_of(job) for job in jobs]
+                entries = [{p: self.store[(s, p)] for p, s in r} for r in reads]
+                pixels = [{d: self.store[(d, "px")] for d, _ in self.plan.pixel_reads_of(job)} for job in jobs]
             start = time.perf_counter()
             try:
                 with lane.compute_ctx():
-                    outs = self._run_job(job, w, lane, entries, pixels)
+                    if len(jobs) == 1:
+                        outs = [self._run_job(jobs[0], w, lane, entries[0], pixels[0])]
+                    else:
+                        outs = self._run_batch(jobs, w, lane, entries)
                 event = lane.record()
                 if self.keep_latents is not None:
                     if event is not None:
                         event.synchronize()
-                    kept = {k: t.detach().to("cpu", copy=True) for k, t in outs.items() if k[1] != "px"}
+                    kept = {k: t.detach().to("cpu", copy=True) for o in outs for k, t in o.items() if k[1] != "px"}
             except BaseException as exc:  # noqa: BLE001 -- reported with the job's name
                 with self.cond:
-                    self.running -= 1
-                    err = JobError(f"{job.kind} job {jid!r} failed on worker {self.names[w]}: "
+                    self.running -= len(jobs)
+                    also = f" (batched with {ids[1:]})" if len(ids) > 1 else ""
+                    err = JobError(f"{jobs[0].kind} job {jid!r}{also} failed on worker {self.names[w]}: "
                                    f"{type(exc).__name__}: {exc}", jid, self.names[w])
                     err.__cause__ = exc
                     self.fail(err)
@@ -727,27 +952,50 @@ class Executor:
             with self.cond:
                 if self.keep_latents is not None:
                     self.keep_latents.update(kept)
-                if job.pin is not None and job.pin in self.pins:
-                    self.committed[self.pins[job.pin]] -= self.plan.passes_of(job)
-                if isinstance(job, DecodeJob) and job.clip in self.clip_left:
-                    self.clip_left[job.clip] -= 1
-                    self._advance_frontier()
-                self.running -= 1
                 self.busy[w] += end - start
-                self.stats.jobs.append({"id": jid, "kind": job.kind, "model": job.model, "worker": self.names[w],
-                                        "device": key, "start": start - self.t0, "end": end - self.t0,
-                                        "passes": self.plan.passes_of(job)})
-                for k, t in outs.items():
-                    self.put(k, t, event, key)
-                for p, s in reads:
-                    self.release((s, p))
-                for d in pixels:
-                    self.release((d, "px"))
-                for c in self.children[jid]:
-                    self.waiting[c] -= 1
-                    if self.waiting[c] == 0:
-                        self._push(c)
+                for job, out, rd, px in zip(jobs, outs, reads, pixels):
+                    self._finish(job, w, out, event, rd, px, start, end, len(jobs))
                 self.cond.notify_all()
+
+    def _finish(self, job, w: int, outs: dict, event, reads, pixels: dict, start: float, end: float,
+                batch: int) -> None:
+        """Book a finished job: stats, stored outputs, released reads, ready children
+        (callers hold self.cond)."""
+        key = str(self.devices[w])
+        if job.pin is not None and job.pin in self.pins:
+            self.committed[self.pins[job.pin]] -= self.plan.passes_of(job)
+        if isinstance(job, DecodeJob) and job.clip in self.clip_left:
+            self.clip_left[job.clip] -= 1
+            self._advance_frontier()
+        self.running -= 1
+        self.stats.jobs.append({"id": job.id, "kind": job.kind, "model": job.model, "worker": self.names[w],
+                                "device": key, "start": start - self.t0, "end": end - self.t0,
+                                "passes": self.plan.passes_of(job), "batch": batch})
+        for k, t in outs.items():
+            self.put(k, t, event, key)
+        for p, s in reads:
+            self.release((s, p))
+        for d in pixels:
+            self.release((d, "px"))
+        for c in self.children[job.id]:
+            self.waiting[c] -= 1
+            if self.waiting[c] == 0:
+                self._push(c)
+
+    def _run_batch(self, jobs: list, w: int, lane: Lane, entries: list[dict]) -> list[dict]:
+        """Run like denoise jobs (one batch key) as one batched pass per step on worker ``w``."""
+        key = str(self.devices[w])
+        role = jobs[0].model
+        srcs = [{p: lane.fetch(e.tensor, e.event) for p, e in ent.items()} for ent in entries]
+        xs = denoise_jobs(self.models[key][role], self.contexts[key][role], jobs, srcs, seed=self.seed,
+                          sampler=self.sampler, latent_hw=self.latent_hw, ropes=[self.plan.rope_of(j) for j in jobs],
+                          condition=self.condition, noise=self.noise,
+                          batch_context=self._batch_context(key, role, len(jobs)))
+        outs = []
+        for job, x in zip(jobs, xs):
+            check_finite_latents(job, x, job.generated_positions)
+            outs.append({(job.id, p): x[:, :, k:k + 1] for k, p in enumerate(job.generated_positions)})
+        return outs
 
     def _run_job(self, job, w: int, lane: Lane, entries: dict, pixels: dict) -> dict:
         """Run one job of any kind on worker ``w``; returns {store key: tensor}."""
@@ -973,7 +1221,8 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
             stats: RuntimeStats | None = None, compile_mode: str | None = None,
             placement: Placement | None = None, worker_prefix: str = "",
             extra_threads: Callable[[Executor], list[threading.Thread]] | None = None,
-            noise: torch.Tensor | None = None, keep_latents: dict | None = None) -> Iterator[tuple[list[int], object]]:
+            noise: torch.Tensor | None = None, keep_latents: dict | None = None,
+            batch_jobs: int = 1) -> Iterator[tuple[list[int], object]]:
     """Run ``plan`` and yield (latent positions, output) in video order as prefixes complete:
     decoded frames ``to_frames(video [1, 3, t, H, W])`` when ``make_decoder`` is given, else
     clean latents [1, C, 1, h, w] on the CPU, one position at a time.
@@ -992,15 +1241,26 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
     noise: [1, C, F, h, w] initial noise of every timeline position, replacing the seeded
     draws of fresh- and interpolated-noise jobs (replaying another implementation's noise);
     keep_latents: a dict that receives a CPU copy of every latent a denoise or encode job
-    makes, keyed (job id, position) (parity checks, debugging).
+    makes, keyed (job id, position) (parity checks, debugging);
+    batch_jobs: at most this many READY like denoise jobs (one :func:`batch_key`, no KV
+    cache) run as one batched forward per step on a worker (1: every job alone, the
+    default); the output is the same either way.
     Raises :class:`JobError` (after yielding every completed frame) when a job fails.
     """
     check_run(plan, models, devices)
     check_noise(plan, noise, models, latent_hw)
+    check_batch_jobs(batch_jobs)
     stats = start_stats(plan, stats, [f"{worker_prefix}w{i}:{d}" for i, d in enumerate(devices)])
     return _execute(plan, models, list(devices), make_context, seed, sampler or SamplerConfig(), latent_hw,
                     inputs or {}, condition, vae, make_decoder, to_frames, shuffle, cpu_threads, stats, compile_mode,
-                    placement, worker_prefix, extra_threads, noise, keep_latents)
+                    placement, worker_prefix, extra_threads, noise, keep_latents, batch_jobs)
+
+
+def check_batch_jobs(batch_jobs) -> int:
+    """``batch_jobs`` must be an int >= 1 (1: no batching)."""
+    if isinstance(batch_jobs, bool) or not isinstance(batch_jobs, int) or batch_jobs < 1:
+        raise ValueError(f"batch_jobs (most denoise jobs per batched pass) must be an int >= 1, got {batch_jobs!r}")
+    return batch_jobs
 
 
 def check_noise(plan: Plan, noise: torch.Tensor | None, models: dict, latent_hw: tuple[int, int]) -> None:
@@ -1019,14 +1279,14 @@ def check_noise(plan: Plan, noise: torch.Tensor | None, models: dict, latent_hw:
 
 def _execute(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, condition, vae, make_decoder,
              to_frames, shuffle, cpu_threads, stats, compile_mode, placement, worker_prefix, extra_threads,
-             noise=None, keep_latents=None):
+             noise=None, keep_latents=None, batch_jobs=1):
     from .compile import compiled_models
 
     reset_peak_memory(devices)
     run = Executor(plan, models, devices, make_context, seed=seed, sampler=sampler, latent_hw=latent_hw,
                    inputs=inputs, condition=condition, vae=vae, make_decoder=make_decoder, to_frames=to_frames,
                    shuffle=shuffle, cpu_threads=cpu_threads, stats=stats, placement=placement,
-                   worker_prefix=worker_prefix, noise=noise, keep_latents=keep_latents)
+                   worker_prefix=worker_prefix, noise=noise, keep_latents=keep_latents, batch_jobs=batch_jobs)
     distinct = {id(m): m for per in run.models.values() for m in per.values()}
     with compiled_models(list(distinct.values()), compile_mode):
         yield from run.run(extra_threads(run) if extra_threads is not None else ())
