@@ -637,6 +637,7 @@ class Executor:
         # the output clips in order and how many of their decode jobs are still to run here:
         # decodes of the frontier clip (the next to be emitted) go first, later ones wait
         self.out_clips = [c.id for c in plan.clips if c.output]
+        self.feeds_encode = {d for e in plan.encodes for d in plan.deps_of(e)}  # decodes whose pixels an encode reads
         self.clip_left: dict[str, int] = {}
         for j in self.jobs:
             if isinstance(j, DecodeJob) and j.clip is not None:
@@ -732,12 +733,13 @@ class Executor:
         return refs
 
     def _vae_first(self, job) -> int:
-        """0 for jobs that go before denoise jobs: encodes, hand-off decodes and decodes of
-        the frontier clip (or of clips no output waits for); 1 otherwise."""
+        """0 for jobs that go before denoise jobs: encodes, hand-off decodes, decodes whose
+        pixels an encode reads (they feed denoise work) and decodes of the frontier clip (or
+        of clips no output waits for); 1 otherwise."""
         if isinstance(job, EncodeJob):
             return 0
         if isinstance(job, DecodeJob):
-            if job.clip is None or job.clip not in self.out_clips:
+            if job.clip is None or job.clip not in self.out_clips or job.id in self.feeds_encode:
                 return 0
             return 0 if self.out_clips.index(job.clip) <= self.frontier else 1
         return 1
@@ -1080,6 +1082,7 @@ class Executor:
     def _emit_frames(self, out: queue.Queue):
         for clip, chain in self.plan.output_sequence():
             todo = clip.drop
+            left = clip.frames - clip.drop - clip.drop_tail  # frames of this clip still to emit
             for d in chain:
                 e = self._wait((d.id, "px"))
                 if e is None:
@@ -1091,9 +1094,11 @@ class Executor:
                     self.release((d.id, "px"))
                 cut = min(todo, video.shape[2])
                 todo -= cut
-                if cut == video.shape[2]:
+                take = min(left, video.shape[2] - cut)
+                left -= take
+                if take == 0:
                     continue
-                item = self.to_frames(video[:, :, cut:])
+                item = self.to_frames(video[:, :, cut:cut + take])
                 with self.cond:
                     if self.stats.first_output_seconds is None:
                         self.stats.first_output_seconds = time.perf_counter() - self.t0

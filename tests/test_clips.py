@@ -110,7 +110,8 @@ def test_plan_for_a_model_is_the_plan_generate_runs(tiny):
 def test_keyframe_image_clips_same_video_on_any_workers(tiny):
     plan = build_plan("longdwm", 7, keyframes=3, fps_ratio=2, keyframe_clips=True)
     kf = [c for c in plan.clips if c.kind == "image"]
-    assert len(kf) == 4 and not any(c.output for c in kf)
+    assert len(kf) == 4 and all(c.output for c in kf)  # each keyframe is output once, as its own decoded frame
+    assert all((c.drop, c.drop_tail) == (1, 1) for c in plan.clips if c.kind == "video")
     assert all(len(plan.clip_decodes[c.id]) == 1 and plan.clip_decodes[c.id][0].image for c in kf)
     videos = [engine.generate(tiny, num_frames=25, devices=devs, seed=2, **SMALL, **LONGDWM).frames
               for devs in (["cpu"], ["cpu"] * 3)]
@@ -187,3 +188,28 @@ def test_cli_plan_only_prints_clips_and_jobs():
     kinds = {j["id"]: j.get("kind") for j in d["jobs"]}
     assert kinds["mmpl/seg0/handoff"] == "decode" and kinds["mmpl/seg1/reencode"] == "encode"
     assert d["summary"]["video_frames"] == 33
+
+
+def test_longdwm_paper_layout_145_frames_from_13_keyframes():
+    """LongDWM App. D: 13 keyframes (image clips) and 12 fine clips of 13 frames (4 latents:
+    the re-encoded first keyframe + 3 generated) that also read the end keyframe; the video
+    is every keyframe once plus 11 fine frames between each pair: 12 x 11 + 13 = 145."""
+    from engine.plans import INPUT
+
+    plan = build_plan("longdwm", 37, keyframes=13, fps_ratio=3, keyframe_clips=True, first_given=True)
+    kf = [c for c in plan.clips if c.kind == "image"]
+    pairs = [c for c in plan.clips if c.kind == "video"]
+    assert len(kf) == 13 and len(pairs) == 12 and plan.video_frames == 145
+    assert all(c.frames == 13 and c.frames - c.drop - c.drop_tail == 11 for c in pairs)
+    assert all(plan.clip_decodes[c.id][0].image for c in kf)  # keyframes decoded as images
+    coarse = [j for j in plan.jobs if j.model == "coarse"]
+    assert len(coarse) == 1 and coarse[0].sources[0] == INPUT and coarse[0].rope == tuple(range(13))
+    for a, pair in enumerate(pairs):
+        fine = plan.job(f"longdwm/fine{a}")
+        ends = [p for p, g in zip(fine.positions, fine.generated) if not g]
+        assert ends == [pair.start, kf[a + 1].start]  # its re-encoded first keyframe and the next keyframe
+        assert fine.generated_positions == tuple(range(pair.start + 1, pair.start + 4))
+        head = plan.job(fine.sources[0])
+        assert head.kind == "encode" and head.frames == ((f"kf{a}", 0),) and head.image
+    steps = len(plan.jobs[0].sigmas) - 1
+    assert plan.critical_path()[0] == 2 * steps  # one coarse rollout + one fine rollout

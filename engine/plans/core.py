@@ -38,7 +38,8 @@ VAE decodes as one causal sequence (``kind="video"``: its first latent gives 1 v
 frame, every later one 4) or frame by frame (``kind="image"``: every latent is one
 image encoded alone). It has its own RoPE origin (a frame's RoPE position is
 ``position - rope_origin`` unless the job sets ``rope``) and its place in the output:
-``output`` clips are emitted in plan order, each without its first ``drop`` decoded
+``output`` clips are emitted in plan order, each without its first ``drop`` and its last
+``drop_tail`` decoded
 frames (where it overlaps the clip before). A plan without clips has one video clip over
 the whole timeline: today's single continuous video.
 
@@ -174,6 +175,7 @@ class Clip:
     rope_origin: int = 0
     output: bool = True
     drop: int = 0
+    drop_tail: int = 0
 
     @property
     def positions(self) -> range:
@@ -463,7 +465,7 @@ class Plan:
     @property
     def video_frames(self) -> int:
         """Frames of the output video (output clips, without their dropped frames)."""
-        return sum(c.frames - c.drop for c in self.clips if c.output)
+        return sum(c.frames - c.drop - c.drop_tail for c in self.clips if c.output)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -545,7 +547,8 @@ class Plan:
         """Everything a user inspects with ``--plan-only``: summary, clips and every job."""
         return {"summary": self.summary(),
                 "clips": [{"id": c.id, "kind": c.kind, "positions": [c.start, c.start + c.length - 1],
-                           "rope_origin": c.rope_origin, "output": c.output, "drop": c.drop, "frames": c.frames}
+                           "rope_origin": c.rope_origin, "output": c.output, "drop": c.drop, "drop_tail": c.drop_tail,
+                           "frames": c.frames}
                           for c in self.clips],
                 "jobs": [j.describe() for j in self.all_jobs()]}
 
@@ -597,8 +600,9 @@ class Plan:
             if c.start != at or c.length < 1:
                 raise PlanError(f"clips must cover the timeline 0..{self.num_frames - 1} in order without gaps: clip "
                                 f"{c.id!r} starts at {c.start} (expected {at}) with {c.length} latent frames")
-            if not 0 <= c.drop < c.frames:
-                raise PlanError(f"clip {c.id!r}: drop={c.drop} must leave some of its {c.frames} frames")
+            if c.drop < 0 or c.drop_tail < 0 or c.drop + c.drop_tail >= c.frames:
+                raise PlanError(f"clip {c.id!r}: drop={c.drop} and drop_tail={c.drop_tail} must leave some of its "
+                                f"{c.frames} frames")
             at += c.length
         if at != self.num_frames:
             raise PlanError(f"clips cover {at} latent frames, the timeline has {self.num_frames}")
