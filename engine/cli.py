@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--devices", help="comma-separated devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
                    "(overrides --device)")
     g.add_argument("--cpu-threads", type=int, default=1, help="torch threads while the runtime runs (pinned)")
+    g.add_argument("--batch-jobs", type=int, default=None, help="run up to N ready like denoise jobs (CFG, no KV "
+                   "cache) as one batched forward per worker (default 1: off)")
     g.add_argument("--coarse-model", help="longdwm/mila: coarse model (default: --model)")
     g.add_argument("--fine-model", help="longdwm/mila: fine model (default: --model)")
     g.add_argument("--stats", help="write per-run statistics (jobs, critical path, idle, memory) as JSON here")
@@ -376,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_key=args.checkpoint_key,
             fit=args.fit,
             cpu_threads=args.cpu_threads,
+            batch_jobs=args.batch_jobs,
             dtype=args.dtype,
             sampler=sampler,
             chunk_frames=args.chunk_frames,

@@ -119,6 +119,7 @@ class PreparedRun:
     shuffle: int | None
     fps: float
     noise: torch.Tensor | None = None
+    batch_jobs: int = 1
 
     @property
     def video_frames(self) -> int:
@@ -243,6 +244,7 @@ def _prepare(
     fit: str | None = None,
     cfg_drop=None,
     fps: float | None = None,
+    batch_jobs: int | None = None,
     **strategy_options,
 ) -> PreparedRun:
     from .checks import check_finite, check_memory, check_request
@@ -397,7 +399,17 @@ def _prepare(
                        inputs=inputs, condition=condition,
                        vae=comps.vae, make_decoder=make_decoder,
                        compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(fps or cfg.fps),
+                       batch_jobs=_batch_jobs(batch_jobs, engine_config),
                        noise=noise)
+
+
+def _batch_jobs(batch_jobs, engine_config) -> int:
+    """How many like denoise jobs a worker runs as one batched forward (1: off): the
+    argument, else the EngineConfig's, else 1; an int >= 1."""
+    n = batch_jobs if batch_jobs is not None else getattr(engine_config, "batch_jobs", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"batch_jobs must be an int >= 1 (1: every job alone), got {n!r}")
+    return n
 
 
 def _decoder_factory(decoder, ctl, default, vae=None):
@@ -447,7 +459,7 @@ def run(prepared: PreparedRun, stats: RunStats | None = None, keep_latents: dict
                       sampler=r.sampler, latent_hw=r.latent_hw, inputs=r.inputs, condition=r.condition, vae=r.vae,
                       make_decoder=r.make_decoder, to_frames=lambda v: to_uint8_frames(v)[0], shuffle=r.shuffle,
                       cpu_threads=r.cpu_threads, stats=stats.runtime if stats is not None else None,
-                      compile_mode=r.compile_mode, noise=r.noise,
+                      compile_mode=r.compile_mode, noise=r.noise, batch_jobs=r.batch_jobs,
                       **({} if keep_latents is None else {"keep_latents": keep_latents}))
     return _runtime_frames(it, stats)
 
@@ -545,6 +557,9 @@ def generate(
     devices: one worker per entry (``["cuda:0", "cuda:1"]``, or CPU threads ``["cpu", "cpu"]``);
     cpu_threads: torch intra-op threads while the runtime runs (pinned so results do not
     depend on the worker count); shuffle: a seed to pick ready jobs at random (tests).
+    batch_jobs: a worker runs up to this many ready denoise jobs of the same shape and
+    schedule as one batched forward (jobs with CFG and no KV cache: longdwm's fine clips,
+    mmpl's segment clips; the same video as one by one; default 1, or EngineConfig's).
     Returns a :class:`Video` (frames uint8 [T,H,W,3], fps) with ``.stats`` (:class:`RunStats`,
     whose ``.runtime`` holds per-job times and workers, the critical path in DiT passes,
     idle fraction per worker and peak memory per device).
