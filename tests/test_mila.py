@@ -168,3 +168,25 @@ def test_mila_recipe_has_the_papers_values():
     assert sorted(p.inputs) == [0, 1, 2, 3] and p.fps == 12  # the last 4 of the 6 frames
     ctx = p.make_context("main", p.models["main"])
     assert not torch.equal(ctx.text[0], ctx.text[1])
+
+
+def test_a_checkpoint_without_the_asked_control_layers_warns_naming_them(tmp_path):
+    """Controls asked of a trained checkpoint that lacks their layers: the layers start at
+    zero and the video ignores them -- a warning names the missing layers (a preset with
+    random weights stays quiet)."""
+    from engine.generation import prepare
+    from engine.models.weights import save_original_layout
+
+    folder = save_original_layout(build_model(CFG, seed=3), tmp_path / "plain")
+    wps = np.random.default_rng(2).normal(size=(9, 3, 2))
+    from engine.models.vae import make_tiny_vae
+
+    text = torch.randn(1, 8, CFG.text_dim, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"has no \['waypoints'\] control layer"):
+        prepare(str(folder), num_frames=9, height=32, width=32, waypoints=wps, sampler=FAST, vae=make_tiny_vae(),
+                prompt_embeds=text)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare("tiny", num_frames=9, height=32, width=32, waypoints=wps, sampler=FAST)

@@ -216,7 +216,9 @@ class ControlSetup:
 
     def wrap(self, model) -> "TimelineControlledDiT":
         """The model as a :class:`ControlledWanDiT` (sharing its weights) with its control
-        layers enabled (zero-initialised where absent) and the timeline controls attached."""
+        layers enabled (zero-initialised where absent: a warning names them when the model
+        came from a checkpoint, whose video then ignores those controls) and the timeline
+        controls attached."""
         if self._built is None:
             raise RuntimeError("ControlSetup.build() must run before wrap()")
         key = id(model)
@@ -225,6 +227,13 @@ class ControlSetup:
                 raise ControlError(f"model {type(model).__name__} ({model.config.name}) takes no control inputs; "
                                    f"controls need a Wan DiT")
             model = ControlledWanDiT.from_base(model)
+            missing = [k for k in self._built if k != "mask" and k not in model.control_layers]
+            if missing and getattr(model, "source", None) is not None:  # trained weights without these layers
+                import warnings
+
+                warnings.warn(f"the checkpoint {model.source} has no {missing} control layer(s) "
+                              f"(control_layers.<kind>.* keys): they start at zero, so the video ignores those "
+                              f"controls; load a checkpoint trained with them", stacklevel=4)
             for kind, z in self._built.items():
                 if kind == "mask":
                     continue
