@@ -153,7 +153,12 @@ def test_large_logits_stay_finite(device):
     o = block_attention(q, k, v, q_frame_ids=ids, k_frame_ids=ids, visibility=vis, block_m=16, block_n=16)
     ro = block_attention_reference(q, k, v, q_frame_ids=ids, k_frame_ids=ids, visibility=vis)
     assert torch.isfinite(o).all()
-    torch.testing.assert_close(o, ro, atol=1e-4, rtol=1e-4)
+    # logits here are ~|q.k|/sqrt(32) ~ 1e3: float32 rounds each to ~1e3 * 2^-23 ~ 1e-4, and two
+    # near-equal top keys turn that into ~1e-4 x |v| output differences between any two exact
+    # float32 softmax orders (seen: 2e-4 on 5 of 2304 values) -- the bound scales with the logits
+    logit = float((q @ k.transpose(-1, -2)).abs().max()) / 32 ** 0.5
+    tol = 1e-4 + logit * 2.0 ** -23 * float(v.abs().max())
+    torch.testing.assert_close(o, ro, atol=tol, rtol=1e-4)
 
 
 def test_blind_rows_raise_before_launch(device):
