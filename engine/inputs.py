@@ -156,7 +156,8 @@ def _check_cogvideox_text(model, text_encoder) -> None:
     if text_encoder is None:
         return
     model_type = getattr(getattr(getattr(text_encoder, "model", None), "config", None), "model_type", None)
-    if isinstance(text_encoder, TextEncoder) or model_type == "umt5":
+    wan = isinstance(text_encoder, TextEncoder) and getattr(text_encoder, "family", None) != "cogvideox"
+    if wan or model_type == "umt5":
         raise ValueError(
             f"model {cfg.name!r} is a CogVideoX DiT conditioned on T5 v1.1 states ({cfg.text_len} tokens, text_dim "
             f"{cfg.text_dim}, padding states kept); the text encoder given is Wan's UMT5 encoder ({model_type}, 512 "

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import torch
 
+from .text import TextEncoder
+
 __all__ = [
     "COGVIDEOX_TEXT_LEN",
     "COGVIDEOX_TEXT_DIM",
@@ -54,7 +56,7 @@ def text_encoder_model_type(path: str | os.PathLike) -> str | None:
     return None
 
 
-class CogVideoXTextEncoder:
+class CogVideoXTextEncoder(TextEncoder):
     """T5 encoder + tokenizer producing CogVideoX prompt embeddings ``[B, 226, d_model]``
     (module docstring). Attributes: ``model`` (transformers ``T5EncoderModel``, eval),
     ``tokenizer``, ``dim`` (``d_model``), ``device``, ``dtype``. Same ``encode`` surface as
@@ -70,20 +72,7 @@ class CogVideoXTextEncoder:
                 f"CogVideoX's text encoder is a T5 (v1.1) encoder, got model_type={model_type!r}"
                 + (" (UMT5 is Wan's encoder: another vocabulary and text space)" if model_type == "umt5" else "")
             )
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-
-    @property
-    def dim(self) -> int:
-        return int(self.model.config.d_model)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        super().__init__(model, tokenizer)
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
