@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from .text import TextEncoder
+from .text import TextEncoder, reinit_t5_weights
 
 __all__ = [
     "COGVIDEOX_TEXT_LEN",
@@ -182,13 +182,5 @@ def make_tiny_cogvideox_text_encoder(seed: int = 0, dim: int = 32, dtype: torch.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = T5EncoderModel(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif "shared" in name or "embed" in name or "relative_attention_bias" in name:
-                p.copy_(torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+    reinit_t5_weights(model, seed)
     return CogVideoXTextEncoder(model.to(device=device, dtype=dtype), tok)

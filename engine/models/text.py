@@ -261,6 +261,22 @@ TINY_TEXT_CONFIG = dict(
 )
 
 
+def reinit_t5_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Re-draw every parameter of a (U)T5 encoder from ``torch.Generator(seed)`` in
+    ``named_parameters`` order: norm gains 1 + N(0, 0.1^2), embeddings and relative-position
+    biases N(0, 1), other matrices N(0, 1/fan_in). Returns the model."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif "embed" in name or "shared" in name or "relative_attention_bias" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+    return model
+
+
 def make_tiny_text_encoder(seed: int = 0, dim: int = 32, dtype: torch.dtype = torch.float32,
                            device: str | torch.device = "cpu") -> TextEncoder:
     """A tiny random UMT5 encoder (``d_model=dim``, 2 layers, 2 heads, vocab 384, ``d_ff=2*dim``)
@@ -274,15 +290,7 @@ def make_tiny_text_encoder(seed: int = 0, dim: int = 32, dtype: torch.dtype = to
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UMT5EncoderModel(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif "embed" in name or "shared" in name or "relative_attention_bias" in name:
-                p.copy_(torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+    reinit_t5_weights(model, seed)
     model = model.to(device=device, dtype=dtype)
     return TextEncoder(model, ByteTokenizer())
 
