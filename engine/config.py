@@ -114,7 +114,10 @@ class SamplerConfig:
     embedding; an empty prompt by default). ``schedule`` (multistep solvers): ``"flow"``
     (sigmas from exactly 1 to 0, model timestep 1000*sigma) or ``"wan"`` (Wan's own
     FlowUniPCMultistepScheduler table from 0.999, int64-truncated model timesteps: what
-    the Wan2.1 and MMPL releases run; see :func:`engine.sampling.wan_unipc_schedule`).
+    the Wan2.1 and MMPL releases run; see :func:`engine.sampling.wan_unipc_schedule`) or
+    ``"cogvideox"`` (kind ``"euler"`` only: CogVideoX's DDIM -- the integer timesteps of
+    ``ddpm``, a :class:`engine.sampling.CogVideoXSchedule`, as flow sigmas; Euler on them
+    *is* DDIM, see :func:`engine.sampling.cogvideox_flow_sigmas`; ``shift`` is unused).
     """
 
     kind: str = "fewstep"
@@ -123,6 +126,7 @@ class SamplerConfig:
     timesteps: tuple[float, ...] | None = (1000.0, 750.0, 500.0, 250.0)
     guidance_scale: float = 1.0
     schedule: str = "flow"
+    ddpm: object | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("fewstep", "euler", "unipc"):
@@ -135,8 +139,18 @@ class SamplerConfig:
                 and self.guidance_scale == self.guidance_scale and self.guidance_scale != float("inf")):
             raise ValueError(f"SamplerConfig.guidance_scale must be a finite number >= 0 (1: off), got "
                              f"{self.guidance_scale!r}")
-        if self.schedule not in ("flow", "wan"):
-            raise ValueError(f"SamplerConfig.schedule must be 'flow' or 'wan', got {self.schedule!r}")
+        if self.schedule not in ("flow", "wan", "cogvideox"):
+            raise ValueError(f"SamplerConfig.schedule must be 'flow', 'wan' or 'cogvideox', got {self.schedule!r}")
+        if self.schedule == "cogvideox":
+            if self.kind != "euler":
+                raise ValueError(f"SamplerConfig.schedule='cogvideox' is CogVideoX's DDIM, stepped as Euler on its "
+                                 f"flow sigmas: kind must be 'euler', got {self.kind!r}")
+            if self.ddpm is None:
+                from .sampling import CogVideoXSchedule
+
+                object.__setattr__(self, "ddpm", CogVideoXSchedule())
+        elif self.ddpm is not None:
+            raise ValueError("SamplerConfig.ddpm (a CogVideoX DDPM schedule) is used only with schedule='cogvideox'")
 
     def replace(self, **changes) -> "SamplerConfig":
         """A copy with some fields changed."""

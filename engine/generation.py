@@ -162,7 +162,16 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
                              f"one first_frame to {strategy!r}")
         strategy_kw = dict(strategy_kw, prior_frames=int(prior_frames))
     return build_plan(strategy, F_lat, sigmas=config_sigmas(sampler or SamplerConfig()).tolist(),
-                      first_given=first_frame_given and not cfg.is_i2v, options=options, **strategy_kw)
+                      first_given=first_frame_given and not image_condition(cfg), options=options, **strategy_kw)
+
+
+def image_condition(cfg) -> bool:
+    """Whether a model takes its first frame as a condition over the whole clip rather than
+    as a clean context latent: Wan I2V (``y`` + image tokens) and CogVideoX-I2V (the image
+    latent appended on the channels: in_channels > out_channels)."""
+    from .models.cogvideox import CogVideoXConfig
+
+    return bool(cfg.is_i2v or (isinstance(cfg, CogVideoXConfig) and cfg.in_channels > cfg.out_channels))
 
 
 def fit_frames(model, num_frames: int, fit: str, **plan_kw) -> int:
@@ -274,13 +283,11 @@ def _prepare(
 
     decoder = resolve_decoder(decoder)  # "full" / "taehv" / a TAEHV file / a callable: loaded and checked now
     device = devices[0] if devices else None
-    model = resolve_model(model, dtype, device, engine_config, checkpoint_key=checkpoint_key)
-    from .models.cogvideox import CogVideoXDiT
+    from .inputs import _is_cogvideox
+    from .models.adapters import as_flow_model
 
-    if isinstance(model, CogVideoXDiT) or isinstance(getattr(model, "model", None), CogVideoXDiT):
-        raise ValueError("a CogVideoX DiT as the main model is not run by engine.generate yet: sample it with "
-                         "engine.models.cogvideox.cogvideox_sample (diffusers' CogVideoXPipeline, its VAE and T5), or "
-                         "pass it as coarse_model / fine_model of longdwm or mila beside a Wan main model")
+    model = as_flow_model(resolve_model(model, dtype, device, engine_config, checkpoint_key=checkpoint_key))
+    cogvideox = _is_cogvideox(model)  # its own VAE, T5 and DDIM schedule (_cogvideox_sampler)
     from .checks import check_fused_ops
 
     check_fused_ops(getattr(model, "fused_ops", False), model.device)
@@ -295,7 +302,8 @@ def _prepare(
                                 **strategy_options)
     F_lat, h, w = check_frames(num_frames, height, width, model,
                                temporal=_release_layout(strategy, options, strategy_options) is None)
-    sampler = sampler or SamplerConfig()
+    sampler = _cogvideox_sampler(model, sampler) if cogvideox else (sampler or SamplerConfig())
+    check_ddpm_schedule(model, sampler)
     if guidance_scale is not None:
         sampler = sampler.replace(guidance_scale=float(guidance_scale))
     priors = None
@@ -310,8 +318,11 @@ def _prepare(
         priors = prior_frames_tensor(first_frames, height, width, int(control_opts.get("views") or 1))
         check_finite("first_frames", priors)
     P = 0 if priors is None else priors.shape[1]
-    if cfg.is_i2v and first_frame is None:
+    cog_i2v = cogvideox and image_condition(cfg)  # CogVideoX-I2V: the image latent on the channels
+    if image_condition(cfg) and first_frame is None:
         raise ValueError(f"model {cfg.name!r} is image-to-video: pass first_frame (an image path, PIL image or array)")
+    if cogvideox and strategy == "ar" and options is None and strategy_options.get("context") is None:
+        strategy_options["context"] = "history"  # CogVideoX's joint attention has no KV cache: context in the sequence
     ar_cache = strategy == "ar" and strategy_options.get("context", "cache") in (None, "cache") and (
         options is None or getattr(options, "context", "cache") == "cache")
     from .control.setup import check_cfg_drop
@@ -335,7 +346,7 @@ def _prepare(
                     first_frame_given=first_frame is not None, sampler=sampler, chunk_frames=chunk_frames,
                     sink_frames=sink_frames, window_frames=window_frames, options=options, prior_frames=P,
                     **strategy_options)
-    if plan.num_frames != F_lat + P and (cfg.is_i2v or ctl is not None):
+    if plan.num_frames != F_lat + P and (image_condition(cfg) or ctl is not None):
         raise ValueError(f"{strategy} with separate clips ({len(plan.clips)} clips) re-encodes frames between clips; "
                          f"whole-video conditions (an image-to-video model's first-frame condition, controls) are not "
                          f"cut per clip yet: run it without clip options")
@@ -355,7 +366,11 @@ def _prepare(
                  workers=sum(1 for d in (devices or [str(model.device)]) if torch.device(d) == model.device))
     from .models.vae import StreamingDecoder, encode_frames, i2v_condition
 
-    make_decoder = _decoder_factory(decoder, ctl, StreamingDecoder, comps.vae)  # channel mismatch: an error now
+    from .models.cogvideox_vae import CogVideoXClipDecoder, is_cogvideox_vae
+
+    default_decoder = CogVideoXClipDecoder if is_cogvideox_vae(comps.vae) else StreamingDecoder
+    make_decoder = _decoder_factory(decoder, ctl, default_decoder, comps.vae)  # channel mismatch: an error now
+    check_plan_decodes(plan, comps.vae)
 
     def make_context(role, m):
         if m.config.text_dim != cfg.text_dim:  # its own text space (e.g. a CogVideoX coarse model beside Wan)
@@ -370,6 +385,10 @@ def _prepare(
         check_finite("first_frame", img)
         if cfg.is_i2v:
             condition = i2v_condition(comps.vae, img, num_frames, height, width)
+        elif cog_i2v:  # the pipeline draws a posterior sample; the engine takes its mode (deterministic)
+            from .models.cogvideox_vae import i2v_image_latents
+
+            condition = i2v_image_latents(comps.vae, img, F_lat, sample=False)
         else:
             first_latent = encode_frames(comps.vae, img[:, :, None])
     inputs = {0: first_latent} if first_latent is not None else {}
@@ -401,6 +420,65 @@ def _prepare(
                        compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(fps or cfg.fps),
                        batch_jobs=_batch_jobs(batch_jobs, engine_config),
                        noise=noise)
+
+
+def _cogvideox_sampler(model, sampler: SamplerConfig | None) -> SamplerConfig:
+    """The sampler of a CogVideoX main model: the one given, else what its pipeline runs --
+    DDIM on its scheduler config's timesteps (50 steps, CFG 6, diffusers' CogVideoXPipeline
+    defaults) as :data:`SamplerConfig(schedule="cogvideox")`. A pipeline whose scheduler is
+    CogVideoXDPMScheduler (CogVideoX-5b) is refused without a sampler: the runtime steps
+    deterministic DDIM only (DPM: :func:`engine.models.cogvideox.cogvideox_sample`)."""
+    if sampler is not None:
+        return sampler
+    from .models.cogvideox import cogvideox_scheduler_for
+
+    kind, schedule = cogvideox_scheduler_for(model)
+    if kind != "ddim":
+        raise ValueError(f"model {model.config.name!r}: its pipeline samples with CogVideoXDPMScheduler (stochastic "
+                         f"DPM-Solver++); the runtime steps CogVideoX's DDIM only. Pass sampler=SamplerConfig("
+                         f"kind='euler', schedule='cogvideox', num_steps=50) for DDIM on its timesteps, or sample "
+                         f"one clip with engine.models.cogvideox.cogvideox_sample(..., sampler='dpm')")
+    return SamplerConfig(kind="euler", num_steps=50, schedule="cogvideox", ddpm=schedule, guidance_scale=6.0)
+
+
+def check_ddpm_schedule(model, sampler: SamplerConfig) -> None:
+    """A ``schedule="cogvideox"`` sampler steps the DDPM table of ``sampler.ddpm``; the model
+    must be a v-prediction model wrapped with that same table (else its timesteps would be
+    read on another schedule): a ValueError naming both otherwise."""
+    if sampler.schedule != "cogvideox":
+        return
+    table = getattr(model, "alphas_cumprod", None)
+    if table is None:
+        raise ValueError(f"sampler schedule 'cogvideox' (CogVideoX's DDIM) needs a CogVideoX model; "
+                         f"{model.config.name!r} is a flow model: use schedule 'flow' or 'wan'")
+    want = sampler.ddpm.alphas_cumprod()
+    if table.shape != want.shape or not torch.allclose(table, want, rtol=0, atol=1e-12):
+        raise ValueError(f"sampler.ddpm {sampler.ddpm} is not the schedule model {model.config.name!r} was trained on "
+                         f"(its scheduler config, engine.models.cogvideox.cogvideox_scheduler_for); pass that one")
+
+
+def check_plan_decodes(plan, vae) -> None:
+    """A CogVideoX VAE decodes what diffusers' ``vae.decode`` decodes: a whole clip of an odd
+    number of latents (4F - 3 frames) or single image latents; its decoder cannot continue
+    a clip another decode job began (its frame batches and GroupNorms span the clip). A
+    plan decoding a video clip in pieces, or an even-latent clip (CogVideoX 1.0 decodes it
+    to 4F frames, not the plan's 4F - 3), is a ValueError naming the clip and the fix."""
+    from .models.cogvideox_vae import is_cogvideox_vae
+
+    if vae is None or not is_cogvideox_vae(vae):
+        return
+    for clip in plan.clips:
+        chain = plan.clip_decodes.get(clip.id, [])
+        if clip.kind == "image" or not chain:
+            continue
+        if len(chain) > 1:
+            raise ValueError(f"clip {clip.id!r} ({clip.length} latents) is decoded in {len(chain)} pieces, but CogVideoX's "
+                             f"VAE decodes a clip whole: generate it in one job (e.g. strategy 'ar' with chunk_frames "
+                             f"covering the clip) or use image-latent clips (longdwm fine_latents='image')")
+        if clip.length % 2 == 0 and clip.length > 1:
+            raise ValueError(f"clip {clip.id!r} has {clip.length} latents: CogVideoX 1.0's VAE decodes an even number "
+                             f"F of latents to 4F frames, not 4F - 3; use an odd latent count (e.g. 49 frames = 13 "
+                             f"latents) or image-latent clips (longdwm fine_latents='image')")
 
 
 def _batch_jobs(batch_jobs, engine_config) -> int:

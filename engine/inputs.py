@@ -40,6 +40,12 @@ def resolve_model(model, dtype, device, engine_config: EngineConfig | None = Non
             dev = torch.device(device) if device is not None else model.device
             model = model.to(device=dev, dtype=parse_dtype(dtype, dev) if dtype is not None else model.dtype)
         return model
+    if not isinstance(model, WanDiT) and _is_cogvideox_source(model):
+        from .models.adapters import as_flow_model
+        from .models.cogvideox import load_cogvideox
+
+        kw = {} if ec is None else dict(attention_backend=ec.attention_backend)
+        return as_flow_model(load_cogvideox(model, dtype=dtype, device=device, **kw))
     if not isinstance(model, WanDiT):
         from .loading import load_model
 
@@ -58,15 +64,35 @@ def resolve_model(model, dtype, device, engine_config: EngineConfig | None = Non
 
 
 def resolve_role_model(model, dtype, device, engine_config: EngineConfig | None = None):
-    """A coarse / fine model: as :func:`resolve_model`, but a CogVideoX preset name or DiT
-    (v-prediction on a DDPM schedule) is loaded and wrapped as a flow-velocity predictor
+    """A main / coarse / fine model: :func:`resolve_model`, a CogVideoX DiT (v-prediction on
+    a DDPM schedule) wrapped as a flow-velocity predictor
     (:class:`~engine.models.adapters.VPredictionAdapter`)."""
     from .models.adapters import as_flow_model
-    from .models.cogvideox import COGVIDEOX_PRESETS, load_cogvideox
 
-    if isinstance(model, str) and model.lower() in COGVIDEOX_PRESETS and not Path(model).exists():
-        model = load_cogvideox(model, dtype=dtype, device=device or (engine_config.devices[0] if engine_config else None))
     return as_flow_model(resolve_model(model, dtype, device, engine_config))
+
+
+def _is_cogvideox_source(model) -> bool:
+    """A CogVideoX preset name, or a path to a CogVideoX pipeline root / transformer folder
+    (its ``model_index.json`` or ``config.json`` names a CogVideoX class)."""
+    import json
+
+    from .models.cogvideox import COGVIDEOX_PRESETS
+
+    if not isinstance(model, (str, Path)):
+        return False
+    p = Path(model).expanduser()
+    if not p.exists():
+        return str(model).lower() in COGVIDEOX_PRESETS
+    if (_pipeline_class(p) or "").startswith("CogVideoX"):
+        return True
+    for cand in (p / "config.json", p / "transformer" / "config.json"):
+        try:
+            if json.loads(cand.read_text()).get("_class_name", "").startswith("CogVideoX"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _is_cogvideox(model) -> bool:

@@ -479,7 +479,7 @@ def denoise_jobs(model, context, jobs: list[Job], sources: list[dict[int, torch.
         for k in range(B):
             full[k:k + 1].index_copy_(2, gen_t, xs[k])
         t = torch.zeros(n, dtype=torch.float32)
-        t[gen_idx] = (table[i] * 1000.0).float()
+        t[gen_idx] = steps[0].timestep(i).float()  # the schedule's own timesteps (Wan's truncated ones)
         tb = t.to(dev).float().reshape(1, -1).expand(B * rows, n)
         v = model(_rows(full.to(dt), rows), tb, ctx, frame_positions=list(ropes[0]), visibility=vis, **kw)
         for k, job in enumerate(jobs):
@@ -1009,10 +1009,13 @@ class Executor:
             if job.chain is None:
                 dec.reset()
             parts = []
-            for p, _ in job.latents:
+            lat = [lane.fetch(entries[p].tensor, entries[p].event).float() for p, _ in job.latents]
+            if getattr(dec, "whole_clip", False) and not job.image:  # e.g. CogVideoX's VAE: the job's latents at once
+                lat = [torch.cat(lat, 2)]
+            for z in lat:
                 if job.image:
                     dec.reset()
-                parts.append(dec.decode_chunk(lane.fetch(entries[p].tensor, entries[p].event).float()))
+                parts.append(dec.decode_chunk(z))
             if job.id in self.chain_next:
                 self.decoders[job.pin] = dec  # the next job of the chain continues this state
             return {(job.id, "px"): torch.cat(parts, 2)}

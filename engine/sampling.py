@@ -76,6 +76,7 @@ __all__ = [
     "CogVideoXDDIMSampler",
     "CogVideoXDPMSampler",
     "cogvideox_scheduler_kind",
+    "cogvideox_flow_sigmas",
     "cogvideox_dynamic_guidance",
     "make_cogvideox_sampler",
 ]
@@ -634,8 +635,11 @@ def make_sampler(
 # --------------------------------------------------------------------------- #
 def config_sigmas(config) -> torch.Tensor:
     """The shared sigma schedule ``[N+1]`` (float64) of an :class:`engine.config.SamplerConfig`:
-    few-step timesteps (default 1000/750/500/250) shifted, ``num_steps`` flow sigmas, or
-    with ``schedule="wan"`` Wan's own UniPC table (:func:`wan_unipc_schedule`)."""
+    few-step timesteps (default 1000/750/500/250) shifted, ``num_steps`` flow sigmas, with
+    ``schedule="wan"`` Wan's own UniPC table (:func:`wan_unipc_schedule`), or with
+    ``schedule="cogvideox"`` CogVideoX's DDIM as flow sigmas (:func:`cogvideox_flow_sigmas`)."""
+    if getattr(config, "schedule", "flow") == "cogvideox":
+        return cogvideox_flow_sigmas(config.ddpm, config.num_steps)
     if config.kind == "fewstep":
         return few_step_sigmas(config.timesteps or (1000.0, 750.0, 500.0, 250.0), config.shift)
     if getattr(config, "schedule", "flow") == "wan":
@@ -776,6 +780,33 @@ def cogvideox_dynamic_guidance(guidance_scale: float, timestep: float, num_steps
     (0..999, not the step index) and N the number of steps -- so for t > N the base is
     negative and the cosine's argument large; reproduced as is."""
     return 1 + guidance_scale * ((1 - math.cos(math.pi * ((num_steps - float(timestep)) / num_steps) ** 5.0)) / 2)
+
+
+def cogvideox_flow_sigmas(schedule: "CogVideoXSchedule", num_steps: int) -> torch.Tensor:
+    """CogVideoX's DDIM as a flow schedule: ``[N+1]`` float64 sigmas, N = ``num_steps``.
+
+    A VP state x_t = sqrt(a) x0 + sqrt(1 - a) eps divided by sqrt(a) + sqrt(1 - a) is the
+    flow state (1 - s) x0 + s eps with s = sqrt(1 - a) / (sqrt(a) + sqrt(1 - a)); in that
+    variable a deterministic DDIM step from a to a' is exactly the Euler step from s to s'
+    with the velocity eps - x0 of the same prediction. Row i is s at the step's timestep
+    ``schedule.timesteps(N)[i]`` (so :class:`~engine.models.adapters.VPredictionAdapter`
+    feeds the model that integer timestep); the last row is s of the final alpha (0 with
+    ``set_alpha_to_one``). DDIM steps from t to t - T // N; a step count whose timestep list
+    does not follow that rule (diffusers then feeds the model a timestep the latents are
+    not at) is refused, naming counts that work (e.g. 50)."""
+    ts = schedule.timesteps(num_steps)
+    T = schedule.num_train_timesteps
+    nxt = ts - T // num_steps
+    if not bool((nxt[:-1] == ts[1:]).all()):
+        ok = [n for n in (10, 20, 25, 40, 50, 100) if n <= T and T % n == 0]
+        raise ValueError(f"{num_steps} CogVideoX DDIM steps: diffusers steps each timestep t to t - {T // num_steps}, "
+                         f"which is not the next of its {schedule.timestep_spacing} timesteps {ts[:4].tolist()}...; "
+                         f"the runtime's DDIM needs the two to agree: use e.g. {ok} steps")
+    ac = schedule.alphas_cumprod()
+    final = 1.0 if schedule.set_alpha_to_one else float(ac[0])
+    a = torch.cat([ac[ts], torch.tensor([final], dtype=torch.float64) if int(nxt[-1]) < 0 else ac[nxt[-1:]]])
+    sa, sb = a.sqrt(), (1 - a).clamp_min(0).sqrt()
+    return sb / (sa + sb)
 
 
 class CogVideoXDDIMSampler:

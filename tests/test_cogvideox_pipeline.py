@@ -327,11 +327,80 @@ def test_resolve_components_picks_the_family_and_refuses_the_other(tmp_path):
     assert isinstance(comps.vae, AutoencoderKLWan) and isinstance(comps.text_encoder, TextEncoder)
 
 
-def test_generate_refuses_a_cogvideox_main_model_with_a_pointer():
-    """Until generate() routes CogVideoX main models to cogvideox_sample, it says so (instead
-    of stepping a v-prediction through the flow samplers and the Wan decoder)."""
-    import engine
-    from engine.models.cogvideox import load_cogvideox
+def _run_latents(prepared):
+    """(final latents [1, 16, F, h, w] of the run in position order, decoded uint8 frames)."""
+    import numpy as np
 
-    with pytest.raises(ValueError, match="cogvideox_sample"):
-        engine.generate(load_cogvideox("tiny-cogvideox", device="cpu"), num_frames=9, height=32, width=32, progress=False)
+    from engine.generation import run
+
+    keep = {}
+    frames = np.concatenate(list(run(prepared, keep_latents=keep)), 0)
+    return torch.cat([keep[k] for k in sorted(keep, key=lambda k: k[1])], 2), frames
+
+
+def test_generate_runs_a_cogvideox_pipeline_root_as_diffusers_does(tmp_path):
+    """engine.generate on a CogVideoX pipeline root (one call): its T5 (226 tokens), its DDIM
+    schedule (50 trailing steps, CFG 6, the empty negative prompt), its VAE -- the runtime's
+    latents equal CogVideoXPipeline's, and the decoded frames its decode of them."""
+    from engine.generation import prepare
+    from engine.video import to_uint8_frames
+
+    pipe, root = tiny_pipeline(tmp_path)
+    noise = torch.randn(B, F_LAT, 16, H // 8, W // 8, generator=_gen(2))
+    want = pipe(prompt=PROMPTS[0], latents=noise, height=H, width=W, num_frames=9, num_inference_steps=50,
+                guidance_scale=6.0, output_type="latent", return_dict=False)[0].transpose(1, 2)
+    pr = prepare(str(root), num_frames=9, height=H, width=W, prompt=PROMPTS[0], chunk_frames=F_LAT,
+                 noise=noise.transpose(1, 2), devices=["cpu"])
+    assert pr.sampler.schedule == "cogvideox" and pr.sampler.num_steps == 50 and pr.sampler.guidance_scale == 6.0
+    got, frames = _run_latents(pr)
+    err = rel_err(got, want)
+    print(f"generate on a CogVideoX root vs CogVideoXPipeline: rel err {err:.2e}")
+    assert err <= 1e-5
+    video = pipe.decode_latents(got.transpose(1, 2))  # [B, 3, T, H, W] as the pipeline decodes
+    assert frames.shape == (9, H, W, 3)
+    assert (frames.astype(int) - to_uint8_frames(video.clamp(-1, 1))[0].astype(int)).__abs__().max() <= 1
+
+
+def test_generate_cogvideox_i2v_main_model_and_custom_schedule(tmp_path):
+    """A CogVideoX-I2V root: the first frame's latent (posterior mode) on the channels as
+    CogVideoXImageToVideoPipeline builds it; 5 DDIM steps given as a SamplerConfig."""
+    from engine.config import SamplerConfig
+    from engine.generation import prepare
+    from engine.models.cogvideox import cogvideox_scheduler_for
+
+    _, root = tiny_pipeline(tmp_path, i2v=True)
+    ours = load_cogvideox(root, dtype="float32", device="cpu")
+    noise = torch.randn(B, 16, F_LAT, H // 8, W // 8, generator=_gen(5))
+    image = torch.rand(3, H, W, generator=_gen(6)) * 2 - 1
+    sampler = SamplerConfig(kind="euler", schedule="cogvideox", num_steps=5, guidance_scale=6.0,
+                            ddpm=cogvideox_scheduler_for(ours)[1])
+    enc = CogVideoXTextEncoder.from_folder(root, dtype=torch.float32)
+    img_lat = i2v_image_latents(load_cogvideox_vae(root), image[None], F_LAT, sample=False)
+    want = cogvideox_sample(ours, noise, enc.encode(PROMPTS[1]), enc.encode(""), num_steps=5, guidance_scale=6.0,
+                            image_latents=img_lat, sampler="ddim")
+    with pytest.raises(ValueError, match="image-to-video"):
+        prepare(str(root), num_frames=9, height=H, width=W, prompt=PROMPTS[1], devices=["cpu"])
+    pr = prepare(str(root), num_frames=9, height=H, width=W, prompt=PROMPTS[1], first_frame=image, chunk_frames=F_LAT,
+                 noise=noise, sampler=sampler, devices=["cpu"])
+    got, _ = _run_latents(pr)
+    assert rel_err(got, want) <= 1e-5
+
+
+def test_generate_refuses_what_cogvideox_cannot_decode_or_sample(tmp_path):
+    """Clips its VAE cannot decode as the plan says (pieces of a clip; an even latent count)
+    and a DPM pipeline without a sampler: errors naming the fix."""
+    from engine.generation import prepare
+
+    _, root = tiny_pipeline(tmp_path)
+    with pytest.raises(ValueError, match="decodes a clip whole"):
+        prepare(str(root), num_frames=9, height=H, width=W, chunk_frames=1, devices=["cpu"])
+    with pytest.raises(ValueError, match="even number"):
+        prepare(str(root), num_frames=13, height=H, width=W, chunk_frames=4, devices=["cpu"])
+    _, root_dpm = tiny_pipeline(tmp_path / "dpm", scheduler="dpm")
+    with pytest.raises(ValueError, match="CogVideoXDPMScheduler"):
+        prepare(str(root_dpm), num_frames=9, height=H, width=W, chunk_frames=F_LAT, devices=["cpu"])
+    from engine.config import SamplerConfig
+
+    with pytest.raises(ValueError, match="t - 33"):
+        prepare(str(root), num_frames=9, height=H, width=W, chunk_frames=F_LAT, devices=["cpu"],
+                sampler=SamplerConfig(kind="euler", schedule="cogvideox", num_steps=30))

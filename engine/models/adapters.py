@@ -92,6 +92,10 @@ def timesteps_for_alpha_bar(alpha_bar: torch.Tensor, alphas_cumprod: torch.Tenso
     return t.reshape(alpha_bar.shape)
 
 
+#: Fractional DDPM timesteps closer than this to an integer are fed as that integer.
+SNAP = 2e-3
+
+
 class VPredictionAdapter(nn.Module):
     """A v-prediction DDPM DiT seen as a flow-velocity predictor (module docstring).
 
@@ -112,12 +116,14 @@ class VPredictionAdapter(nn.Module):
 
     @classmethod
     def for_cogvideox(cls, model: nn.Module, snr_shift_scale: float | None = None) -> "VPredictionAdapter":
-        """Wrap a CogVideoX DiT with its published schedule (snr_shift_scale 3.0 for 2B-class
-        sin-cos models, 1.0 for the 5B rotary models, unless given)."""
+        """Wrap a CogVideoX DiT with its own schedule: its pipeline root's scheduler config
+        when it has one, else its family's published one
+        (:func:`engine.models.cogvideox.cogvideox_scheduler_for`); ``snr_shift_scale`` given:
+        CogVideoX's default table with that shift."""
         if snr_shift_scale is None:
-            cfg = model.config
-            snr_shift_scale = 1.0 if (cfg.name.startswith("cogvideox-5b") or
-                                      (cfg.use_rotary_positional_embeddings and not cfg.name.startswith("tiny"))) else 3.0
+            from .cogvideox import cogvideox_scheduler_for
+
+            return cls(model, cogvideox_scheduler_for(model)[1].alphas_cumprod())
         return cls(model, cogvideox_alphas_cumprod(snr_shift_scale=snr_shift_scale))
 
     # -- the wrapped model's surface --------------------------------------------------
@@ -165,6 +171,11 @@ class VPredictionAdapter(nn.Module):
         s = self._per_frame_sigma(timesteps, B, F)  # [B, F] float64
         ab, scale = flow_to_vp(s)
         t = timesteps_for_alpha_bar(ab, self._alphas_cumprod)
+        # A DDPM model is trained at integer timesteps; the runtime's flow timesteps travel in
+        # float32, so a sigma of an integer timestep (CogVideoX's DDIM schedule,
+        # engine.sampling.cogvideox_flow_sigmas) comes back within ~1e-4 of it: snap those.
+        r = t.round()
+        t = torch.where((t - r).abs() < SNAP, r, t)
         dev = latents.device
 
         def bc(x):  # [B, F] -> [B, 1, F, 1, 1] float32 on the latents' device

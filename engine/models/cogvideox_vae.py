@@ -59,6 +59,7 @@ __all__ = [
     "decode_latents",
     "i2v_image_latents",
     "CogVideoXStreamingDecoder",
+    "CogVideoXClipDecoder",
 ]
 
 COGVIDEOX_VAE_CLASS = "AutoencoderKLCogVideoX"
@@ -424,3 +425,33 @@ class CogVideoXStreamingDecoder:
         self.reset(latents.shape[2])
         out = self.decode_chunk(latents, scaled=scaled)
         return torch.cat([out, self.finish()], 2)
+
+
+class CogVideoXClipDecoder:
+    """The runtime's decoder contract (``reset`` / ``decode_chunk``) on CogVideoX's VAE.
+
+    ``whole_clip = True`` tells the runtime to hand a decode job's latents in one call; each
+    call after :meth:`reset` is one whole ``vae.decode`` (:func:`decode_latents`): a clip of
+    an odd number of latents (4F - 3 frames) or one image latent (1 frame). A second call
+    without ``reset`` -- a clip continued by another decode job -- is refused: diffusers'
+    decoder batches and normalises over the clip, so a piece cannot be decoded alone
+    (:func:`engine.generation.check_plan_decodes` refuses such plans up front)."""
+
+    whole_clip = True
+
+    def __init__(self, vae):
+        self.vae = vae
+        self.reset()
+
+    def reset(self) -> None:
+        """The next :meth:`decode_chunk` starts a new clip."""
+        self._open = False
+
+    @torch.no_grad()
+    def decode_chunk(self, latents: torch.Tensor, scaled: bool = True) -> torch.Tensor:
+        """A whole clip's latents ``[B, 16, F, h, w]`` (DiT space) -> ``[B, 3, T, 8h, 8w]`` in [-1, 1]."""
+        if self._open:
+            raise ValueError("CogVideoX's VAE decodes a clip whole: this clip was continued by a second decode job; "
+                             "plan the clip as one job (engine.generation.check_plan_decodes)")
+        self._open = True
+        return decode_latents(self.vae, latents, scaled=scaled)
