@@ -117,7 +117,8 @@ class SamplerConfig:
     the Wan2.1 and MMPL releases run; see :func:`engine.sampling.wan_unipc_schedule`) or
     ``"cogvideox"`` (kind ``"euler"`` only: CogVideoX's DDIM -- the integer timesteps of
     ``ddpm``, a :class:`engine.sampling.CogVideoXSchedule`, as flow sigmas; Euler on them
-    *is* DDIM, see :func:`engine.sampling.cogvideox_flow_sigmas`; ``shift`` is unused).
+    *is* DDIM, see :func:`engine.sampling.cogvideox_flow_sigmas`; ``shift`` is unused;
+    ``ddpm=None``: the model's own scheduler config, filled in by ``generate``).
     """
 
     kind: str = "fewstep"
@@ -145,10 +146,6 @@ class SamplerConfig:
             if self.kind != "euler":
                 raise ValueError(f"SamplerConfig.schedule='cogvideox' is CogVideoX's DDIM, stepped as Euler on its "
                                  f"flow sigmas: kind must be 'euler', got {self.kind!r}")
-            if self.ddpm is None:
-                from .sampling import CogVideoXSchedule
-
-                object.__setattr__(self, "ddpm", CogVideoXSchedule())
         elif self.ddpm is not None:
             raise ValueError("SamplerConfig.ddpm (a CogVideoX DDPM schedule) is used only with schedule='cogvideox'")
 

@@ -303,6 +303,10 @@ def _prepare(
     F_lat, h, w = check_frames(num_frames, height, width, model,
                                temporal=_release_layout(strategy, options, strategy_options) is None)
     sampler = _cogvideox_sampler(model, sampler) if cogvideox else (sampler or SamplerConfig())
+    if sampler.schedule == "cogvideox" and sampler.ddpm is None:  # the model's own scheduler config
+        from .models.cogvideox import cogvideox_scheduler_for
+
+        sampler = sampler.replace(ddpm=cogvideox_scheduler_for(model)[1])
     check_ddpm_schedule(model, sampler)
     if guidance_scale is not None:
         sampler = sampler.replace(guidance_scale=float(guidance_scale))
@@ -351,6 +355,7 @@ def _prepare(
                          f"whole-video conditions (an image-to-video model's first-frame condition, controls) are not "
                          f"cut per clip yet: run it without clip options")
     roles = _role_models(strategy, model, coarse_model, fine_model, dtype, device, engine_config)
+    check_channel_jobs(plan, roles)
     from .runtime import check_noise
 
     check_noise(plan, noise, roles, (h, w))
@@ -362,11 +367,15 @@ def _prepare(
 
     comps = resolve_components(model, vae, text_encoder, seed=seed,  # the VAE of the model given first
                                vae_dtype=parse_dtype(vae_dtype or "float32"))
+    from dataclasses import replace as _replace
+
+    from .models.cogvideox_vae import CogVideoXClipDecoder, is_cogvideox_vae
+
+    if is_cogvideox_vae(comps.vae):  # its decoder cannot continue a clip: one decode job per clip
+        plan = _replace(plan, whole_clip_decodes=True)
     check_memory(model, comps.vae, plan, h, w, model.device,
                  workers=sum(1 for d in (devices or [str(model.device)]) if torch.device(d) == model.device))
     from .models.vae import StreamingDecoder, encode_frames, i2v_condition
-
-    from .models.cogvideox_vae import CogVideoXClipDecoder, is_cogvideox_vae
 
     default_decoder = CogVideoXClipDecoder if is_cogvideox_vae(comps.vae) else StreamingDecoder
     make_decoder = _decoder_factory(decoder, ctl, default_decoder, comps.vae)  # channel mismatch: an error now
@@ -441,6 +450,26 @@ def _cogvideox_sampler(model, sampler: SamplerConfig | None) -> SamplerConfig:
     return SamplerConfig(kind="euler", num_steps=50, schedule="cogvideox", ddpm=schedule, guidance_scale=6.0)
 
 
+def check_channel_jobs(plan, roles: dict) -> None:
+    """Jobs handing clean latents on the channels (``Job.channel_frames``: LongDWM's
+    ``fine_condition="channels"``) need a model with in_channels = 2 x out_channels
+    (CogVideoX-I2V style); a coarse / fine CogVideoX model with such channels needs them
+    filled. A ValueError naming the role and the option to change otherwise."""
+    from .models.cogvideox import CogVideoXConfig
+
+    for job in plan.jobs:
+        cfg = roles[job.model].config
+        if job.channel_frames and cfg.in_channels != 2 * cfg.out_channels:
+            raise ValueError(f"job {job.id!r} hands its end frames on the channels (fine_condition='channels'), but the "
+                             f"{job.model} model {cfg.name!r} takes {cfg.in_channels} input channels, not "
+                             f"{2 * cfg.out_channels}: use fine_condition='sequence' for a text-to-video fine model")
+        if (not job.channel_frames and job.model != "main" and isinstance(cfg, CogVideoXConfig)
+                and cfg.in_channels > cfg.out_channels):
+            raise ValueError(f"the {job.model} model {cfg.name!r} is CogVideoX-I2V shaped ({cfg.in_channels} input "
+                             f"channels): its clips need their end frames on the channels -- longdwm "
+                             f"fine_latents='image', fine_condition='channels'")
+
+
 def check_ddpm_schedule(model, sampler: SamplerConfig) -> None:
     """A ``schedule="cogvideox"`` sampler steps the DDPM table of ``sampler.ddpm``; the model
     must be a v-prediction model wrapped with that same table (else its timesteps would be
@@ -471,14 +500,13 @@ def check_plan_decodes(plan, vae) -> None:
         chain = plan.clip_decodes.get(clip.id, [])
         if clip.kind == "image" or not chain:
             continue
-        if len(chain) > 1:
-            raise ValueError(f"clip {clip.id!r} ({clip.length} latents) is decoded in {len(chain)} pieces, but CogVideoX's "
-                             f"VAE decodes a clip whole: generate it in one job (e.g. strategy 'ar' with chunk_frames "
-                             f"covering the clip) or use image-latent clips (longdwm fine_latents='image')")
         if clip.length % 2 == 0 and clip.length > 1:
             raise ValueError(f"clip {clip.id!r} has {clip.length} latents: CogVideoX 1.0's VAE decodes an even number "
                              f"F of latents to 4F frames, not 4F - 3; use an odd latent count (e.g. 49 frames = 13 "
                              f"latents) or image-latent clips (longdwm fine_latents='image')")
+        if len(chain) > 1:
+            raise ValueError(f"clip {clip.id!r} ({clip.length} latents) is decoded in {len(chain)} pieces, but CogVideoX's "
+                             f"VAE decodes a clip whole: build the plan with whole_clip_decodes=True (generate does)")
 
 
 def _batch_jobs(batch_jobs, engine_config) -> int:
@@ -504,7 +532,7 @@ def _decoder_factory(decoder, ctl, default, vae=None):
         if ctl is not None and ctl.views > 1:
             raise ValueError("a custom decoder= cannot be combined with multi-view generation (views > 1)")
         return decoder
-    return ctl.decoder if ctl is not None else default
+    return ctl.decoder if ctl is not None and ctl.views > 1 else default
 
 
 def _role_models(strategy, model, coarse_model, fine_model, dtype, device, engine_config) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import SamplerConfig
-from .plans import ArOptions, MilaOptions, MmplOptions
+from .plans import ArOptions, LongdwmOptions, MilaOptions, MmplOptions
 
 #: Wan2.1's default negative prompt (as the Wan2.1 and MMPL releases' configs give it).
 WAN_NEGATIVE_PROMPT = (
@@ -125,6 +125,20 @@ RECIPES: dict[str, Recipe] = {
                                                     guidance_scale=5.0), None, 480, 832, 12,
         reference="arXiv 2503.15875 (MiLA), secs. 3.2-3.4, 4.1, App. B; ../shared/papers/mila.txt",
         frames_rule="4k+1", prior_frames=4, cfg_drop=("text", "waypoints", "camera")),
+    "longdwm": Recipe(
+        "longdwm", "LongDWM as its paper states it (no code released): on CogVideoX-2B at 480x720, a coarse model "
+        "predicts 13 keyframes 1 s apart in one joint pass from the first frame (each keyframe its own image "
+        "latent; the next rollout starts from the last keyframe); a fine model fills the 11 frames between every "
+        "pair at 12 fps (nuScenes' camera rate), all pairs at once, each fine clip's two keyframes on its channels "
+        "(CogVideoX-I2V style: fine model in_channels 32; fine_condition='sequence' for a text-to-video fine "
+        "model); CogVideoX's DDIM, 50 steps, CFG 6 (the CogVideoX pipeline's; the paper gives none). Pass the "
+        "coarse model as the model and the fine one as fine_model", "longdwm",
+        LongdwmOptions(keyframes=13, fps_ratio=3, keyframe_clips=True, fine_latents="image",
+                       fine_condition="channels"),
+        SamplerConfig(kind="euler", num_steps=50, schedule="cogvideox", timesteps=None, guidance_scale=6.0), None,
+        480, 720, 12, first_frame=True,
+        reference="arXiv 2506.01546 (LongDWM), secs. 3.1-3.2, App. A and D; ../shared/papers/longdwm.txt",
+        frames_rule="12*(n-1)+1 for n keyframes (13 keyframes: 145 frames)"),
     "longvie2": Recipe(
         "longvie2", "LongVie 2 as released: 81-frame I2V clips at 352x640 on Wan2.1-I2V-14B with the dense (depth) "
         "and sparse (point-track) control branches, each clip starting from the last decoded frame, the last 8 "

@@ -309,6 +309,18 @@ def denoise_job(model, context, job: Job, sources: dict[int, torch.Tensor], *, s
     return x
 
 
+def channel_condition(job: Job, sources: dict[int, torch.Tensor], n: int, chw: tuple[int, int, int], dev, dt
+                      ) -> torch.Tensor:
+    """The channel condition [1, C, n, h, w] of a job with ``channel_frames``: zeros, with
+    each listed source latent [1, C, 1, h, w] at its frame slot (CogVideoX-I2V's image
+    latent on latent 0; LongDWM's last keyframe on the last)."""
+    C, h, w = chw
+    cond = torch.zeros(1, C, n, h, w, device=dev, dtype=dt)
+    for slot, p, _ in job.channel_frames:
+        cond[:, :, slot:slot + 1] = sources[p].to(dev, dt)
+    return cond
+
+
 def _positions_slice(t: torch.Tensor, pos: list[int]) -> torch.Tensor:
     """``t[:, :, pos]`` (a view where the positions are consecutive)."""
     return t[:, :, pos[0]:pos[-1] + 1] if pos == list(range(pos[0], pos[-1] + 1)) else t[:, :, pos]
@@ -341,7 +353,7 @@ def batch_key(job, rope: tuple[int, ...] | None = None):
     if not isinstance(job, Job) or job.cache is not None:
         return None
     return (job.model, job.generated, job.sigmas, job.visibility,
-            tuple(job.positions if rope is None else rope))
+            tuple(job.positions if rope is None else rope), tuple(slot for slot, _, _ in job.channel_frames))
 
 
 class _NotStackable(Exception):
@@ -461,7 +473,13 @@ def denoise_jobs(model, context, jobs: list[Job], sources: list[dict[int, torch.
     vis = torch.tensor(job0.visibility, dtype=torch.bool, device=dev)
     gen_t = torch.tensor(gen_idx, device=dev)
     kw = {}
-    if condition is not None:
+    if job0.channel_frames:
+        if condition is not None:
+            raise ValueError(f"job {job0.id!r} takes clean latents on its channels; a whole-timeline condition "
+                             f"(I2V, controls) cannot be combined with it")
+        parts = [channel_condition(j, src, n, (C, h, w), dev, dt) for j, src in zip(jobs, sources)]
+        kw["condition"] = _rows(parts[0] if B == 1 else torch.cat(parts, 0), rows)
+    elif condition is not None:
         cond = condition.to(dev, dt)
         parts = [_positions_slice(cond, list(j.positions)) for j in jobs]
         kw["condition"] = _rows(parts[0] if B == 1 else torch.cat(parts, 0), rows)

@@ -639,7 +639,7 @@ def config_sigmas(config) -> torch.Tensor:
     ``schedule="wan"`` Wan's own UniPC table (:func:`wan_unipc_schedule`), or with
     ``schedule="cogvideox"`` CogVideoX's DDIM as flow sigmas (:func:`cogvideox_flow_sigmas`)."""
     if getattr(config, "schedule", "flow") == "cogvideox":
-        return cogvideox_flow_sigmas(config.ddpm, config.num_steps)
+        return cogvideox_flow_sigmas(config.ddpm or CogVideoXSchedule(), config.num_steps)
     if config.kind == "fewstep":
         return few_step_sigmas(config.timesteps or (1000.0, 750.0, 500.0, 250.0), config.shift)
     if getattr(config, "schedule", "flow") == "wan":

@@ -387,13 +387,17 @@ def test_generate_cogvideox_i2v_main_model_and_custom_schedule(tmp_path):
 
 
 def test_generate_refuses_what_cogvideox_cannot_decode_or_sample(tmp_path):
-    """Clips its VAE cannot decode as the plan says (pieces of a clip; an even latent count)
-    and a DPM pipeline without a sampler: errors naming the fix."""
+    """A clip made by several jobs (a given first frame, then chunks) decodes whole, after its
+    last job; an even latent count (CogVideoX 1.0 decodes it to 4F frames) and a DPM
+    pipeline without a sampler are errors naming the fix."""
     from engine.generation import prepare
 
     _, root = tiny_pipeline(tmp_path)
-    with pytest.raises(ValueError, match="decodes a clip whole"):
-        prepare(str(root), num_frames=9, height=H, width=W, chunk_frames=1, devices=["cpu"])
+    pr = prepare(str(root), num_frames=9, height=H, width=W, chunk_frames=1, devices=["cpu"],  # 3 chunk jobs
+                 first_frame=torch.rand(3, H, W) * 2 - 1)
+    assert len(pr.plan.jobs) == 2 and [len(c) for c in pr.plan.clip_decodes.values()] == [1]  # one whole decode
+    _, frames = _run_latents(pr)
+    assert frames.shape == (9, H, W, 3)
     with pytest.raises(ValueError, match="even number"):
         prepare(str(root), num_frames=13, height=H, width=W, chunk_frames=4, devices=["cpu"])
     _, root_dpm = tiny_pipeline(tmp_path / "dpm", scheduler="dpm")

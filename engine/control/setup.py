@@ -86,8 +86,11 @@ class ControlSetup:
         self.num_frames, self.height, self.width, self.latent_frames = num_frames, height, width, latent_frames
         self.prior_frames = int(prior_frames)  # MiLA's condition frames: timeline positions before the video
         cfg = model.config
-        if not isinstance(model, WanDiT):
-            raise ControlError(f"model {type(model).__name__} ({cfg.name}) takes no control inputs; controls need a Wan DiT")
+        from ..models.cogvideox import CogVideoXConfig
+
+        if not isinstance(model, WanDiT) and not isinstance(cfg, CogVideoXConfig):
+            raise ControlError(f"model {type(model).__name__} ({cfg.name}) takes no control inputs; controls need a Wan "
+                               f"or (trajectory only) a CogVideoX DiT")
         # -- multi-view
         views = o.get("views", 1)
         if not isinstance(views, (int, np.integer)) or isinstance(views, bool) or views < 1:
@@ -215,7 +218,9 @@ class ControlSetup:
         return condition
 
     def wrap(self, model) -> "TimelineControlledDiT":
-        """The model as a :class:`ControlledWanDiT` (sharing its weights) with its control
+        """The model as a :class:`ControlledWanDiT` or (LongDWM's warp on CogVideoX, inside
+        its VPredictionAdapter) a
+        :class:`~engine.models.cogvideox_control.ControlledCogVideoXDiT` (sharing its weights) with its control
         layers enabled (zero-initialised where absent: a warning names them when the model
         came from a checkpoint, whose video then ignores those controls) and the timeline
         controls attached."""
@@ -223,10 +228,23 @@ class ControlSetup:
             raise RuntimeError("ControlSetup.build() must run before wrap()")
         key = id(model)
         if key not in self._wrapped:
-            if not isinstance(model, WanDiT):
+            from ..models.adapters import VPredictionAdapter
+            from ..models.cogvideox import CogVideoXDiT
+            from ..models.cogvideox_control import ControlledCogVideoXDiT
+
+            adapter = model if isinstance(model, VPredictionAdapter) else None
+            inner = adapter.model if adapter is not None else model
+            if isinstance(inner, CogVideoXDiT):  # LongDWM's warp on a CogVideoX DiT (its only control)
+                other = [k for k in self._built if k not in ("mask", "warp")]
+                if other or self.views > 1:
+                    raise ControlError(f"CogVideoX model {inner.config.name!r} takes only the trajectory (warp) "
+                                       f"control; {other or ['multi-view']} need a Wan DiT")
+                model = ControlledCogVideoXDiT.from_base(inner)
+            elif isinstance(model, WanDiT):
+                model = ControlledWanDiT.from_base(model)
+            else:
                 raise ControlError(f"model {type(model).__name__} ({model.config.name}) takes no control inputs; "
-                                   f"controls need a Wan DiT")
-            model = ControlledWanDiT.from_base(model)
+                                   f"controls need a Wan or CogVideoX DiT")
             missing = [k for k in self._built if k != "mask" and k not in model.control_layers]
             if missing and getattr(model, "source", None) is not None:  # trained weights without these layers
                 import warnings
@@ -245,8 +263,10 @@ class ControlSetup:
                     raise ControlError(f"the model's waypoint embedding takes {layer.in_features // 2} waypoints per "
                                        f"frame, the control has {z.shape[-1] // 2}")
             unguided = tuple(k for k in ("waypoints", "camera") if k in self.cfg_drop)
-            self._wrapped[key] = TimelineControlledDiT(model, self._built, views=self.views, cross_view=self.cross_view,
-                                                       unguided=unguided)
+            timeline = TimelineControlledDiT(model, self._built, views=self.views, cross_view=self.cross_view,
+                                             unguided=unguided)
+            self._wrapped[key] = (VPredictionAdapter(timeline, adapter.alphas_cumprod) if adapter is not None
+                                  else timeline)
         return self._wrapped[key]
 
     def decoder(self, vae):

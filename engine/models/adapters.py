@@ -147,6 +147,11 @@ class VPredictionAdapter(nn.Module):
     def source(self):
         return getattr(self.model, "source", None)
 
+    @property
+    def takes_timeline_positions(self) -> bool:
+        """The wrapped model's (a controlled model reads its controls by timeline position)."""
+        return bool(getattr(self.model, "takes_timeline_positions", False))
+
     def prepare_context(self, *args, **kwargs):
         return self.model.prepare_context(*args, **kwargs)
 

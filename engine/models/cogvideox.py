@@ -562,14 +562,17 @@ class CogVideoXDiT(nn.Module):
         visibility: torch.Tensor | None = None,
         kv_cache=None,
         cache_slots=None,
+        block_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw prediction (v-prediction for CogVideoX checkpoints).
 
         latents [B,C,F,H,W]; timesteps [B] or [B,F] (0..999); text_embeds [B,L,text_dim]
         or a :class:`CogVideoXContext`; condition [B,C',F,H,W] appended to latents'
         channels (image-conditioned variants); frame_positions [F] absolute latent-frame
-        positions; visibility bool [F,F] over this pass's frames (default: full).
-        Returns [B, out_channels, F, H, W].
+        positions; visibility bool [F,F] over this pass's frames (default: full);
+        block_tokens [B, F, rows*cols, dim] added to the video tokens entering every
+        transformer block (a control's injection, e.g. LongDWM's warp: see
+        :mod:`engine.models.cogvideox_control`). Returns [B, out_channels, F, H, W].
         """
         cfg = self.config
         if kv_cache is not None or cache_slots is not None:
@@ -635,7 +638,12 @@ class CogVideoXDiT(nn.Module):
             ])
             vis = FrameVisibility(ids, ids, full)
 
+        if block_tokens is not None and tuple(block_tokens.shape) != tuple(video.shape):
+            raise ValueError(f"block_tokens must be [B, F, tokens, dim] = {list(video.shape)}; got "
+                             f"{list(block_tokens.shape)}")
         for block in self.transformer_blocks:
+            if block_tokens is not None:
+                video = video + block_tokens.to(video.dtype)
             video, text = block(video, text, silu_v, silu_t, rope, vis, backend)
 
         y = self.norm_out(_layer_norm(self.norm_final, video), silu_v)  # float32 [B,F,T,D]
@@ -745,7 +753,9 @@ def load_cogvideox(
     path_or_preset: a preset name from ``COGVIDEOX_PRESETS`` (random weights from
     ``seed``), or a diffusers ``CogVideoXTransformer3DModel`` folder (``config.json`` +
     safetensors, sharded with an index), or a pipeline root (its ``transformer/``), or a
-    single safetensors file. ``config`` overrides the inferred architecture.
+    single safetensors file. ``config`` overrides the inferred architecture. A checkpoint
+    holding LongDWM's warp layer (``control_layers.warp.*``) gives a
+    :class:`~engine.models.cogvideox_control.ControlledCogVideoXDiT`.
     device: default cuda:0 when available, else cpu; dtype: default bfloat16 on CUDA,
     float32 on CPU. The returned model has ``.source`` (the path, or None for presets).
     """
@@ -766,16 +776,25 @@ def load_cogvideox(
             f"{key!r} is neither a CogVideoX preset ({', '.join(sorted(COGVIDEOX_PRESETS))}) nor an existing path"
         )
     raw, cfg_json = read_state_dict(path)
-    state = diffusers_to_ours(raw)
+    from .cogvideox_control import ControlledCogVideoXDiT
+    from .wan_control import split_control_state
+
+    state, control_state = split_control_state(diffusers_to_ours(raw))  # LongDWM's warp layer, when present
     if config is None:
         config = infer_cogvideox_config(state, config_from_diffusers_json(cfg_json) if cfg_json else None)
     with torch.device("meta"):
-        model = CogVideoXDiT(config, attention_backend=attention_backend, text_timestep=text_timestep)
+        cls = ControlledCogVideoXDiT if control_state else CogVideoXDiT
+        model = cls(config, attention_backend=attention_backend, text_timestep=text_timestep)
     check_state_dict(model, state, source=str(path))
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise CheckpointError(f"cannot load {path}: {exc}") from exc
+    if control_state:
+        try:
+            model.load_control_state(control_state, source=str(path))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from exc
     model.source = path
     return model.to(device=device, dtype=dt).eval().requires_grad_(False)
 

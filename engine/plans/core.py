@@ -113,6 +113,9 @@ class Job:
     extra_passes: int = 0
     cache: str | None = None  # a KV cache (Plan.caches) this job's context lives in
     anchor_structure: float = 0.0  # beta: structured share of re-noised anchors' noise (JDC, above)
+    # Clean latents handed on the model's *channels* (CogVideoX-I2V style: appended after the
+    # noisy latents, zeros elsewhere): (frame index in positions, source position, producer).
+    channel_frames: tuple[tuple[int, int, str], ...] = ()
 
     def __post_init__(self):
         if not 0.0 <= float(self.anchor_structure) <= 1.0:
@@ -137,12 +140,14 @@ class Job:
         """(position, producer) of every latent this job reads (context and anchors). A
         KV-cache job does not read the context its own chain left in the cache (see
         :meth:`Plan.reads_of`)."""
-        return tuple((p, s) for p, s in zip(self.positions, self.sources) if s is not None)
+        own = tuple((p, s) for p, s in zip(self.positions, self.sources) if s is not None)
+        return own + tuple((p, s) for _, p, s in self.channel_frames if (p, s) not in own)
 
     @property
     def deps(self) -> tuple[str, ...]:
         """Jobs that must finish first: producers of what it reads, plus ``after``."""
         d = {s for s in self.sources if s is not None and s != INPUT}
+        d.update(s for _, _, s in self.channel_frames if s != INPUT)
         d.update(self.after)
         return tuple(sorted(d))
 
@@ -310,6 +315,7 @@ class Plan:
     decodes: list[DecodeJob] = field(default_factory=list)
     encodes: list[EncodeJob] = field(default_factory=list)
     caches: dict[str, CacheSpec] = field(default_factory=dict)
+    whole_clip_decodes: bool = False  # one decode job per video clip (a VAE that cannot stream: CogVideoX's)
 
     def __post_init__(self):
         if not self.clips:
@@ -348,7 +354,8 @@ class Plan:
 
     def _derive_clip_decodes(self) -> dict[str, list[DecodeJob]]:
         """Decode chains of every clip that is output or read by an encode: one job per run
-        of consecutive positions with the same producer (image clips: one per latent)."""
+        of consecutive positions with the same producer (image clips: one per latent;
+        ``whole_clip_decodes``: one job per video clip, after all its producers)."""
         read = {src for e in self.encodes for src, _ in e.frames}
         owner = self.output_map()
         chains: dict[str, list[DecodeJob]] = {}
@@ -357,7 +364,7 @@ class Plan:
                 continue
             runs: list[list[int]] = []
             for p in c.positions:
-                if runs and c.kind == "video" and owner[runs[-1][-1]] == owner[p]:
+                if runs and c.kind == "video" and (self.whole_clip_decodes or owner[runs[-1][-1]] == owner[p]):
                     runs[-1].append(p)
                 else:
                     runs.append([p])
@@ -684,6 +691,15 @@ class Plan:
                     raise PlanError(f"{where}: frame {p} reads unknown job {s!r}")
                 if p not in self._by_id[s].generated_positions:
                     raise PlanError(f"{where}: frame {p} reads job {s!r}, which does not generate it")
+        for slot, p, s in j.channel_frames:
+            if not 0 <= slot < n:
+                raise PlanError(f"{where}: channel frame slot {slot} outside its {n} frames")
+            if s == INPUT and p not in self.inputs:
+                raise PlanError(f"{where}: channel frame {p} reads an input, but the plan's inputs are {list(self.inputs)}")
+            if s != INPUT and (s not in self._by_id or p not in self._by_id[s].generated_positions):
+                raise PlanError(f"{where}: channel frame {p} reads job {s!r}, which does not generate it")
+        if j.channel_frames and j.cache is not None:
+            raise PlanError(f"{where}: channel frames are not supported with a KV cache")
         for a in j.after:
             if a not in self._by_id:
                 raise PlanError(f"{where}: 'after' names unknown job {a!r}")

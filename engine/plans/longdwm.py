@@ -28,6 +28,27 @@ frame and, between two keyframes, frames 1 .. 4r - 1 of their fine clip (``drop=
 once as decoded by the coarse model): 13 keyframes with r = 3 make 12 x 11 + 13 = 145
 frames. Timeline positions interleave: keyframe 0, pair 0, keyframe 1, pair 1, ...
 Every keyframe and every pair decodes independently, all in parallel.
+
+``fine_latents="image"`` (with ``keyframe_clips``; the layout for CogVideoX, whose VAE
+cannot decode the 4-latent video clip above as 13 frames and whose 2B DiT was trained on
+13 latent frames): every fine frame is its own image latent, as the paper encodes every
+frame (App. D: "for every 145 frames ... 13 frames per rollout"). The fine clip between
+keyframes a and a+1 holds m = 4r - 1 image latents (11 for r = 3), and the fine job sees
+m + 2 latents at RoPE 0 .. m + 1: the two keyframes' own latents (the coarse model's, no
+re-encode: both are image latents of one VAE) and the m generated frames. How it sees the
+keyframes is ``fine_condition``:
+
+- ``"sequence"`` (any backbone, Wan's convention): both keyframes are clean context
+  frames in the sequence at RoPE 0 and m + 1 (visibility: :func:`conditioned_visibility`);
+  the clip is the m generated frames.
+- ``"channels"`` (CogVideoX-I2V style, a fine model with in_channels = 2 x latent
+  channels): the clip holds m + 2 image latents, all generated; the first keyframe's latent
+  rides on the channels of latent 0 (as CogVideoX-I2V's image latent) and the last
+  keyframe's on those of latent m + 1 (zeros elsewhere; :attr:`Job.channel_frames`); the
+  clip's first and last frames are dropped from the output (``drop=1``, ``drop_tail=1``:
+  the keyframes are output once, as the coarse model made them).
+
+Either way 13 keyframes with r = 3 make 12 x 11 + 13 = 145 frames.
 """
 
 from __future__ import annotations
@@ -44,13 +65,16 @@ class LongdwmOptions:
     fps_ratio: int = 3
     coarse_rope: str = "keyframe"
     keyframe_clips: bool = False
+    fine_latents: str = "video"
+    fine_condition: str = "sequence"
 
 
 OPTIONS = tuple(f.name for f in fields(LongdwmOptions))
 
 
 def build_longdwm(num_frames: int, *, base: list[float], first_given: bool = False, keyframes: int, fps_ratio: int,
-                  coarse_rope: str, keyframe_clips: bool) -> Plan:
+                  coarse_rope: str, keyframe_clips: bool, fine_latents: str = "video",
+                  fine_condition: str = "sequence") -> Plan:
     K, r = int(keyframes), int(fps_ratio)
     if K < 2:
         raise PlanError(f"longdwm keyframes (per coarse rollout) must be >= 2, got {keyframes}")
@@ -62,9 +86,20 @@ def build_longdwm(num_frames: int, *, base: list[float], first_given: bool = Fal
         lo = (num_frames - 1) // r * r + 1
         raise PlanError(f"{num_frames} latent frames do not fit longdwm with fps_ratio={r}: keyframes every {r} "
                         f"latent frames need (latent frames - 1) divisible by {r} ({frames_hint([lo, lo + r])})")
+    if fine_latents not in ("video", "image"):
+        raise PlanError(f"fine_latents must be 'video' (4r+1-frame video clips) or 'image' (one latent per frame), "
+                        f"got {fine_latents!r}")
+    if fine_condition not in ("sequence", "channels"):
+        raise PlanError(f"fine_condition must be 'sequence' or 'channels', got {fine_condition!r}")
+    if (fine_latents == "image" or fine_condition == "channels") and not keyframe_clips:
+        raise PlanError("fine_latents='image' and fine_condition='channels' are layouts of keyframe_clips=True")
+    if fine_condition == "channels" and fine_latents != "image":
+        raise PlanError("fine_condition='channels' (CogVideoX-I2V style) needs fine_latents='image'")
     if keyframe_clips:
-        if r < 2:
+        if r < 2 and fine_latents == "video":
             raise PlanError(f"keyframe_clips needs fps_ratio >= 2 (a fine clip between two keyframes), got {r}")
+        if fine_latents == "image":
+            return _image_latent_plan(num_frames, base, first_given, K, r, coarse_rope, fine_condition)
         return _keyframe_clip_plan(num_frames, base, first_given, K, r, coarse_rope)
     kf = list(range(0, num_frames, r))
     producer: dict[int, str] = {0: INPUT} if first_given else {}
@@ -93,13 +128,11 @@ def _coarse_job(j: int, ctx: list[int], gen: list[int], producer: dict[int, str]
     return make_job(jid, "coarse", frames, base=base, outputs=gen, kind="plan", rope=rope)
 
 
-def _keyframe_clip_plan(num_frames: int, base: list[float], first_given: bool, K: int, r: int,
-                        coarse_rope: str) -> Plan:
-    n_kf = (num_frames - 1) // r + 1
-    period = r + 2  # a keyframe clip (1 latent) then its pair clip (r + 1 latents)
-    kfp = [i * period for i in range(n_kf)]  # keyframe i's position, alone in its image clip
-    producer: dict[int, str] = {0: INPUT} if first_given else {}
-    jobs, encodes, clips = [], [], []
+def _coarse_keyframe_jobs(n_kf: int, kfp: list[int], producer: dict, base, first_given: bool, K: int, r: int,
+                          coarse_rope: str) -> list:
+    """The coarse rollouts over keyframes at timeline positions ``kfp`` (RoPE: keyframe index,
+    or index x r with ``coarse_rope="absolute"``), noting each keyframe's producer."""
+    jobs = []
     for j, (ctx, gen) in enumerate(coarse_rollouts(list(range(n_kf)), K, first_given)):
         idx = ctx + gen
         rope = tuple(idx) if coarse_rope == "keyframe" else tuple(i * r for i in idx)
@@ -109,6 +142,53 @@ def _keyframe_clip_plan(num_frames: int, base: list[float], first_given: bool, K
         for i in gen:
             producer[kfp[i]] = jid
         jobs.append(make_job(jid, "coarse", frames, base=base, outputs=[kfp[i] for i in gen], kind="plan", rope=rope))
+    return jobs
+
+
+def _image_latent_plan(num_frames: int, base: list[float], first_given: bool, K: int, r: int, coarse_rope: str,
+                       fine_condition: str) -> Plan:
+    """``fine_latents="image"`` (module docstring): keyframe image clips and, between them,
+    image-latent fine clips of m = 4r - 1 frames (+ 2 dropped end slots with channels)."""
+    n_kf = (num_frames - 1) // r + 1
+    m = 4 * r - 1
+    channels = fine_condition == "channels"
+    pair_len = m + 2 if channels else m
+    period = 1 + pair_len
+    kfp = [i * period for i in range(n_kf)]
+    producer: dict[int, str] = {0: INPUT} if first_given else {}
+    jobs = _coarse_keyframe_jobs(n_kf, kfp, producer, base, first_given, K, r, coarse_rope)
+    clips = []
+    for a in range(n_kf):
+        clips.append(Clip(f"kf{a}", kfp[a], 1, kind="image", rope_origin=kfp[a]))
+        if a == n_kf - 1:
+            break
+        start = kfp[a] + 1
+        cid = f"pair{a}"
+        gen = list(range(start, start + pair_len))
+        rope = tuple(range(m + 2))
+        if channels:
+            clips.append(Clip(cid, start, pair_len, kind="image", rope_origin=start, drop=1, drop_tail=1))
+            ends = ((0, kfp[a], producer[kfp[a]]), (m + 1, kfp[a + 1], producer[kfp[a + 1]]))
+            jobs.append(make_job(f"longdwm/fine{a}", "fine", {p: (True, None) for p in gen}, base=base, outputs=gen,
+                                 rope=rope, channel_frames=ends))
+        else:
+            clips.append(Clip(cid, start, pair_len, kind="image", rope_origin=start))
+            frames = {kfp[a]: (False, producer[kfp[a]]), kfp[a + 1]: (False, producer[kfp[a + 1]])}
+            frames.update({p: (True, None) for p in gen})
+            jobs.append(make_job(f"longdwm/fine{a}", "fine", frames, base=base, outputs=gen, rope=rope))
+    opts = dict(keyframes=K, fps_ratio=r, coarse_rope=coarse_rope, keyframe_clips=True, fine_latents="image",
+                fine_condition=fine_condition)
+    return Plan("longdwm", kfp[-1] + 1, jobs, inputs=(0,) if first_given else (), options=opts, clips=clips)
+
+
+def _keyframe_clip_plan(num_frames: int, base: list[float], first_given: bool, K: int, r: int,
+                        coarse_rope: str) -> Plan:
+    n_kf = (num_frames - 1) // r + 1
+    period = r + 2  # a keyframe clip (1 latent) then its pair clip (r + 1 latents)
+    kfp = [i * period for i in range(n_kf)]  # keyframe i's position, alone in its image clip
+    producer: dict[int, str] = {0: INPUT} if first_given else {}
+    jobs, encodes, clips = [], [], []
+    jobs += _coarse_keyframe_jobs(n_kf, kfp, producer, base, first_given, K, r, coarse_rope)
     for a in range(n_kf):
         clips.append(Clip(f"kf{a}", kfp[a], 1, kind="image", rope_origin=kfp[a]))
         if a == n_kf - 1:
