@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, devices and which optional backends are available (and why not)")
     r = sub.add_parser("recipes", help="list the recipes (a released method's whole inference setting)")
     r.add_argument("--json", action="store_true", help="print them as JSON")
+    w = sub.add_parser("world", help="render a drive through the procedural world (engine.world) to an mp4")
+    w.add_argument("--out", default="world.mp4", help="output mp4 path")
+    w.add_argument("--seed", type=int, default=0, help="world seed (road, roadside, traffic, drive)")
+    w.add_argument("--frames", type=int, default=161, help="frames at 16 fps")
+    w.add_argument("--height", type=int, default=64)
+    w.add_argument("--width", type=int, default=112)
+    w.add_argument("--weather", choices=["day", "dusk", "night", "fog", "rain"], default=None,
+                   help="default: chosen from the seed")
     g = sub.add_parser("generate", help="generate a video (strategies: ar, mmpl, longdwm, mila)")
     g.add_argument("--model", default="tiny", help=f"preset ({', '.join(sorted(PRESETS))}) or checkpoint path")
     g.add_argument("--recipe", help="a released method's setting (python -m engine recipes): strategy, options, "
@@ -262,6 +270,22 @@ def _sampler(args, recipe) -> SamplerConfig | None:
     return base.replace(**given)
 
 
+def _world(args) -> int:
+    """``python -m engine world``: one drive through the procedural world, written as an mp4."""
+    from .video import Video
+    from .world import render_clip
+
+    try:
+        clip = render_clip(args.seed, args.frames, args.height, args.width, weather=args.weather)
+        path = Video(clip.frames, clip.fps).save(args.out)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: {len(clip)} frames {args.width}x{args.height} @ {clip.fps:g} fps, seed {args.seed}, "
+          f"weather {clip.weather} ({clip.prompt!r})")
+    return 0
+
+
 def _recipes(args) -> int:
     """``python -m engine recipes``: every recipe, as a table or JSON."""
     import json
@@ -310,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "info":
         return _info()
+    if args.command == "world":
+        return _world(args)
     from .generation import GenerationError, check_output_path, generate
     from .recipes import get_recipe
 
