@@ -61,8 +61,9 @@ class Objects:
     ``z`` (world), ``yaw`` (rad: local x axis = (cos yaw, -sin yaw), local z axis = (sin yaw,
     cos yaw) in world (x, z)), ``hx``, ``hz`` (m), vertical extent ``y_top`` < ``y_bot``
     (world y, down; the ground is y = CAMERA_HEIGHT), ``colour`` float32 [N, 3] in [0, 1],
-    ``material`` int8 (PLAIN, BUILDING with windows, FOLIAGE, EMISSIVE unlit, LAMP: unlit
-    at night, lit by day)."""
+    ``material`` int8 (PLAIN and FOLIAGE: lit; BUILDING: lit, with windows on the sides;
+    EMISSIVE: its own colour whatever the light; LAMP: lit by day, glowing at night).
+    Ellipsoids are shaded round and a little darker underneath."""
 
     kind: np.ndarray
     x: np.ndarray
@@ -237,7 +238,8 @@ class Road:
         """The z whose arc length is s (inverse of :meth:`arc_length`)."""
         s = np.asarray(s, np.float64)
         lo, hi = float(s.min()), float(s.max())  # |dz/ds| is between 1/sqrt(1 + MAX_SLOPE^2) and 1
-        zt, st = self.table(min(lo, lo / math.sqrt(1 + MAX_SLOPE ** 2)) - 1, max(hi, hi / math.sqrt(1 + MAX_SLOPE ** 2)) + 1)
+        shrink = 1 / math.sqrt(1 + MAX_SLOPE ** 2)
+        zt, st = self.table(min(lo, lo * shrink) - 1, max(hi, hi * shrink) + 1)
         return np.interp(s, st, zt)
 
 
