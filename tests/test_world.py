@@ -226,3 +226,15 @@ def test_cli_writes_a_readable_mp4(tmp_path, capsys):
     assert frames.shape == (9, 32, 56, 3)
     expected = render_clip(2, 9, 32, 56, weather="rain").frames
     assert np.abs(frames.astype(float) - expected).mean() < 8  # H.264 at crf 18
+
+
+def test_trajectory_points_drive_warp_video():
+    """A clip's first frame and ego points are what warp_video takes."""
+    from engine.control.trajectory import warp_video
+
+    clip = render_clip(9, 17, 32, 56, weather="day")
+    first = torch.from_numpy(clip.frames[0]).permute(2, 0, 1).float() / 127.5 - 1
+    video, holes = warp_video(first, clip.trajectory, len(clip))
+    assert video.shape == (1, 3, 17, 32, 56) and holes.shape == (17, 32, 56)
+    assert torch.allclose(video[0, :, 0], first, atol=1 / 127.5)  # frame 0 is the first frame itself
+    assert holes[-1].any() and not holes[0].any()  # driving forward opens holes at the borders
