@@ -25,6 +25,8 @@ _STRATEGY_ARGS = [
     ("fps_ratio", int, "longdwm: latent frames between keyframes (3)"),
     ("coarse_rope", str, "longdwm: keyframe or absolute RoPE positions for the coarse pass"),
     ("keyframe_clips", bool, "longdwm: keyframes as image clips, every pair its own clip (parallel decode)"),
+    ("fine_latents", str, "longdwm keyframe clips: video (4r+1-frame clips) or image (one latent per frame: CogVideoX)"),
+    ("fine_condition", str, "longdwm image fine clips: sequence (ends as clean frames) or channels (CogVideoX-I2V style)"),
     ("anchor_stride", int, "mila: latent frames between anchors (4)"),
     ("anchors_per_rollout", int, "mila: anchors per coarse job (5)"),
     ("clip_frames", int, "mila: latent frames per fine clip (4)"),
@@ -259,6 +261,10 @@ def _sampler(args, recipe) -> SamplerConfig | None:
     if recipe is not None and not given:
         return None
     base = recipe.sampler if recipe is not None else SamplerConfig()
+    from .inputs import _is_cogvideox_source
+
+    if recipe is None and _is_cogvideox_source(getattr(args, "model", None)):  # its own DDIM, flags on top
+        base = SamplerConfig(kind="euler", num_steps=50, schedule="cogvideox", timesteps=None, guidance_scale=6.0)
     if "num_steps" not in given:
         kind = given.get("kind", base.kind)
         if kind == "fewstep":

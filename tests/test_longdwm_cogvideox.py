@@ -176,3 +176,20 @@ def test_longdwm_recipe_is_the_paper_layout(models):
     # frame 0 is the given first frame, encoded alone by CogVideoX's VAE and decoded
     want = to_uint8_frames(decode_latents(pr.vae, encode_video(pr.vae, image[None, :, None])))[0][0]
     assert np.abs(video.frames[0].astype(int) - want.astype(int)).max() <= 1
+
+
+def test_cli_runs_the_longdwm_recipe_on_cogvideox_presets(tmp_path):
+    """python -m engine generate --model tiny-cogvideox --fine-model tiny-cogvideox-i2v --recipe longdwm."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    from engine.cli import main
+
+    ff = tmp_path / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)).save(ff)
+    out = tmp_path / "v.mp4"
+    rc = main(["generate", "--model", "tiny-cogvideox", "--fine-model", "tiny-cogvideox-i2v", "--recipe", "longdwm",
+               "--first-frame", str(ff), "--height", str(H), "--width", str(W), "--num-frames", "145", "--steps", "4",
+               "--fine-condition", "channels", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert iio.imread(out, plugin="pyav").shape[0] == 145

@@ -182,6 +182,8 @@ COGVIDEOX_PRESETS: dict[str, CogVideoXConfig] = {
     ),
     "tiny-cogvideox": CogVideoXConfig(name="tiny-cogvideox", **_TINY),
     "tiny-cogvideox-rope": CogVideoXConfig(name="tiny-cogvideox-rope", use_rotary_positional_embeddings=True, **_TINY),
+    # CogVideoX-I2V shaped (the image latent on the channels): LongDWM's fine model in recipe "longdwm"
+    "tiny-cogvideox-i2v": CogVideoXConfig(name="tiny-cogvideox-i2v", in_channels=32, **_TINY),
 }
 
 
