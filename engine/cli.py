@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with open(args.stats, "w") as f:
             json.dump({"frames": len(video), "seconds": s.seconds, "first_frame_seconds": s.first_frame_seconds,
-                       **s.runtime.to_dict()}, f, indent=1)
+                       "sharpness": s.sharpness, **s.runtime.to_dict()}, f, indent=1)
     print(
         f"wrote {args.out}: {len(video)} frames {video.width}x{video.height} @ {video.fps:g} fps "
         f"in {s.seconds:.1f} s ({s.fps:.2f} frames/s, first frame after {s.first_frame_seconds:.2f} s; "

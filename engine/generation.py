@@ -51,6 +51,12 @@ class GenerationInterrupted(GenerationError):
         self.signum = signum
 
 
+def _sharpness():
+    from .telemetry import Sharpness
+
+    return Sharpness()
+
+
 @dataclass
 class RunStats:
     """Statistics of one generate() call: wall seconds, time to first frame, frames, the
@@ -66,6 +72,13 @@ class RunStats:
     first_frame_seconds: float | None = None
     chunks: list[dict] = field(default_factory=list)
     runtime: RuntimeStats = field(default_factory=RuntimeStats)
+    telemetry: "Sharpness" = field(default_factory=lambda: _sharpness())
+
+    @property
+    def sharpness(self) -> list[float]:
+        """Per-frame high-frequency energy of the decoded frames, in output order
+        (:mod:`engine.telemetry`; a falling curve is a long run blurring out)."""
+        return self.telemetry.values()
 
     @property
     def fps(self) -> float:
@@ -563,11 +576,23 @@ def run(prepared: PreparedRun, stats: RunStats | None = None, keep_latents: dict
     execute_here = run_distributed if distributed_active() else execute
     it = execute_here(r.plan, r.models, devices=r.devices, make_context=r.make_context, seed=r.seed,
                       sampler=r.sampler, latent_hw=r.latent_hw, inputs=r.inputs, condition=r.condition, vae=r.vae,
-                      make_decoder=r.make_decoder, to_frames=lambda v: to_uint8_frames(v)[0], shuffle=r.shuffle,
+                      make_decoder=r.make_decoder, to_frames=_frames_with_telemetry(stats), shuffle=r.shuffle,
                       cpu_threads=r.cpu_threads, stats=stats.runtime if stats is not None else None,
                       compile_mode=r.compile_mode, noise=r.noise, batch_jobs=r.batch_jobs,
                       **({} if keep_latents is None else {"keep_latents": keep_latents}))
     return _runtime_frames(it, stats)
+
+
+def _frames_with_telemetry(stats: RunStats | None) -> Callable:
+    """The runtime's ``to_frames``: a decoded chunk [1, 3, t, H, W] -> uint8 [t, H, W, 3],
+    its per-frame sharpness recorded on the device first (:mod:`engine.telemetry`)."""
+
+    def to_frames(video: torch.Tensor) -> np.ndarray:
+        if stats is not None:
+            stats.telemetry.record(video)
+        return to_uint8_frames(video)[0]
+
+    return to_frames
 
 
 def stream(model, *, num_frames: int, stats: RunStats | None = None, **options) -> Iterator[np.ndarray]:

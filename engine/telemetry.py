@@ -1,0 +1,72 @@
+"""Drift telemetry: a per-frame sharpness signal of every run, computed on the device.
+
+Long rollouts degrade by blurring and washing out ("error accumulation"); a falling
+high-frequency energy is the cheapest signal of it. For every decoded chunk the runtime
+emits, :func:`frame_sharpness` takes the luma (mean of R, G, B in [-1, 1]), box-averages it
+down to at most 256 pixels a side (the spectral kernel's limit), and measures the mean
+squared high-pass response per frame, ``mean(H(x)**2)`` with ``H = x - L(x)`` the spectral
+high-pass of :mod:`kernels.spectral` (Gaussian, cutoff :data:`SHARPNESS_CUTOFF` cycles per
+sample): the Triton kernel :func:`kernels.highfreq_energy` on CUDA, its float64 FFT
+reference on the CPU. The result stays on the device (no host sync per frame or chunk);
+:class:`Sharpness` gathers the pieces and copies them to the host once, when asked
+(``video.stats.sharpness``, after the run or while it runs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Gaussian cutoff of the high-pass (normalised frequency, cycles per sample).
+SHARPNESS_CUTOFF = 0.125
+#: Largest side the spectral kernel takes (``kernels.spectral``).
+MAX_SIDE = 256
+
+
+def frame_sharpness(video: torch.Tensor, cutoff: float = SHARPNESS_CUTOFF) -> torch.Tensor:
+    """Per-frame high-frequency energy of a decoded chunk.
+
+    video: float ``[B, 3, t, H, W]`` in [-1, 1] (batch row 0 is measured). Returns float32
+    ``[t]`` on the video's device: mean over pixels of ``H(luma)**2`` after box-averaging
+    by ``ceil(max(H, W) / 256)``.
+    """
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"video must be [B, 3, t, H, W], got {tuple(video.shape)}")
+    luma = video[0].float().mean(0)  # [t, H, W]
+    k = math.ceil(max(luma.shape[-2:]) / MAX_SIDE)
+    if k > 1:
+        luma = torch.nn.functional.avg_pool2d(luma[:, None], k, k)[:, 0]
+    if luma.is_cuda:
+        from kernels import highfreq_energy
+
+        return highfreq_energy(luma.contiguous(), cutoff)
+    from kernels import highfreq_energy_reference
+
+    return highfreq_energy_reference(luma, cutoff)
+
+
+class Sharpness:
+    """The per-frame sharpness of a run, in output order: pieces stay device tensors until
+    :meth:`values` copies them (one transfer per call)."""
+
+    def __init__(self) -> None:
+        self._parts: list[torch.Tensor] = []
+        self._host: list[float] = []
+
+    def record(self, video: torch.Tensor) -> None:
+        """Measure a decoded chunk ``[B, 3, t, H, W]`` (on its device, asynchronously)."""
+        self._parts.append(frame_sharpness(video))
+
+    def values(self) -> list[float]:
+        """One float per frame emitted so far."""
+        if self._parts:
+            parts, self._parts = self._parts, []
+            self._host.extend(torch.cat([p.to("cpu", non_blocking=False) for p in parts]).tolist())
+        return list(self._host)
+
+    def __len__(self) -> int:
+        return len(self._host) + sum(int(p.shape[0]) for p in self._parts)
+
+
+__all__ = ["MAX_SIDE", "SHARPNESS_CUTOFF", "Sharpness", "frame_sharpness"]
