@@ -261,9 +261,9 @@ def _sampler(args, recipe) -> SamplerConfig | None:
     if recipe is not None and not given:
         return None
     base = recipe.sampler if recipe is not None else SamplerConfig()
-    from .inputs import _is_cogvideox_source
+    from .inputs import is_cogvideox_source
 
-    if recipe is None and _is_cogvideox_source(getattr(args, "model", None)):  # its own DDIM, flags on top
+    if recipe is None and is_cogvideox_source(getattr(args, "model", None)):  # its own DDIM, flags on top
         base = SamplerConfig(kind="euler", num_steps=50, schedule="cogvideox", timesteps=None, guidance_scale=6.0)
     if "num_steps" not in given:
         kind = given.get("kind", base.kind)

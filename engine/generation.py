@@ -296,11 +296,11 @@ def _prepare(
 
     decoder = resolve_decoder(decoder)  # "full" / "taehv" / a TAEHV file / a callable: loaded and checked now
     device = devices[0] if devices else None
-    from .inputs import _is_cogvideox
+    from .inputs import is_cogvideox
     from .models.adapters import as_flow_model
 
     model = as_flow_model(resolve_model(model, dtype, device, engine_config, checkpoint_key=checkpoint_key))
-    cogvideox = _is_cogvideox(model)  # its own VAE, T5 and DDIM schedule (_cogvideox_sampler)
+    cogvideox = is_cogvideox(model)  # its own VAE, T5 and DDIM schedule (_cogvideox_sampler)
     from .checks import check_fused_ops
 
     check_fused_ops(getattr(model, "fused_ops", False), model.device)

@@ -40,12 +40,12 @@ def resolve_model(model, dtype, device, engine_config: EngineConfig | None = Non
             dev = torch.device(device) if device is not None else model.device
             model = model.to(device=dev, dtype=parse_dtype(dtype, dev) if dtype is not None else model.dtype)
         return model
-    if not isinstance(model, WanDiT) and _is_cogvideox_source(model):
+    if not isinstance(model, WanDiT) and is_cogvideox_source(model):
         from .models.adapters import as_flow_model
-        from .models.cogvideox import load_cogvideox
+        from .models.cogvideox_control import load_cogvideox_with_controls
 
         kw = {} if ec is None else dict(attention_backend=ec.attention_backend)
-        return as_flow_model(load_cogvideox(model, dtype=dtype, device=device, **kw))
+        return as_flow_model(load_cogvideox_with_controls(model, dtype=dtype, device=device, **kw))
     if not isinstance(model, WanDiT):
         from .loading import load_model
 
@@ -72,7 +72,7 @@ def resolve_role_model(model, dtype, device, engine_config: EngineConfig | None 
     return as_flow_model(resolve_model(model, dtype, device, engine_config))
 
 
-def _is_cogvideox_source(model) -> bool:
+def is_cogvideox_source(model) -> bool:
     """A CogVideoX preset name, or a path to a CogVideoX pipeline root / transformer folder
     (its ``model_index.json`` or ``config.json`` names a CogVideoX class)."""
     import json
@@ -95,7 +95,7 @@ def _is_cogvideox_source(model) -> bool:
     return False
 
 
-def _is_cogvideox(model) -> bool:
+def is_cogvideox(model) -> bool:
     """Whether ``model`` (or the DiT a VPredictionAdapter wraps) is a CogVideoX DiT."""
     from .models.cogvideox import CogVideoXConfig
 
@@ -250,7 +250,7 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
     (scaled latents) or CogVideoX T5 encoder (object or a CogVideoX pipeline's folder) for
     a Wan model; also a VAE whose latent channels or an encoder whose width differ from
     the model's. Wan models otherwise resolve exactly as before."""
-    if _is_cogvideox(model):
+    if is_cogvideox(model):
         return _cogvideox_components(model, vae, text_encoder, seed, vae_dtype)
     _refuse_cogvideox_parts(model, vae, text_encoder)
     from .models.text import TextEncoder, make_tiny_text_encoder

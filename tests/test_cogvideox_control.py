@@ -10,7 +10,7 @@ import torch
 
 import engine
 from engine.models.cogvideox import COGVIDEOX_PRESETS, build_cogvideox, load_cogvideox
-from engine.models.cogvideox_control import ControlledCogVideoXDiT
+from engine.models.cogvideox_control import ControlledCogVideoXDiT, load_cogvideox_with_controls
 from engine.models.wan_control import ControlPass
 from engine.models.weights import CheckpointError
 from helpers import randomize_, rel_err
@@ -82,15 +82,17 @@ def test_checkpoint_keys_load_and_are_checked(tmp_path):
     w, b = torch.randn(64, 16, 1, 2, 2, generator=g), torch.randn(64, generator=g)
     folder = _save_folder(tmp_path, None, {"control_layers.warp.patch_embedding.weight": w,
                                            "control_layers.warp.patch_embedding.bias": b})
-    m = load_cogvideox(folder, device="cpu")
+    with pytest.raises(CheckpointError, match="load_cogvideox_with_controls"):
+        load_cogvideox(folder, device="cpu")
+    m = load_cogvideox_with_controls(folder, device="cpu")
     assert isinstance(m, ControlledCogVideoXDiT)
     assert torch.equal(m.control_layers["warp"].patch_embedding.weight, w)
     alt = _save_folder(tmp_path, None, {"warp_embedding.weight": w, "warp_embedding.bias": b}, name="alt")
-    assert torch.equal(load_cogvideox(alt, device="cpu").control_layers["warp"].patch_embedding.bias, b)
+    assert torch.equal(load_cogvideox_with_controls(alt, device="cpu").control_layers["warp"].patch_embedding.bias, b)
     bad = _save_folder(tmp_path, None, {"control_layers.warp.patch_embedding.weight": w[:, :8],
                                         "control_layers.warp.patch_embedding.bias": b}, name="bad")
     with pytest.raises(CheckpointError, match="mis-shaped"):
-        load_cogvideox(bad, device="cpu")
+        load_cogvideox_with_controls(bad, device="cpu")
     plain = load_cogvideox(_save_folder(tmp_path, None, name="plain"), device="cpu")
     assert type(plain).__name__ == "CogVideoXDiT"
 
@@ -113,7 +115,7 @@ def test_generate_with_a_trajectory_on_cogvideox(tmp_path):
     b = engine.generate(plain, **kw)
     assert np.array_equal(a.frames, b.frames)  # a zero warp layer: the video ignores the trajectory
     g = torch.Generator().manual_seed(3)
-    trained = load_cogvideox(_save_folder(tmp_path, None, {
+    trained = load_cogvideox_with_controls(_save_folder(tmp_path, None, {
         "control_layers.warp.patch_embedding.weight": 0.2 * torch.randn(64, 16, 1, 2, 2, generator=g),
         "control_layers.warp.patch_embedding.bias": 0.2 * torch.randn(64, generator=g)}, name="trained"), device="cpu")
     with warnings.catch_warnings():

@@ -749,6 +749,7 @@ def load_cogvideox(
     attention_backend: str = "sdpa",
     text_timestep: str = "max",
     seed: int = 0,
+    controlled_cls=None,
 ) -> CogVideoXDiT:
     """Load a CogVideoX DiT in eval mode on ``device`` in ``dtype``.
 
@@ -756,8 +757,9 @@ def load_cogvideox(
     ``seed``), or a diffusers ``CogVideoXTransformer3DModel`` folder (``config.json`` +
     safetensors, sharded with an index), or a pipeline root (its ``transformer/``), or a
     single safetensors file. ``config`` overrides the inferred architecture. A checkpoint
-    holding LongDWM's warp layer (``control_layers.warp.*``) gives a
-    :class:`~engine.models.cogvideox_control.ControlledCogVideoXDiT`.
+    holding LongDWM's warp layer (``control_layers.warp.*``) needs ``controlled_cls`` (the
+    class that owns it: :func:`engine.models.cogvideox_control.load_cogvideox_with_controls`
+    passes :class:`~engine.models.cogvideox_control.ControlledCogVideoXDiT`).
     device: default cuda:0 when available, else cpu; dtype: default bfloat16 on CUDA,
     float32 on CPU. The returned model has ``.source`` (the path, or None for presets).
     """
@@ -778,14 +780,17 @@ def load_cogvideox(
             f"{key!r} is neither a CogVideoX preset ({', '.join(sorted(COGVIDEOX_PRESETS))}) nor an existing path"
         )
     raw, cfg_json = read_state_dict(path)
-    from .cogvideox_control import ControlledCogVideoXDiT
     from .wan_control import split_control_state
 
     state, control_state = split_control_state(diffusers_to_ours(raw))  # LongDWM's warp layer, when present
+    if control_state and controlled_cls is None:
+        raise CheckpointError(f"{path} holds control layers ({sorted(control_state)[:4]}...): load it with "
+                              f"engine.models.cogvideox_control.load_cogvideox_with_controls (engine.load_model and "
+                              f"engine.generate do)")
     if config is None:
         config = infer_cogvideox_config(state, config_from_diffusers_json(cfg_json) if cfg_json else None)
     with torch.device("meta"):
-        cls = ControlledCogVideoXDiT if control_state else CogVideoXDiT
+        cls = controlled_cls if control_state else CogVideoXDiT
         model = cls(config, attention_backend=attention_backend, text_timestep=text_timestep)
     check_state_dict(model, state, source=str(path))
     try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .cogvideox import CogVideoXConfig, CogVideoXDiT
+from .cogvideox import CogVideoXConfig, CogVideoXDiT, load_cogvideox
 from .wan_control import ControlPass, WarpInjection
 
 CONTROL_KINDS = ("warp",)
@@ -123,4 +123,11 @@ class ControlledCogVideoXDiT(CogVideoXDiT):
         return super().forward(latents, timesteps, text_embeds, block_tokens=tokens, **kw)
 
 
-__all__ = ["CONTROL_KINDS", "ControlledCogVideoXDiT"]
+def load_cogvideox_with_controls(path_or_preset, dtype=None, device=None, **kw) -> CogVideoXDiT:
+    """:func:`~engine.models.cogvideox.load_cogvideox`, giving a :class:`ControlledCogVideoXDiT`
+    with its trained layers when the checkpoint holds control keys (a plain
+    :class:`CogVideoXDiT` otherwise)."""
+    return load_cogvideox(path_or_preset, dtype=dtype, device=device, controlled_cls=ControlledCogVideoXDiT, **kw)
+
+
+__all__ = ["CONTROL_KINDS", "ControlledCogVideoXDiT", "load_cogvideox_with_controls"]
