@@ -146,6 +146,13 @@ class SamplerConfig:
             if self.kind != "euler":
                 raise ValueError(f"SamplerConfig.schedule='cogvideox' is CogVideoX's DDIM, stepped as Euler on its "
                                  f"flow sigmas: kind must be 'euler', got {self.kind!r}")
+            if isinstance(self.ddpm, dict):  # a scheduler_config.json's dict
+                from .sampling import CogVideoXSchedule
+
+                object.__setattr__(self, "ddpm", CogVideoXSchedule.from_config(self.ddpm))
+            elif self.ddpm is not None and type(self.ddpm).__name__ != "CogVideoXSchedule":
+                raise ValueError(f"SamplerConfig.ddpm must be a CogVideoXSchedule (or a scheduler config dict), got "
+                                 f"{type(self.ddpm).__name__}")
         elif self.ddpm is not None:
             raise ValueError("SamplerConfig.ddpm (a CogVideoX DDPM schedule) is used only with schedule='cogvideox'")
 
@@ -233,6 +240,10 @@ PRESETS: dict[str, ModelConfig] = {
     # The embedded default: same architecture, toy sizes, runs on two CPU cores.
     "tiny": ModelConfig(
         name="tiny", dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32, text_len=32
+    ),
+    # The same toy architecture with seeded random weights (tests, benchmarks of the machinery).
+    "tiny-random": ModelConfig(
+        name="tiny-random", dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32, text_len=32
     ),
     "tiny-i2v": ModelConfig(
         name="tiny-i2v",

@@ -369,6 +369,8 @@ def _prepare(
                          f"cut per clip yet: run it without clip options")
     roles = _role_models(strategy, model, coarse_model, fine_model, dtype, device, engine_config)
     check_channel_jobs(plan, roles)
+    for m in roles.values():  # every CogVideoX role stepped on its own DDPM table
+        check_ddpm_schedule(m, sampler)
     from .runtime import check_noise
 
     check_noise(plan, noise, roles, (h, w))
@@ -476,11 +478,11 @@ def check_channel_jobs(plan, roles: dict) -> None:
             raise ValueError(f"job {job.id!r} hands its end frames on the channels (fine_condition='channels'), but the "
                              f"{job.model} model {cfg.name!r} takes {cfg.in_channels} input channels, not "
                              f"{2 * cfg.out_channels}: use fine_condition='sequence' for a text-to-video fine model")
-        if (not job.channel_frames and job.model != "main" and isinstance(cfg, CogVideoXConfig)
-                and cfg.in_channels > cfg.out_channels):
-            raise ValueError(f"the {job.model} model {cfg.name!r} is CogVideoX-I2V shaped ({cfg.in_channels} input "
-                             f"channels): its clips need their end frames on the channels -- longdwm "
-                             f"fine_latents='image', fine_condition='channels'")
+        if not job.channel_frames and job.model != "main" and image_condition(cfg):
+            fix = ("longdwm fine_latents='image', fine_condition='channels'" if job.model == "fine" else
+                   "a text-to-video coarse model (its jobs have no image on the channels)")
+            raise ValueError(f"the {job.model} model {cfg.name!r} is image-conditioned on its channels "
+                             f"({cfg.in_channels} input channels), but job {job.id!r} gives it none: use {fix}")
 
 
 def check_ddpm_schedule(model, sampler: SamplerConfig) -> None:
@@ -490,6 +492,9 @@ def check_ddpm_schedule(model, sampler: SamplerConfig) -> None:
     if sampler.schedule != "cogvideox":
         return
     table = getattr(model, "alphas_cumprod", None)
+    if sampler.ddpm.prediction_type != "v_prediction":
+        raise ValueError(f"sampler.ddpm.prediction_type {sampler.ddpm.prediction_type!r}: the runtime steps "
+                         f"v-prediction CogVideoX models only (engine.models.cogvideox.cogvideox_sample does more)")
     if table is None:
         raise ValueError(f"sampler schedule 'cogvideox' (CogVideoX's DDIM) needs a CogVideoX model; "
                          f"{model.config.name!r} is a flow model: use schedule 'flow' or 'wan'")
@@ -509,6 +514,11 @@ def check_plan_decodes(plan, vae) -> None:
 
     if vae is None or not is_cogvideox_vae(vae):
         return
+    for d in plan.decodes:  # hand-offs (e.g. MMPL's init + terminal frames) decode as one sequence too
+        if len(d.latents) % 2 == 0:
+            raise ValueError(f"hand-off decode {d.id!r} decodes {len(d.latents)} latents: CogVideoX 1.0's VAE decodes "
+                             f"an even number F of latents to 4F frames, not 4F - 3; this plan's hand-offs do not fit "
+                             f"CogVideoX's VAE")
     for clip in plan.clips:
         chain = plan.clip_decodes.get(clip.id, [])
         if clip.kind == "image" or not chain:
@@ -540,6 +550,11 @@ def _decoder_factory(decoder, ctl, default, vae=None):
 
     decoder = resolve_decoder(decoder)
     if decoder is not None:
+        from .models.cogvideox_vae import is_cogvideox_vae
+
+        if vae is not None and is_cogvideox_vae(vae):
+            raise ValueError("light decoders (TAEHV, LightTAE, LightVAE, a custom callable) decode Wan's latent space; "
+                             "a CogVideoX model decodes with its own VAE: drop decoder=")
         if vae is not None and hasattr(decoder, "check_vae"):
             decoder.check_vae(vae)
         if ctl is not None and ctl.views > 1:

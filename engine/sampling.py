@@ -77,6 +77,7 @@ __all__ = [
     "CogVideoXDPMSampler",
     "cogvideox_scheduler_kind",
     "cogvideox_flow_sigmas",
+    "vp_flow_sigma",
     "cogvideox_dynamic_guidance",
     "make_cogvideox_sampler",
 ]
@@ -639,7 +640,10 @@ def config_sigmas(config) -> torch.Tensor:
     ``schedule="wan"`` Wan's own UniPC table (:func:`wan_unipc_schedule`), or with
     ``schedule="cogvideox"`` CogVideoX's DDIM as flow sigmas (:func:`cogvideox_flow_sigmas`)."""
     if getattr(config, "schedule", "flow") == "cogvideox":
-        return cogvideox_flow_sigmas(config.ddpm or CogVideoXSchedule(), config.num_steps)
+        if config.ddpm is None:
+            raise ValueError("SamplerConfig(schedule='cogvideox') without ddpm: engine.generate fills in the model's "
+                             "own schedule; elsewhere pass ddpm=engine.models.cogvideox.cogvideox_scheduler_for(m)[1]")
+        return cogvideox_flow_sigmas(config.ddpm, config.num_steps)
     if config.kind == "fewstep":
         return few_step_sigmas(config.timesteps or (1000.0, 750.0, 500.0, 250.0), config.shift)
     if getattr(config, "schedule", "flow") == "wan":
@@ -794,6 +798,13 @@ def cogvideox_flow_sigmas(schedule: "CogVideoXSchedule", num_steps: int) -> torc
     ``set_alpha_to_one``). DDIM steps from t to t - T // N; a step count whose timestep list
     does not follow that rule (diffusers then feeds the model a timestep the latents are
     not at) is refused, naming counts that work (e.g. 50)."""
+    if not schedule.set_alpha_to_one:
+        raise ValueError("CogVideoX DDIM with set_alpha_to_one=False ends at alpha_0 < 1, where DDIM returns the VP "
+                         "state, not the flow state the runtime keeps: not supported (the published CogVideoX "
+                         "scheduler configs set it to true); use cogvideox_sample")
+    if schedule.prediction_type != "v_prediction":
+        raise ValueError(f"the runtime's CogVideoX DDIM steps v-prediction models (VPredictionAdapter); "
+                         f"prediction_type {schedule.prediction_type!r}: use cogvideox_sample")
     ts = schedule.timesteps(num_steps)
     T = schedule.num_train_timesteps
     nxt = ts - T // num_steps
@@ -803,8 +814,14 @@ def cogvideox_flow_sigmas(schedule: "CogVideoXSchedule", num_steps: int) -> torc
                          f"which is not the next of its {schedule.timestep_spacing} timesteps {ts[:4].tolist()}...; "
                          f"the runtime's DDIM needs the two to agree: use e.g. {ok} steps")
     ac = schedule.alphas_cumprod()
-    final = 1.0 if schedule.set_alpha_to_one else float(ac[0])
-    a = torch.cat([ac[ts], torch.tensor([final], dtype=torch.float64) if int(nxt[-1]) < 0 else ac[nxt[-1:]]])
+    a = torch.cat([ac[ts], torch.ones(1, dtype=torch.float64) if int(nxt[-1]) < 0 else ac[nxt[-1:]]])
+    return vp_flow_sigma(a)
+
+
+def vp_flow_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Flow sigma s = sqrt(1 - a) / (sqrt(a) + sqrt(1 - a)) of VP states with alpha_bar ``a``
+    (float64, same shape): the one formula the CogVideoX schedule and the adapter share."""
+    a = alpha_bar.double()
     sa, sb = a.sqrt(), (1 - a).clamp_min(0).sqrt()
     return sb / (sa + sb)
 

@@ -15,6 +15,7 @@ reference on the CPU. The result stays on the device (no host sync per frame or 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -40,7 +41,8 @@ def frame_sharpness(video: torch.Tensor, cutoff: float = SHARPNESS_CUTOFF) -> to
     if luma.is_cuda:
         from kernels import highfreq_energy
 
-        return highfreq_energy(luma.contiguous(), cutoff)
+        with torch.cuda.device(luma.device):  # Triton launches on the current device: make it the frames'
+            return highfreq_energy(luma.contiguous(), cutoff)
     from kernels import highfreq_energy_reference
 
     return highfreq_energy_reference(luma, cutoff)
@@ -53,20 +55,25 @@ class Sharpness:
     def __init__(self) -> None:
         self._parts: list[torch.Tensor] = []
         self._host: list[float] = []
+        self._lock = threading.Lock()  # the emitter thread records while a reader may ask
 
     def record(self, video: torch.Tensor) -> None:
         """Measure a decoded chunk ``[B, 3, t, H, W]`` (on its device, asynchronously)."""
-        self._parts.append(frame_sharpness(video))
+        e = frame_sharpness(video)
+        with self._lock:
+            self._parts.append(e)
 
     def values(self) -> list[float]:
         """One float per frame emitted so far."""
-        if self._parts:
-            parts, self._parts = self._parts, []
-            self._host.extend(torch.cat([p.to("cpu", non_blocking=False) for p in parts]).tolist())
-        return list(self._host)
+        with self._lock:
+            if self._parts:
+                parts, self._parts = self._parts, []
+                self._host.extend(torch.cat([p.to("cpu") for p in parts]).tolist())
+            return list(self._host)
 
     def __len__(self) -> int:
-        return len(self._host) + sum(int(p.shape[0]) for p in self._parts)
+        with self._lock:
+            return len(self._host) + sum(int(p.shape[0]) for p in self._parts)
 
 
 __all__ = ["MAX_SIDE", "SHARPNESS_CUTOFF", "Sharpness", "frame_sharpness"]

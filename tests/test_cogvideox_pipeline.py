@@ -314,7 +314,7 @@ def test_resolve_components_picks_the_family_and_refuses_the_other(tmp_path):
     # vice versa: a Wan DiT refuses CogVideoX's parts; its own resolve as before
     import engine
 
-    wan = engine.load_model("tiny", device="cpu")
+    wan = engine.load_model("tiny-random", device="cpu")
     with pytest.raises(ValueError, match="Wan DiT: it needs the Wan VAE.*AutoencoderKLCogVideoX"):
         resolve_components(wan, vae=make_tiny_cogvideox_vae())
     with pytest.raises(ValueError, match="Wan DiT: it needs the Wan VAE"):
@@ -393,8 +393,8 @@ def test_generate_refuses_what_cogvideox_cannot_decode_or_sample(tmp_path):
     from engine.generation import prepare
 
     _, root = tiny_pipeline(tmp_path)
-    pr = prepare(str(root), num_frames=9, height=H, width=W, chunk_frames=1, devices=["cpu"],  # 3 chunk jobs
-                 first_frame=torch.rand(3, H, W) * 2 - 1)
+    pr = prepare(str(root), num_frames=9, height=H, width=W, chunk_frames=1, devices=["cpu"],
+                 first_frame=torch.rand(3, H, W) * 2 - 1)  # latent 0 given, latents 1 and 2: one chunk job each
     assert len(pr.plan.jobs) == 2 and [len(c) for c in pr.plan.clip_decodes.values()] == [1]  # one whole decode
     _, frames = _run_latents(pr)
     assert frames.shape == (9, H, W, 3)

@@ -33,7 +33,6 @@ rescaling of sqrt(a) so that a_999 = 0); tests compare it with diffusers' own.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
@@ -47,16 +46,12 @@ COGVIDEOX_SCHEDULES = {
 
 def cogvideox_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
                              snr_shift_scale: float = 3.0, rescale_zero_snr: bool = True) -> torch.Tensor:
-    """alphas_cumprod [T] (float64) of CogVideoX's DDPM schedule (see the module docstring)."""
-    betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_train_timesteps, dtype=torch.float64) ** 2
-    a = torch.cumprod(1.0 - betas, 0)
-    a = a / (snr_shift_scale + (1.0 - snr_shift_scale) * a)
-    if rescale_zero_snr:
-        r = a.sqrt()
-        r0, rT = r[0].clone(), r[-1].clone()
-        r = (r - rT) * (r0 / (r0 - rT))
-        a = r * r
-    return a
+    """alphas_cumprod [T] (float64) of CogVideoX's DDPM schedule (scaled-linear betas):
+    :meth:`engine.sampling.CogVideoXSchedule.alphas_cumprod` with these fields."""
+    from ..sampling import CogVideoXSchedule
+
+    return CogVideoXSchedule(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                             snr_shift_scale=snr_shift_scale, rescale_betas_zero_snr=rescale_zero_snr).alphas_cumprod()
 
 
 def flow_to_vp(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +87,6 @@ def timesteps_for_alpha_bar(alpha_bar: torch.Tensor, alphas_cumprod: torch.Tenso
     return t.reshape(alpha_bar.shape)
 
 
-#: Fractional DDPM timesteps closer than this to an integer are fed as that integer.
-SNAP = 2e-3
-
-
 class VPredictionAdapter(nn.Module):
     """A v-prediction DDPM DiT seen as a flow-velocity predictor (module docstring).
 
@@ -113,6 +104,14 @@ class VPredictionAdapter(nn.Module):
         if ac.dim() != 1 or ac.numel() < 2 or bool((ac[1:] > ac[:-1]).any()) or bool((ac < 0).any() or (ac > 1).any()):
             raise ValueError("alphas_cumprod must be a non-increasing 1-D table in [0, 1] with at least 2 entries")
         self._alphas_cumprod = ac  # a plain float64 CPU tensor: .to(bf16) must not round the table
+        from ..sampling import vp_flow_sigma
+
+        # float32 flow timesteps 1000 s of every integer DDPM timestep (CogVideoX's DDIM schedule,
+        # engine.sampling.cogvideox_flow_sigmas, computes s the same way): an exact match is fed
+        # as that integer, as diffusers does; anything else goes through timesteps_for_alpha_bar.
+        grid = (1000.0 * vp_flow_sigma(ac)).float().double()
+        self._grid, order = torch.sort(grid)
+        self._grid_t = order.double()
 
     @classmethod
     def for_cogvideox(cls, model: nn.Module, snr_shift_scale: float | None = None) -> "VPredictionAdapter":
@@ -159,7 +158,8 @@ class VPredictionAdapter(nn.Module):
         return self.model.tokens_per_frame(height, width)
 
     # -- conversion -----------------------------------------------------------------
-    def _per_frame_sigma(self, timesteps, B: int, F: int) -> torch.Tensor:
+    def _per_frame_timesteps(self, timesteps, B: int, F: int) -> torch.Tensor:
+        """Flow timesteps [B] or [B, F] -> [B, F] float64 (the values as given)."""
         t = torch.as_tensor(timesteps).detach().double().cpu()
         if t.dim() == 0:
             t = t.expand(B)
@@ -169,18 +169,22 @@ class VPredictionAdapter(nn.Module):
             t = t[:, None].expand(B, F)
         if t.shape != (B, F):
             raise ValueError(f"timesteps must be [B] or [B, F] = [{B}, {F}]; got {tuple(t.shape)}")
-        return (t / 1000.0).clamp(0.0, 1.0)
+        return t
+
+    def _integer_timesteps(self, flow_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``t`` with every entry whose flow timestep ``flow_t`` (float64 of the float32 the
+        runtime passes) is exactly an integer DDPM timestep's replaced by that integer."""
+        flat = flow_t.reshape(-1)
+        idx = torch.searchsorted(self._grid, flat).clamp(max=self._grid.numel() - 1)
+        hit = self._grid[idx] == flat
+        return torch.where(hit, self._grid_t[idx], t.reshape(-1)).reshape(t.shape)
 
     def _run(self, latents: torch.Tensor, timesteps, text_embeds, kw) -> tuple[torch.Tensor, ...]:
         B, _, F = latents.shape[:3]
-        s = self._per_frame_sigma(timesteps, B, F)  # [B, F] float64
+        flow_t = self._per_frame_timesteps(timesteps, B, F)  # [B, F] float64
+        s = (flow_t / 1000.0).clamp(0.0, 1.0)
         ab, scale = flow_to_vp(s)
-        t = timesteps_for_alpha_bar(ab, self._alphas_cumprod)
-        # A DDPM model is trained at integer timesteps; the runtime's flow timesteps travel in
-        # float32, so a sigma of an integer timestep (CogVideoX's DDIM schedule,
-        # engine.sampling.cogvideox_flow_sigmas) comes back within ~1e-4 of it: snap those.
-        r = t.round()
-        t = torch.where((t - r).abs() < SNAP, r, t)
+        t = self._integer_timesteps(flow_t, timesteps_for_alpha_bar(ab, self._alphas_cumprod))
         dev = latents.device
 
         def bc(x):  # [B, F] -> [B, 1, F, 1, 1] float32 on the latents' device

@@ -165,6 +165,7 @@ class Job:
             "id": self.id, "model": self.model, "kind": self.kind, "generated": list(self.generated_positions),
             "context": list(self.context_positions), "outputs": list(self.outputs), "deps": list(self.deps),
             "passes": self.passes, "noise": self.noise,
+            **({"channel_frames": [list(c) for c in self.channel_frames]} if self.channel_frames else {}),
         }
 
 
