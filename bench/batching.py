@@ -121,7 +121,7 @@ def parse_size(s: str) -> tuple[int, int]:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="tiny-random")
     p.add_argument("--dims", default=None, help="DIM,FFN,HEADS,LAYERS: the --model preset resized (random weights)")
     p.add_argument("--dtype", default=None)
     p.add_argument("--size", type=parse_size, default=(128, 128), help="video H[xW] (latent = / 8)")

@@ -23,7 +23,7 @@ from engine.loading import build_model  # noqa: E402
 
 
 def main() -> int:
-    m = build_model(engine.PRESETS["tiny"])
+    m = build_model(engine.PRESETS["tiny-random"])
     res = {"what": "critical path / total DiT passes of a 145-frame video: longdwm (paper layout) vs ar",
            "date": datetime.date.today().isoformat(), "command": "python bench/longdwm_paths.py", "samplers": {}}
     for name, s in (("fewstep-4", SamplerConfig()),

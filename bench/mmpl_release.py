@@ -142,7 +142,7 @@ def end_to_end(args) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--model", default="tiny-random")
     ap.add_argument("--devices", default="cpu,cpu")
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--width", type=int, default=128)

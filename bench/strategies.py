@@ -142,7 +142,7 @@ def SPEED_CONFIGS(args):  # noqa: N802 -- a table
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--devices", default="cpu,cpu")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="tiny-random")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--mmpl-frames", type=int, default=4 * 48 + 1)  # 6 segments of 8 latent frames

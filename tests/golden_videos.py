@@ -62,7 +62,7 @@ def controlled_model():
     import engine
     from engine.models.wan_control import ControlledWanDiT
 
-    m = ControlledWanDiT.from_base(engine.load_model("tiny", device="cpu"))
+    m = ControlledWanDiT.from_base(engine.load_model("tiny-random", device="cpu"))
     torch.manual_seed(0)  # the layers' default init draws from the global generator
     m.enable_control("warp")
     m.enable_control("waypoints", in_features=6)
@@ -130,7 +130,7 @@ def run_case(name: str, devices=("cpu",), shuffle=None):
 
     n, opts = CASES[name]
     opts = dict(opts)
-    name_ = opts.pop("model", "tiny")
+    name_ = opts.pop("model", "tiny-random")
     model = controlled_model() if name_ == "controlled" else engine.load_model(name_, device="cpu")
     if "sampler" in opts:
         kind, steps = opts.pop("sampler")

@@ -36,7 +36,7 @@ H = W = 4  # latent size of a 32 x 32 video
 
 @pytest.fixture(scope="module")
 def tiny():
-    return engine.load_model("tiny", device="cpu")
+    return engine.load_model("tiny-random", device="cpu")
 
 
 @pytest.fixture(autouse=True)

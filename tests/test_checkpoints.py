@@ -14,7 +14,7 @@ from helpers import rel_err, wan_text
 
 
 def _original_state(seed, **cfg_changes):
-    cfg = engine.PRESETS["tiny"].replace(**cfg_changes)
+    cfg = engine.PRESETS["tiny-random"].replace(**cfg_changes)
     model = build_model(cfg, seed=seed)
     return model, {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -38,7 +38,7 @@ def test_original_layout_matches_diffusers_converter(tmp_path, i2v):
     save_file(state, str(tmp_path / "wan.safetensors"))  # no config.json: architecture is inferred
 
     # no weight shows the head count: an exact preset match (t2v: tiny) or a config says it
-    given = engine.PRESETS["tiny"].replace(text_len=512, **changes) if i2v else None
+    given = engine.PRESETS["tiny-random"].replace(text_len=512, **changes) if i2v else None
     ours = engine.load_model(tmp_path / "wan.safetensors", dtype="float32", device="cpu", config=given)
     cfg = ours.config
     ref = WanTransformer3DModel(
@@ -129,7 +129,7 @@ def test_missing_unexpected_and_misshaped_keys_listed_together(tmp_path):
     del state["blocks.1.ffn.2.bias"]
     state["blocks.0.extra.weight"] = torch.randn(3)
     save_file(state, str(tmp_path / "w.safetensors"))
-    bad_cfg = engine.PRESETS["tiny"].replace(ffn_dim=96)
+    bad_cfg = engine.PRESETS["tiny-random"].replace(ffn_dim=96)
     with pytest.raises(CheckpointError) as info:
         engine.load_model(tmp_path / "w.safetensors", device="cpu", config=bad_cfg)
     msg = str(info.value)

@@ -19,7 +19,7 @@ LONGDWM = dict(strategy="longdwm", keyframes=3, fps_ratio=2, keyframe_clips=True
 
 @pytest.fixture(scope="module")
 def tiny():
-    return engine.load_model("tiny", device="cpu")
+    return engine.load_model("tiny-random", device="cpu")
 
 
 class RecordingDecoder(StreamingDecoder):

@@ -89,7 +89,7 @@ def test_adapter_x0_is_the_hand_computation():
 
 
 def test_longdwm_cogvideox_coarse_wan_fine():
-    tiny = engine.load_model("tiny", device="cpu")
+    tiny = engine.load_model("tiny-random", device="cpu")
     kw = dict(num_frames=25, strategy="longdwm", keyframes=3, fps_ratio=2, seed=3, **SMALL)
     runs = {}
     for label, devs in [("1", ["cpu"]), ("2", ["cpu", "cpu"])]:
@@ -113,7 +113,7 @@ def test_longdwm_cogvideox_coarse_wan_fine():
 def test_cogvideox_with_its_own_text_space_and_per_frame_schedules():
     """A CogVideoX fine model with another text width gets its own context; MiLA's TPD gives
     every generated frame its own sigma and its re-noised anchors start below 1."""
-    tiny = engine.load_model("tiny", device="cpu")
+    tiny = engine.load_model("tiny-random", device="cpu")
     cog = build_cogvideox(COGVIDEOX_PRESETS["tiny-cogvideox"].replace(text_dim=48), seed=4).eval()
     kw = dict(num_frames=17, strategy="mila", clip_frames=2, seed=0, **SMALL)
     v = engine.generate(tiny, fine_model=cog, **kw)

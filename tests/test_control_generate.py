@@ -61,7 +61,7 @@ def test_every_strategy_with_every_control_is_deterministic_across_workers(model
 
 
 def test_zero_initialised_controls_reproduce_the_plain_video():
-    m = engine.load_model("tiny", device="cpu")
+    m = engine.load_model("tiny-random", device="cpu")
     for strategy, opts in [("ar", {}), ("longdwm", dict(keyframes=2, fps_ratio=3))]:
         plain = engine.generate(m, num_frames=N, strategy=strategy, first_frame=FIRST, **SMALL, **opts)
         warp = {k: v for k, v in CONTROLS["warp"].items() if k != "first_frame"}
@@ -87,10 +87,10 @@ def test_cli_takes_trajectory_and_saves_warped_frames(tmp_path):
     from engine.cli import main
 
     Image.fromarray(FIRST).save(tmp_path / "first.png")
-    rc = main(["generate", "--model", "tiny", "--num-frames", "9", "--height", "32", "--width", "32",
+    rc = main(["generate", "--model", "tiny-random", "--num-frames", "9", "--height", "32", "--width", "32",
                "--first-frame", str(tmp_path / "first.png"), "--trajectory", "0,0;0.2,1;0.5,2",
                "--intrinsics", "32,32,15.5,15.5", "--save-warped", str(tmp_path / "w.mp4"),
                "--out", str(tmp_path / "o.mp4"), "--no-progress"])
     assert rc == 0 and read_video_frames(str(tmp_path / "w.mp4")).shape == (9, 32, 32, 3)
-    assert main(["generate", "--model", "tiny", "--num-frames", "9", "--height", "32", "--width", "32",
+    assert main(["generate", "--model", "tiny-random", "--num-frames", "9", "--height", "32", "--width", "32",
                  "--trajectory", "0,0;0,1", "--out", str(tmp_path / "x.mp4"), "--no-progress"]) == 2

@@ -238,7 +238,7 @@ def test_load_cond_json_errors(tmp_path):
 # the old strategy options
 # ----------------------------------------------------------------------------------
 def _setup(**opts):
-    m = engine.load_model("tiny", device="cpu")
+    m = engine.load_model("tiny-random", device="cpu")
     kw = dict(model=m, num_frames=9, height=32, width=32, latent_frames=3, first_frame_given=opts.pop("ff", True))
     return ControlSetup(opts, **kw)
 
@@ -270,7 +270,7 @@ def test_generate_sends_the_old_longvie_options_to_the_recipe(name):
     whose TypeError would not name the recipe)."""
     rng = np.random.default_rng(100 + len(name))
     with pytest.raises(ControlError, match=rf"\['{name}'\].*recipe='longvie2'"):
-        engine.generate("tiny", num_frames=9, height=32, width=32, progress=False,
+        engine.generate("tiny-random", num_frames=9, height=32, width=32, progress=False,
                         **{name: _old_option(name, rng)})
 
 
@@ -309,6 +309,6 @@ def test_every_control_input_is_validated(opts, match):
 def test_generate_rejects_bad_controls_before_running():
     rng = np.random.default_rng(21)
     with pytest.raises(ValueError, match="covers 5 video frames"):
-        engine.generate("tiny", num_frames=9, height=32, width=32, progress=False, waypoints=rng.normal(size=(5, 2, 2)))
+        engine.generate("tiny-random", num_frames=9, height=32, width=32, progress=False, waypoints=rng.normal(size=(5, 2, 2)))
     with pytest.raises(TypeError, match="unknown option"):
-        engine.generate("tiny", num_frames=9, height=32, width=32, progress=False, wayponits=rng.normal(size=(9, 2, 2)))
+        engine.generate("tiny-random", num_frames=9, height=32, width=32, progress=False, wayponits=rng.normal(size=(9, 2, 2)))

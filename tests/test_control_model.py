@@ -18,7 +18,7 @@ from engine.models.wan_control import CONTROL_KINDS, ControlledWanDiT, ControlPa
 from engine.models.weights import CheckpointError, save_original_layout
 from kernels import patterns
 
-CFG = engine.PRESETS["tiny"].replace(num_layers=3)
+CFG = engine.PRESETS["tiny-random"].replace(num_layers=3)
 
 
 def fresh(seed=3):

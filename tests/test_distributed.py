@@ -60,7 +60,7 @@ def _rank_main(rank: int, world: int, port: int, out: str):
     report = {"rank": rank}
     try:
         assert distributed_active()
-        tiny = engine.load_model("tiny", device="cpu")
+        tiny = engine.load_model("tiny-random", device="cpu")
         for name, kw in RUNS.items():
             v = engine.generate(tiny, devices=["cpu"], **SMALL, **kw)
             report[name] = {"frames": len(v), "jobs": sorted(j["id"] for j in v.stats.jobs),
@@ -124,7 +124,7 @@ def test_two_ranks_bit_identical_to_one_process_and_failures_do_not_hang(tmp_pat
     t0 = time.perf_counter()
     ctx = mp.start_processes(_rank_main, args=(2, port, str(tmp_path)), nprocs=2, join=False, start_method="spawn")
     refs = {}
-    tiny = engine.load_model("tiny", device="cpu")
+    tiny = engine.load_model("tiny-random", device="cpu")
     for name, kw in RUNS.items():  # the single-process reference, computed while the ranks run
         refs[name] = engine.generate(tiny, devices=["cpu"], **SMALL, **kw)
     while not ctx.join(timeout=60):

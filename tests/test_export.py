@@ -38,7 +38,7 @@ SLOTS = 9
 
 @pytest.fixture(scope="module")
 def tiny():
-    return engine.load_model("tiny", device="cpu")
+    return engine.load_model("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_cli_writes_and_checks_a_folder(tmp_path, capsys):
     from export.__main__ import main
 
     out = tmp_path / "cli"
-    assert main(["onnx", "--model", "tiny", "--out", str(out), "--size", "32x32", "--frames", "3",
+    assert main(["onnx", "--model", "tiny-random", "--out", str(out), "--size", "32x32", "--frames", "3",
                  "--opset", "20", "--cache-frames", "6"]) == 0
     man = load_manifest(out)
     assert man.find("step")[0]["bucket"] == {"frames": 3, "latent_height": 4, "latent_width": 4, "batch": 1,

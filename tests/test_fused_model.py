@@ -14,7 +14,7 @@ from test_kvcache import block_causal_window
 @torch.no_grad()
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-2)])
 def test_fused_ops_and_triton_attention_equal_reference(dtype, tol, monkeypatch):
-    cfg = engine.PRESETS["tiny"].replace(num_layers=2)
+    cfg = engine.PRESETS["tiny-random"].replace(num_layers=2)
     ref = build_model(cfg, seed=4, attention_backend="reference")
     fast = build_model(cfg, seed=4, attention_backend="sdpa", fused_ops=True)
     g = torch.Generator().manual_seed(6)
@@ -36,7 +36,7 @@ def test_fused_ops_and_triton_attention_equal_reference(dtype, tol, monkeypatch)
 def test_fused_ops_in_cached_rollout(monkeypatch):
     import engine.models.wan as wan
 
-    cfg = engine.PRESETS["tiny"].replace(num_layers=2)
+    cfg = engine.PRESETS["tiny-random"].replace(num_layers=2)
     model = build_model(cfg, seed=9, fused_ops=True)
     g = torch.Generator().manual_seed(1)
     x, t, text = torch.randn(1, 16, 4, 4, 4, generator=g), torch.rand(1, 4, generator=g) * 1000, torch.randn(1, 3, 32, generator=g)

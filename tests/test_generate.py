@@ -17,7 +17,7 @@ SMALL = dict(height=32, width=32)
 
 @pytest.fixture(scope="module")
 def tiny():
-    return engine.load_model("tiny", device="cpu")
+    return engine.load_model("tiny-random", device="cpu")
 
 
 def test_generate_returns_requested_frames_and_is_deterministic(tiny):
@@ -82,7 +82,7 @@ def test_samplers_and_guidance(tiny, sampler):
 
 def test_first_frame_t2v_and_i2v():
     img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
-    v = engine.generate("tiny", num_frames=9, first_frame=img, seed=0, progress=False, **SMALL)
+    v = engine.generate("tiny-random", num_frames=9, first_frame=img, seed=0, progress=False, **SMALL)
     assert v.frames.shape == (9, 32, 32, 3)
     i2v = engine.load_model("tiny-i2v", device="cpu")
     w = engine.generate(i2v, num_frames=9, first_frame=img, seed=0, progress=False, **SMALL)
@@ -134,7 +134,7 @@ def test_failure_mid_run_keeps_frames(tiny, tmp_path):
 
 def test_cli_writes_playable_mp4(tmp_path):
     out = tmp_path / "video.mp4"
-    res = subprocess.run([sys.executable, "-m", "engine", "generate", "--model", "tiny", "--num-frames", "9",
+    res = subprocess.run([sys.executable, "-m", "engine", "generate", "--model", "tiny-random", "--num-frames", "9",
                           "--height", "32", "--width", "48", "--out", str(out), "--no-progress"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr

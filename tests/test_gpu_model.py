@@ -22,10 +22,10 @@ def _inputs(nf=6, h=8, w=12, seed=0, device="cuda"):
 
 @torch.no_grad()
 def test_bf16_model_close_to_float32():
-    ref = build_model(engine.PRESETS["tiny"], seed=3)
+    ref = build_model(engine.PRESETS["tiny-random"], seed=3)
     x, t, text = _inputs(device="cpu")
     want = ref(x, t, text)
-    gpu = build_model(engine.PRESETS["tiny"], seed=3).to("cuda", torch.bfloat16)
+    gpu = build_model(engine.PRESETS["tiny-random"], seed=3).to("cuda", torch.bfloat16)
     got = gpu(x.cuda(), t.cuda(), text.cuda()).float().cpu()
     assert rel_err(got, want) < 3e-2
 
@@ -33,7 +33,7 @@ def test_bf16_model_close_to_float32():
 @torch.no_grad()
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_backend_equals_sdpa_in_cached_rollout(dtype):
-    base = build_model(engine.PRESETS["tiny"].replace(num_layers=3), seed=5).to("cuda", dtype)
+    base = build_model(engine.PRESETS["tiny-random"].replace(num_layers=3), seed=5).to("cuda", dtype)
     x, t, text = _inputs(nf=9, seed=1)
     outs = {}
     for backend in ("sdpa", "triton"):
@@ -51,8 +51,8 @@ def test_triton_backend_equals_sdpa_in_cached_rollout(dtype):
 
 def test_generate_on_gpu_matches_cpu_in_float32():
     kw = dict(num_frames=9, height=32, width=32, seed=2, progress=False, dtype="float32")
-    cpu = engine.generate("tiny", devices=["cpu"], **kw)
-    gpu = engine.generate("tiny", devices=["cuda:0"], **kw)
+    cpu = engine.generate("tiny-random", devices=["cpu"], **kw)
+    gpu = engine.generate("tiny-random", devices=["cuda:0"], **kw)
     diff = abs(cpu.frames.astype(int) - gpu.frames.astype(int))
     assert diff.mean() < 1.0  # uint8 levels; TF32/reduction order may move a few pixels by one
 
@@ -65,8 +65,8 @@ def test_runtime_cuda_streams_bit_identical(strategy, opts):
     n = torch.cuda.device_count()
     devs = [f"cuda:{i % n}" for i in range(2)]
     kw = dict(num_frames=17, height=32, width=32, seed=4, progress=False, strategy=strategy, dtype="float32", **opts)
-    one = engine.generate("tiny", devices=devs[:1], **kw)
-    two = engine.generate("tiny", devices=devs, **kw)
+    one = engine.generate("tiny-random", devices=devs[:1], **kw)
+    two = engine.generate("tiny-random", devices=devs, **kw)
     assert (one.frames == two.frames).all()
     stats = two.stats.runtime
     assert set(stats.peak_memory) >= set(devs)

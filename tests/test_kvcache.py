@@ -39,7 +39,7 @@ def chunked_forward(model, x, t, text, chunk, window=None, sink=0):
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(engine.PRESETS["tiny"].replace(num_layers=3), seed=21).eval()
+    return build_model(engine.PRESETS["tiny-random"].replace(num_layers=3), seed=21).eval()
 
 
 def _inputs(nf, seed):
@@ -96,7 +96,7 @@ def test_claim_rejects_bad_chunks():
 @torch.no_grad()
 @pytest.mark.parametrize("backend", ["reference", "flex"])
 def test_other_backends_in_cached_rollout(backend):
-    m = build_model(engine.PRESETS["tiny"].replace(num_layers=2), seed=8, attention_backend=backend).eval()
+    m = build_model(engine.PRESETS["tiny-random"].replace(num_layers=2), seed=8, attention_backend=backend).eval()
     x, t, text = _inputs(8, seed=99)
     got, _ = chunked_forward(m, x, t, text, chunk=2, window=2, sink=2)
     m.attention_backend = "sdpa"

@@ -10,7 +10,7 @@ from engine.config import SamplerConfig
 from engine.loading import build_model
 from engine.models.wan_control import ControlledWanDiT, ControlPass
 
-CFG = engine.PRESETS["tiny"].replace(num_layers=2)
+CFG = engine.PRESETS["tiny-random"].replace(num_layers=2)
 
 
 def _model():
@@ -46,7 +46,7 @@ def test_unconditional_row_gets_no_dropped_embedding(dropped):
 
 def _mila(**kw):
     wps = np.random.default_rng(2).normal(size=(17, 3, 2))
-    model = ControlledWanDiT.from_base(engine.load_model("tiny", device="cpu"))
+    model = ControlledWanDiT.from_base(engine.load_model("tiny-random", device="cpu"))
     opts = dict(num_frames=17, height=32, width=32, strategy="mila", anchor_stride=2, anchors_per_rollout=3,
                 clip_frames=2, waypoints=wps, guidance_scale=3.0, progress=False, prompt="a road at dusk",
                 sampler=SamplerConfig(kind="euler", num_steps=2, timesteps=None))
@@ -122,7 +122,7 @@ def test_prior_frames_are_encoded_alone_per_view(P, views):
     from engine.generation import prepare
     from engine.models.vae import encode_frames
 
-    p = prepare("tiny", **_prior_run(P, views))
+    p = prepare("tiny-random", **_prior_run(P, views))
     assert sorted(p.inputs) == list(range(P))
     vae = p.vae
     for k in range(P):
@@ -133,8 +133,8 @@ def test_prior_frames_are_encoded_alone_per_view(P, views):
 
 @pytest.mark.parametrize("P, views", [(4, 1), (1, 3)])
 def test_prior_frame_video_is_the_same_on_one_and_two_workers(P, views):
-    a = engine.generate("tiny", progress=False, **_prior_run(P, views))
-    b = engine.generate("tiny", progress=False, **_prior_run(P, views, devices=["cpu", "cpu"], shuffle=3))
+    a = engine.generate("tiny-random", progress=False, **_prior_run(P, views))
+    b = engine.generate("tiny-random", progress=False, **_prior_run(P, views, devices=["cpu", "cpu"], shuffle=3))
     assert a.frames.shape == (9, 32, 32 * views, 3) and np.array_equal(a.frames, b.frames)
 
 
@@ -142,18 +142,18 @@ def test_prior_positions_get_no_control_and_bad_priors_are_refused():
     from engine.generation import prepare
 
     wps = np.random.default_rng(2).normal(size=(9, 3, 2))
-    p = prepare("tiny", **_prior_run(4, 1, waypoints=wps))
+    p = prepare("tiny-random", **_prior_run(4, 1, waypoints=wps))
     m = p.models["main"]
     ctl = m.control_pass([2, 3, 4, 5], 1)
     assert ctl.mask.tolist() == [[0.0, 0.0, 1.0, 1.0]]
     with pytest.raises(ValueError, match="MiLA's input: run strategy='mila'"):
-        prepare("tiny", num_frames=9, height=32, width=32, strategy="ar", first_frames=FF[0, :4], sampler=FAST)
+        prepare("tiny-random", num_frames=9, height=32, width=32, strategy="ar", first_frames=FF[0, :4], sampler=FAST)
     with pytest.raises(ValueError, match="not both"):
-        prepare("tiny", **_prior_run(4, 1, first_frame=FF[0, 0]))
+        prepare("tiny-random", **_prior_run(4, 1, first_frame=FF[0, 0]))
     with pytest.raises(ValueError, match="same number"):
-        prepare("tiny", **_prior_run(4, 3, first_frames=[list(FF[0, :4]), list(FF[1, :3]), list(FF[2, :4])]))
+        prepare("tiny-random", **_prior_run(4, 3, first_frames=[list(FF[0, :4]), list(FF[1, :3]), list(FF[2, :4])]))
     with pytest.raises(ValueError, match=r"first_frames=\[V, P, H, W, 3\]"):
-        prepare("tiny", **_prior_run(1, 3, first_frames=None, first_frame=FF[0, 0]))
+        prepare("tiny-random", **_prior_run(1, 3, first_frames=None, first_frame=FF[0, 0]))
 
 
 def test_mila_recipe_has_the_papers_values():
@@ -163,7 +163,7 @@ def test_mila_recipe_has_the_papers_values():
     r = get_recipe("mila")
     assert r.sampler.num_steps == 50 and r.fps == 12 and r.prior_frames == 4 and r.options.anchor_stride == 3
     six = np.random.default_rng(8).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
-    p = prepare("tiny", recipe="mila", num_frames=9, height=32, width=32, first_frames=six,
+    p = prepare("tiny-random", recipe="mila", num_frames=9, height=32, width=32, first_frames=six,
                 sampler=FAST.replace(guidance_scale=3.0), prompt="a road")
     assert sorted(p.inputs) == [0, 1, 2, 3] and p.fps == 12  # the last 4 of the 6 frames
     ctx = p.make_context("main", p.models["main"])
@@ -189,4 +189,4 @@ def test_a_checkpoint_without_the_asked_control_layers_warns_naming_them(tmp_pat
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        prepare("tiny", num_frames=9, height=32, width=32, waypoints=wps, sampler=FAST)
+        prepare("tiny-random", num_frames=9, height=32, width=32, waypoints=wps, sampler=FAST)

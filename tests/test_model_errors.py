@@ -10,7 +10,7 @@ from engine.config import ModelConfig, SamplerConfig
 
 @pytest.fixture(scope="module")
 def tiny():
-    return engine.load_model("tiny", device="cpu")
+    return engine.load_model("tiny-random", device="cpu")
 
 
 def _x(c=16, f=2, h=4, w=4):
@@ -55,7 +55,7 @@ def test_config_validation():
         SamplerConfig(kind="ddim")
     with pytest.raises(ValueError, match="unknown fields"):
         ModelConfig.from_dict({"dim": 64, "heads": 2})
-    assert ModelConfig.from_dict(engine.PRESETS["tiny"].to_dict()) == engine.PRESETS["tiny"]
+    assert ModelConfig.from_dict(engine.PRESETS["tiny-random"].to_dict()) == engine.PRESETS["tiny-random"]
 
 
 def test_backend_selection():

@@ -30,7 +30,7 @@ HW = (4, 4)
 
 @pytest.fixture(scope="module")
 def tiny():
-    return engine.load_model("tiny", device="cpu")
+    return engine.load_model("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_slot_bookkeeping_equals_kvcache(sink, window, frames):
 
 def test_host_reads_the_manifest(export_dir):
     host = load_host(export_dir)
-    assert host.model_name == "tiny" and host.precision == "float32"
+    assert host.model_name == "tiny-random" and host.precision == "float32"
     assert host.sigmas() == few_step_sigmas((1000, 750, 500, 250), 5.0).tolist()
     assert any(g.startswith("step_n3") for g in host.graphs)
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_sigterm_finalises_the_mp4_with_the_frames_reported(tmp_path):
     out = tmp_path / "killed.mp4"
-    cmd = [sys.executable, "-m", "engine", "generate", "--model", "tiny", "--num-frames", "801", "--height", "64",
+    cmd = [sys.executable, "-m", "engine", "generate", "--model", "tiny-random", "--num-frames", "801", "--height", "64",
            "--width", "64", "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -58,7 +58,7 @@ def test_stop_request_in_the_api_keeps_the_frames(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)  # handled by generate: stop at this chunk boundary
 
     with pytest.raises(engine.generation.GenerationInterrupted) as info:
-        engine.generate("tiny", num_frames=97, height=32, width=32, output=out, on_frames=on_frames, progress=False)
+        engine.generate("tiny-random", num_frames=97, height=32, width=32, output=out, on_frames=on_frames, progress=False)
     err = info.value
     assert err.signum == signal.SIGTERM and 0 < len(err.video) < 97
     assert read_video_frames(out).shape[0] == len(err.video)
@@ -66,7 +66,7 @@ def test_stop_request_in_the_api_keeps_the_frames(tmp_path):
 
 
 def _nan_model():
-    m = engine.load_model("tiny")
+    m = engine.load_model("tiny-random")
     with torch.no_grad():
         m.blocks[1].ffn[0].weight[0, 0] = float("nan")
     return m
@@ -79,7 +79,7 @@ def test_nan_weights_are_an_error_naming_the_job():
 
 @pytest.mark.parametrize("what", ["prompt_embeds", "negative_prompt_embeds", "first_frame", "image_embeds"])
 def test_non_finite_inputs_are_refused_before_any_forward(what):
-    m = engine.load_model("tiny-i2v" if what == "image_embeds" else "tiny")
+    m = engine.load_model("tiny-i2v" if what == "image_embeds" else "tiny-random")
     calls = []
     hook = m.register_forward_pre_hook(lambda *a: calls.append(1))
     bad = {"prompt_embeds": torch.full((1, 4, 32), float("nan")),
@@ -121,7 +121,7 @@ BAD = [
 def test_bad_input_fails_before_any_forward(bad, exc, match):
     if "devices" in bad and torch.cuda.is_available():
         pytest.skip("a CUDA device exists here")
-    m = engine.load_model("tiny")
+    m = engine.load_model("tiny-random")
     calls = []
     hook = m.register_forward_pre_hook(lambda *a: calls.append(1))
     kw = dict(num_frames=9, height=32, width=32, progress=False)
@@ -138,16 +138,16 @@ def test_unknown_attention_backend_is_refused_at_load():
     with pytest.raises(ValueError, match="magic"):
         engine.EngineConfig(attention_backend="magic")
     with pytest.raises(ValueError, match="magic"):
-        engine.load_model("tiny", attention_backend="magic")
+        engine.load_model("tiny-random", attention_backend="magic")
 
 
 def test_integral_num_frames_of_any_type_are_accepted():
-    v = engine.generate("tiny", num_frames=np.int64(9), height=32, width=32, progress=False)
+    v = engine.generate("tiny-random", num_frames=np.int64(9), height=32, width=32, progress=False)
     assert len(v) == 9
 
 
 def test_progress_rate_and_summary_agree(capsys):
-    v = engine.generate("tiny", num_frames=33, height=32, width=32, progress=True)
+    v = engine.generate("tiny-random", num_frames=33, height=32, width=32, progress=True)
     err = capsys.readouterr().err
     assert "plan: ar" in err and "checking inputs" in err
     rates = [float(r) for r in re.findall(r"([\d.]+) frames/s since the call began", err)]
@@ -156,7 +156,7 @@ def test_progress_rate_and_summary_agree(capsys):
 
 
 def test_fit_rounds_to_the_strategy_length_rule():
-    m = engine.load_model("tiny")
+    m = engine.load_model("tiny-random")
     from engine.generation import fit_frames
 
     assert fit_frames(m, 100, "down", strategy="mmpl", height=32, width=32) == 97
@@ -172,12 +172,12 @@ def test_fit_rounds_to_the_strategy_length_rule():
 def test_wrong_words_are_fixed(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device.*'cpu'"):
-            engine.load_model("tiny", device="cuda:0")
+            engine.load_model("tiny-random", device="cuda:0")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="fused_ops=True.*CUDA"):
-        engine.load_model("tiny", device="cpu", fused_ops=True)
+        engine.load_model("tiny-random", device="cpu", fused_ops=True)
     with pytest.raises(ValueError, match="negative_prompt_embeds must be \\[B, L, 32\\]"):
-        engine.generate("tiny", num_frames=9, height=32, width=32, guidance_scale=3.0, progress=False,
+        engine.generate("tiny-random", num_frames=9, height=32, width=32, guidance_scale=3.0, progress=False,
                         negative_prompt_embeds=torch.zeros(1, 4, 31))
 
 
@@ -208,7 +208,7 @@ def test_help_does_not_import_torch():
 
 
 def test_export_prints_progress(tmp_path):
-    cmd = [sys.executable, "-m", "export", "onnx", "--model", "tiny", "--out", str(tmp_path / "x"), "--frames", "1",
+    cmd = [sys.executable, "-m", "export", "onnx", "--model", "tiny-random", "--out", str(tmp_path / "x"), "--frames", "1",
            "--size", "32x32", "--opset", "23"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     if out.returncode != 0 and "onnx" in out.stderr and "No module" in out.stderr:

@@ -30,7 +30,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def tiny():
-    return engine.load_model("tiny", device="cpu")
+    return engine.load_model("tiny-random", device="cpu")
 
 
 @pytest.mark.parametrize("strategy,opts,n", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
@@ -74,7 +74,7 @@ def test_runtime_stats(tiny):
 
 
 def test_two_models_coarse_and_fine(tiny):
-    other = engine.load_model("tiny", device="cpu", seed=5)
+    other = engine.load_model("tiny-random", device="cpu", seed=5)
     calls = {"coarse": 0, "fine": 0}
 
     class Spy(torch.nn.Module):

@@ -154,7 +154,7 @@ def test_bad_files_and_channel_mismatch(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return engine.load_model("tiny", device="cpu")
+    return engine.load_model("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -69,4 +69,4 @@ def test_pipeline_root_follows_transformer_folder(tmp_path):
 def test_key_layout_detection():
     ref = diffusers_wan(seed=0)
     assert is_diffusers_layout(ref.state_dict())
-    assert not is_diffusers_layout(engine.load_model("tiny", device="cpu").state_dict())
+    assert not is_diffusers_layout(engine.load_model("tiny-random", device="cpu").state_dict())
