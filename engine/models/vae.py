@@ -249,7 +249,7 @@ def denormalize_latents(z: torch.Tensor, vae) -> torch.Tensor:
 # --------------------------------------------------------------------------- streaming decode
 
 
-def _count_causal_convs(module: torch.nn.Module) -> int:
+def count_causal_convs(module: torch.nn.Module) -> int:
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     return sum(isinstance(m, WanCausalConv3d) for m in module.modules())
@@ -291,7 +291,7 @@ class StreamingDecoder:
         self.vae = vae
         self.autotune_convs = autotune_convs  # cuDNN algorithm search on CUDA (conv_autotune)
         self.z_dim = vae.config.z_dim
-        self._num_convs = _count_causal_convs(vae.decoder)
+        self._num_convs = count_causal_convs(vae.decoder)
         self.reset()
 
     def reset(self) -> None:
