@@ -250,6 +250,7 @@ def denormalize_latents(z: torch.Tensor, vae) -> torch.Tensor:
 
 
 def count_causal_convs(module: torch.nn.Module) -> int:
+    """Number of ``WanCausalConv3d`` layers in ``module`` (the size of its feature cache)."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     return sum(isinstance(m, WanCausalConv3d) for m in module.modules())
