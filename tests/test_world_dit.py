@@ -90,7 +90,7 @@ def test_two_step_training_run_loads_back(tmp_path):
 
 @pytest.mark.parametrize("kind", PATTERNS)
 def test_model_runs_every_pattern(kind):
-    from engine.world.train_dit import build_model, pattern_loss, text_table
+    from engine.world.train_dit import build_model, pattern_loss
 
     mc = WORLD_DIT_CONFIG.replace(dim=32, ffn_dim=64, num_layers=1, freq_dim=32)
     model = build_model(mc, 0)

@@ -89,8 +89,8 @@ class TrainConfig:
     steps and at the end)."""
 
     steps: int = 2000
-    batch_size: int = 16
-    lr: float = 3e-4
+    batch_size: int = 8
+    lr: float = 1e-3
     warmup: int = 200
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
@@ -511,7 +511,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def train(vae, out: str | Path, cfg: TrainConfig, model_config: ModelConfig = WORLD_DIT_CONFIG, *,
           cache_dir: str | Path | None = "/tmp/world_dit_cache", sample: bool = True, vae_source: str | None = None,
-          command: list[str] | None = None, log=print, resume: bool = False) -> dict:
+          command: list[str] | None = None, log=print, resume: bool = False, note: str | None = None) -> dict:
     """Train, write ``out/model.safetensors`` (EMA weights) + ``config.json`` +
     ``training.json`` (+ sample strips when ``sample``) and return the training record."""
     t_start = time.time()
@@ -626,6 +626,7 @@ def train(vae, out: str | Path, cfg: TrainConfig, model_config: ModelConfig = WO
         "loss_curve": curve, "heldout_evals": evals,
         "heldout_loss_per_pattern": held, "train_loss_per_pattern": trained,
         "command": command, "torch": torch.__version__, "python": sys.version.split()[0],
+        "threads": torch.get_num_threads(), "note": note,
     }
     if sample:
         record["samples"] = sample_report(out, vae, held_specs=data["heldout_specs"], log=log)
@@ -768,6 +769,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache-dir", default="/tmp/world_dit_cache")
     ap.add_argument("--no-sample", action="store_true", help="skip the engine.generate sanity samples")
     ap.add_argument("--resume", action="store_true", help="continue from the run's checkpoint in --cache-dir")
+    ap.add_argument("--note", default=None, help="free text stored in training.json")
     a = ap.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, seed=a.seed, batch_size=a.batch_size, lr=a.lr, warmup=min(a.warmup, a.steps),
                       clips=a.clips, heldout_clips=a.heldout_clips, clip_frames=a.clip_frames,
@@ -785,7 +787,7 @@ def main(argv: list[str] | None = None) -> dict:
         vae = load_vae(a.vae)
     cmd = ["python", "-m", "engine.world.train_dit"] + list(sys.argv[1:] if argv is None else argv)
     return train(vae, a.out, cfg, mc, cache_dir=a.cache_dir, sample=not a.no_sample, vae_source=a.vae, command=cmd,
-                 resume=a.resume)
+                 resume=a.resume, note=a.note)
 
 
 if __name__ == "__main__":
