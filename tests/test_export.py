@@ -248,7 +248,7 @@ def test_cli_writes_and_checks_a_folder(tmp_path, capsys):
     assert man.find("step")[0]["bucket"] == {"frames": 3, "latent_height": 4, "latent_width": 4, "batch": 1,
                                               "cache_slots": 6, "text_len": 32}
     assert main(["check", str(out)]) == 0
-    assert "ok: tiny float32" in capsys.readouterr().out
+    assert "ok: tiny-random float32" in capsys.readouterr().out
     (out / man.graphs[0]["file"]).write_bytes(b"x")
     assert main(["check", str(out)]) == 1
 
