@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .cogvideox import CogVideoXConfig, CogVideoXDiT, load_cogvideox
-from .wan_control import ControlPass, WarpInjection
+from .wan_control import ControlPass, WarpInjection, share_weights
 
 CONTROL_KINDS = ("warp",)
 
@@ -48,13 +48,7 @@ class ControlledCogVideoXDiT(CogVideoXDiT):
             raise TypeError(f"CogVideoX controls need a CogVideoX DiT, got {type(base).__name__}")
         with torch.device("meta"):
             model = cls(base.config, attention_backend=base.attention_backend, text_timestep=base.text_timestep)
-        for name, t in [*base.named_parameters(remove_duplicate=False), *base.named_buffers(remove_duplicate=False)]:
-            owner, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner), attr, t)
-        model.train(base.training)
-        if hasattr(base, "source"):
-            model.source = base.source
-        return model
+        return share_weights(base, model)
 
     def _check_kind(self, kind: str) -> None:
         if kind not in CONTROL_KINDS:

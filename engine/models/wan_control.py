@@ -128,6 +128,19 @@ def layer_from_state(kind: str, cfg, state: dict[str, torch.Tensor]) -> nn.Modul
 # ----------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------
+def share_weights(base: nn.Module, model: nn.Module) -> nn.Module:
+    """``model`` (built on the meta device, a superset of ``base``'s modules) given ``base``'s
+    very parameter and buffer tensors (shared, not copied), its train/eval mode and
+    ``source``; returns ``model``."""
+    for name, t in [*base.named_parameters(remove_duplicate=False), *base.named_buffers(remove_duplicate=False)]:
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, t)
+    model.train(base.training)
+    if hasattr(base, "source"):
+        model.source = base.source
+    return model
+
+
 class ControlledWanDiT(WanDiT):
     """A :class:`WanDiT` that also takes ``control=`` (a :class:`ControlPass`) through its
     ``control_layers``; without ``control`` its output is the base model's."""
@@ -147,13 +160,7 @@ class ControlledWanDiT(WanDiT):
             raise TypeError(f"controls need a Wan DiT, got {type(base).__name__}")
         with torch.device("meta"):
             model = cls(base.config, attention_backend=base.attention_backend, fused_ops=base.fused_ops)
-        for name, t in [*base.named_parameters(remove_duplicate=False), *base.named_buffers(remove_duplicate=False)]:
-            owner, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner), attr, t)
-        model.train(base.training)
-        if hasattr(base, "source"):
-            model.source = base.source
-        return model
+        return share_weights(base, model)
 
     def enable_control(self, kind: str, **kw) -> nn.Module:
         """The control layer of ``kind`` (:data:`CONTROL_KINDS`), created zero-initialised
