@@ -15,6 +15,16 @@ from engine.world.train_vae import (HELDOUT_SEED_BASE, WORLD_VAE_CONFIG, _losses
                                     heldout_specs, main, make_world_vae, psnr, ssim, training_specs, video_metrics)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread (these toy sizes gain nothing from more; on a shared CPU two
+    threads can be many times slower), the caller's setting restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_psnr_hand_examples():
     a = torch.full((3, 4, 4), 0.5, dtype=torch.float64)
     assert psnr(a, a) == math.inf
@@ -78,7 +88,7 @@ def test_one_step_cli_writes_loadable_folder(tmp_path):
     out = tmp_path / "vae"
     report = main(["--out", str(out), "--steps", "1", "--clips", "2", "--clip-frames", "5", "--window", "5",
                    "--batch", "1", "--size", "16x24", "--eval-frames", "5", "--stats-clips", "2",
-                   "--speed-reps", "1", "--speed-frames", "1", "--threads", str(torch.get_num_threads())])
+                   "--speed-reps", "1", "--speed-frames", "1", "--threads", "1", "--bf16"])
     assert math.isfinite(report["loss_curve"][-1]["loss"])
     saved = json.loads((out / "training.json").read_text())
     assert saved["steps"] == 1 and saved["seed"] == 0 and "--steps 1" in saved["command"]
@@ -93,3 +103,27 @@ def test_one_step_cli_writes_loadable_folder(tmp_path):
     assert ev["clips"] == 2
     for w in ("day", "night"):  # the saved folder is exactly the model training.json evaluated
         assert ev["psnr"][w] == pytest.approx(saved["heldout"]["psnr"][w], abs=1e-4)
+
+
+def test_freeze_encoder_fine_tune_keeps_the_encoder_and_its_stats(tmp_path):
+    """--init + --freeze-encoder: the decoder changes, the encoder weights and
+    latents_mean / std stay bit-identical (a DiT trained on the latents stays valid)."""
+    from safetensors.torch import load_file
+
+    common = ["--clips", "2", "--clip-frames", "5", "--window", "5", "--batch", "1", "--size", "16x24",
+              "--eval-frames", "5", "--stats-clips", "2", "--speed-reps", "1", "--speed-frames", "1", "--threads", "1"]
+    main(["--out", str(tmp_path / "a"), "--steps", "1"] + common)
+    main(["--out", str(tmp_path / "b"), "--steps", "2", "--init", str(tmp_path / "a"), "--freeze-encoder"] + common)
+    a = load_file(str(tmp_path / "a" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "diffusion_pytorch_model.safetensors"))
+    enc = [k for k in a if k.startswith(("encoder.", "quant_conv."))]
+    dec = [k for k in a if k not in enc]
+    assert enc and dec
+    assert all(torch.equal(a[k], b[k]) for k in enc)
+    assert any(not torch.equal(a[k], b[k]) for k in dec)
+    ca, cb = (json.loads((tmp_path / d / "config.json").read_text()) for d in "ab")
+    assert ca["latents_mean"] == cb["latents_mean"] and ca["latents_std"] == cb["latents_std"]
+    from engine.world.train_vae import train
+
+    with pytest.raises(ValueError, match="freeze_encoder needs init"):
+        train(1, clips=2, clip_frames=5, window=5, batch=1, height=16, width=24, freeze_encoder=True)

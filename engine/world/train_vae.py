@@ -55,10 +55,12 @@ HEIGHT, WIDTH = 64, 112
 
 #: The world VAE: the real ``AutoencoderKLWan`` layout (z_dim 16, dim_mult [1, 2, 4, 4]:
 #: 8x spatial, temporal downsampling in the last two stages: 4x temporal), an encoder of
-#: base width 16 and a decoder of base width 12 (diffusers' ``decoder_base_dim``): the
-#: decoder's cost per frame at 64x112 (7168 px, widths 12..48) is about that of the tiny
-#: VAE's decoder at 128x128 (16384 px, widths 8..32). ``latents_mean`` / ``latents_std``
-#: are placeholders until :func:`set_latent_stats` measures them.
+#: base width 16 and a decoder of base width 12 (``decoder_base_dim``, which diffusers lets
+#: differ): the decoder's widths are 12..48 at 64x112 (7168 px) against the tiny-random
+#: VAE's 8..32 at 128x128 (16384 px); its streaming decode measures ~0.67x the tiny-random
+#: VAE's time per frame on a CPU (:func:`decode_speed`). Width 16 decoded at ~0.75-0.9x and
+#: reconstructed no better at the same steps (25.7 vs 26.4 dB held-out after 6000-6500).
+#: ``latents_mean`` / ``latents_std`` are placeholders until :func:`set_latent_stats`.
 WORLD_VAE_CONFIG: dict[str, Any] = {
     "base_dim": 16,
     "decoder_base_dim": 12,
@@ -220,10 +222,11 @@ def _losses(vae, video: torch.Tensor, kl_weight: float) -> dict[str, torch.Tenso
     """Reconstruction of the posterior mean: L1 + MSE (on [-1, 1]) + kl_weight * KL (mean
     per latent element)."""
     post = vae.encode(video).latent_dist
-    rec = decode_train(vae, post.mean)
+    rec = decode_train(vae, post.mean).float()
     l1 = (rec - video).abs().mean()
     mse = (rec - video).pow(2).mean()
-    kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
+    mean, logvar = post.mean.float(), post.logvar.float()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
     return {"loss": l1 + mse + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
 
 
@@ -416,19 +419,22 @@ def _lr_at(step: int, steps: int, warmup: int, min_ratio: float) -> float:
 
 def train(steps: int, seed: int = 0, clips: int = 400, clip_frames: int = 25, window: int = 9, batch: int = 2,
           crop: tuple[int, int] | None = None, long_window: int | None = None, long_from: float = 0.75,
-          long_batch: int = 1, lr: float = 2e-3, warmup: int | None = None,
+          long_batch: int = 1, bf16: bool = False, lr: float = 2e-3, warmup: int | None = None,
           min_lr_ratio: float = 0.02, kl_weight: float = 1e-5,
           weight_decay: float = 1e-4, grad_clip: float = 1.0, height: int = HEIGHT, width: int = WIDTH,
           config: dict | None = None, cache_dir: str | None = None, log_every: int = 50, eval_every: int = 0,
           eval_seeds: Sequence[int] = (HELDOUT_SEED_BASE,), eval_frames: int = 33, checkpoint: str | None = None,
-          checkpoint_every: int = 0, log=print) -> tuple[Any, dict]:
+          checkpoint_every: int = 0, init: str | None = None, freeze_encoder: bool = False,
+          log=print) -> tuple[Any, dict]:
     """Train a world VAE for ``steps`` AdamW steps. Data: ``clips`` training clips of
     ``clip_frames`` frames (:func:`training_specs` of ``seed``, rendered / cached by
     :func:`render_clips`); each step takes ``batch`` random windows of ``window`` (4k + 1)
     frames at random offsets (``crop`` = (h, w), multiples of 8: a random spatial crop of
     each window, for cheaper steps; the model is convolutional). ``long_window``: from step
     ``long_from * steps`` on, windows of that many frames (``long_batch`` per step) instead,
-    so the causal caches are trained as deep into a clip as evaluation goes. Loss:
+    so the causal caches are trained as deep into a clip as evaluation goes. ``bf16``: the
+    forward pass under CPU bfloat16 autocast (float32 weights, optimiser and loss; faster
+    convolutions on CPUs with AVX512-BF16). Loss:
     :func:`_losses` (L1 + MSE + ``kl_weight`` KL); LR ``lr`` with ``warmup`` linear warm-up
     steps (default 5% of steps, at most 200) and a cosine decay to ``min_lr_ratio * lr``;
     gradients clipped to norm ``grad_clip``. Init, batches and everything random come from
@@ -436,6 +442,10 @@ def train(steps: int, seed: int = 0, clips: int = 400, clip_frames: int = 25, wi
     :func:`evaluate_vae` on ``eval_seeds`` every so many steps (logged in the curve).
     ``checkpoint``: a file to save (every ``checkpoint_every`` steps) and resume from
     (model, optimiser, RNG state, curve), so an interrupted run continues exactly.
+    ``init``: start from a saved world-VAE folder instead of a fresh init; with
+    ``freeze_encoder`` only the decoder (``post_quant_conv`` + ``decoder``) trains and the
+    encoder (``encoder`` + ``quant_conv``) stays bit-identical, so the latents -- and a DiT
+    trained on them -- are unchanged while the reconstruction improves.
     Returns ``(vae, info)``; ``info`` has the loss curve (every ``log_every`` steps), the
     evaluations, the number of clips / windows and the training wall time (s)."""
     if (window - 1) % 4 or window > clip_frames:
@@ -447,8 +457,19 @@ def train(steps: int, seed: int = 0, clips: int = 400, clip_frames: int = 25, wi
     specs = training_specs(seed, clips)
     data = render_clips(specs, clip_frames, height, width, cache_dir=cache_dir, log=log)
     t_render = time.time() - t_start
-    vae = make_world_vae(seed, config)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    if freeze_encoder and init is None:
+        raise ValueError("freeze_encoder needs init=<a saved world-VAE folder>: a fresh encoder must be trained")
+    if init is not None:
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(init).float().train()
+    else:
+        vae = make_world_vae(seed, config)
+    if freeze_encoder:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
     warm = warmup if warmup is not None else max(1, min(200, steps // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_at(s, steps, warm, min_lr_ratio))
     rng = np.random.default_rng([seed, 1])
@@ -482,10 +503,11 @@ def train(steps: int, seed: int = 0, clips: int = 400, clip_frames: int = 25, wi
             wins = [data[i, o:o + win] for i, o in zip(idx, off)]
         video = _to_video(np.stack(wins))
         with fast_convs(vae):
-            parts = _losses(vae, video, kl_weight)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                parts = _losses(vae, video, kl_weight)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
         opt.step()
         sched.step()
         if not torch.isfinite(parts["loss"]):
@@ -519,11 +541,11 @@ def train(steps: int, seed: int = 0, clips: int = 400, clip_frames: int = 25, wi
     info = {"curve": curve, "evals": evals, "train_wall_s": round(time.time() - t0, 1),
             "render_wall_s": round(t_render, 1), "clips": clips, "clip_frames": clip_frames, "window": window,
             "long_window": long_window, "long_from_step": long_start if long_window else None,
-            "long_batch": long_batch if long_window else None,
+            "long_batch": long_batch if long_window else None, "bf16_autocast": bf16,
             "batch": batch, "crop": list(crop) if crop else None, "lr": lr, "warmup": warm,
             "min_lr_ratio": min_lr_ratio, "kl_weight": kl_weight,
             "weight_decay": weight_decay, "grad_clip": grad_clip, "height": height, "width": width,
-            "train_specs_seed": seed, "data": data}
+            "train_specs_seed": seed, "init": init, "freeze_encoder": freeze_encoder, "data": data}
     return vae, info
 
 
@@ -545,6 +567,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=f"{HEIGHT}x{WIDTH}", help="render / evaluation size HxW (multiples of 8)")
     p.add_argument("--crop", default=None, help="train on random HxW crops (multiples of 8), e.g. 32x56")
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the training forward pass (CPU)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of steps, at most 200)")
     p.add_argument("--kl-weight", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -559,6 +582,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="resume / checkpoint file (e.g. /tmp/world_vae/ckpt.pt)")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--save-dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--init", default=None, help="start from this saved world-VAE folder (fine-tuning)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="with --init: train the decoder only; the encoder, its latents and latents_mean/std unchanged")
     return p
 
 
@@ -619,15 +645,18 @@ def _run(args, argv: list[str]) -> dict:
     heldout = [HELDOUT_SEED_BASE + i for i in range(eval_seeds)]
     vae, info = train(args.steps, seed=args.seed, clips=args.clips, clip_frames=args.clip_frames, window=args.window,
                       batch=args.batch, crop=crop, long_window=args.long_window, long_from=args.long_from,
-                      long_batch=args.long_batch, lr=args.lr, warmup=args.warmup, kl_weight=args.kl_weight,
+                      long_batch=args.long_batch, bf16=args.bf16, lr=args.lr, warmup=args.warmup, kl_weight=args.kl_weight,
                       height=height, width=width, cache_dir=args.cache, eval_every=args.eval_every,
                       eval_seeds=heldout[:1], eval_frames=eval_frames, checkpoint=args.checkpoint,
-                      checkpoint_every=args.checkpoint_every,
+                      checkpoint_every=args.checkpoint_every, init=args.init, freeze_encoder=args.freeze_encoder,
                       log=log)
     data = info.pop("data")
     # latent statistics over training clips (the first 4k + 1 frames of each)
     stat_frames = 4 * ((data.shape[1] - 1) // 4) + 1
-    mean, std = set_latent_stats(vae, data[:stats_clips, :stat_frames])
+    if args.freeze_encoder:  # the encoder is the init's: keep its statistics exactly
+        mean, std = list(vae.config.latents_mean), list(vae.config.latents_std)
+    else:
+        mean, std = set_latent_stats(vae, data[:stats_clips, :stat_frames])
     save_dtype = getattr(torch, args.save_dtype)
     saved = _round_trip(vae, save_dtype).eval()
     log("evaluating on held-out seeds ...")
