@@ -1,10 +1,11 @@
 """Long-horizon quality and drift benchmark on the driving world (:mod:`engine.world`).
 
-    python bench/quality.py --quick                        # small run (the random tiny model: minutes on a CPU)
-    python bench/quality.py --model engine/assets/world_dit --vae engine/assets/world_vae --seeds 3
+    python bench/quality.py --quick                  # small run of the embedded trained tiny (minutes on a CPU)
+    python bench/quality.py --seeds 2                # 2-minute videos per strategy (the committed results)
+    python bench/quality.py --model tiny-random      # the random-weight preset: an untrained model's numbers
 
-Sections (all run with any model; with the random ``tiny`` preset the numbers are those of
-an *untrained* model, and the JSON says so):
+Sections (all run with any model; with a random preset such as ``tiny-random`` the
+numbers are those of an *untrained* model, and the JSON says so):
 
 - ``floor``: real-vs-real Fréchet distance (FD, on :mod:`engine.world.features`) between
   independent sets of real world frames (different world seeds), built like the generated
@@ -29,7 +30,7 @@ an *untrained* model, and the JSON says so):
 - ``vae``: reconstruction PSNR / SSIM of held-out world clips through the engine's VAE path
   (:func:`engine.models.vae.encode_frames` + :class:`~engine.models.vae.StreamingDecoder`,
   decoded chunk by chunk) with ``--vae`` (a VAE folder), else the generating model's own
-  VAE (the tiny preset's is random: "untrained").
+  VAE (the embedded ``tiny``'s trained one; a random preset's is random: "untrained").
 
 World seeds: every real clip here comes from evaluation seeds (< ``EVAL_SEED_LIMIT``),
 disjoint from the feature net's training and held-out worlds (checked). Writes
@@ -506,7 +507,7 @@ def plot(res: dict, path: Path) -> str:
 # ----------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="tiny", help="preset or checkpoint / folder (default: the random tiny preset)")
+    p.add_argument("--model", default="tiny", help="preset or checkpoint / folder (default: the embedded trained tiny)")
     p.add_argument("--vae", default=None, help="a VAE folder for the reconstruction section (default: the model's own)")
     p.add_argument("--features", default=str(DEFAULT_PATH), help="feature net folder")
     p.add_argument("--device", default=None, help="default: cuda:0 when available, else cpu")

@@ -261,6 +261,10 @@ def _sampler(args, recipe) -> SamplerConfig | None:
     if recipe is not None and not given:
         return None
     base = recipe.sampler if recipe is not None else SamplerConfig()
+    if recipe is None and str(getattr(args, "model", "")).lower() == "tiny":  # the embedded model's own sampler
+        from .embedded import embedded_sampler, tiny_root
+
+        base = embedded_sampler(tiny_root()) or base
     from .inputs import is_cogvideox_source
 
     if recipe is None and is_cogvideox_source(getattr(args, "model", None)):  # its own DDIM, flags on top

@@ -4,8 +4,10 @@
 - :class:`SamplerConfig` -- how to denoise (steps, shift, schedule, guidance).
 - :class:`EngineConfig`  -- how to run (device, dtype, attention backend, compile).
 
-``PRESETS`` maps preset names to ModelConfigs; ``tiny`` is the embedded default, small
-enough for two CPU cores, with random weights drawn from a fixed seed.
+``PRESETS`` maps preset names to ModelConfigs; ``tiny`` is the embedded default (trained
+weights shipped with the package, :mod:`engine.embedded`), ``tiny-random`` a smaller toy
+with random weights drawn from a fixed seed (tests, benchmarks of the machinery); both run
+on two CPU cores.
 """
 
 from __future__ import annotations
@@ -237,9 +239,11 @@ PRESETS: dict[str, ModelConfig] = {
     "wan2.1-t2v-1.3b": ModelConfig(name="wan2.1-t2v-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-t2v-14b": ModelConfig(name="wan2.1-t2v-14b", **_WAN_14B),
     "wan2.1-i2v-14b": ModelConfig(name="wan2.1-i2v-14b", in_channels=36, image_dim=1280, **_WAN_14B),
-    # The embedded default: same architecture, toy sizes, runs on two CPU cores.
+    # The embedded default (engine.embedded): the Wan architecture at toy size, trained on
+    # the procedural driving world (engine.world.train_dit); load_model("tiny") reads its
+    # weights from the package data, this is its architecture.
     "tiny": ModelConfig(
-        name="tiny", dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32, text_len=32
+        name="tiny", dim=128, ffn_dim=384, num_heads=2, num_layers=4, text_dim=32, freq_dim=64, text_len=32
     ),
     # The same toy architecture with seeded random weights (tests, benchmarks of the machinery).
     "tiny-random": ModelConfig(

@@ -31,6 +31,27 @@ TINY_SIZE = (128, 128)
 WAN_SIZE = (480, 832)
 
 
+def default_size(model) -> tuple[int, int]:
+    """(height, width) a model generates at when none is given: the embedded ``tiny``
+    model's training size (64 x 112), 128 x 128 for the other toy presets, Wan's 480 x 832
+    otherwise."""
+    from .embedded import embedded_size
+
+    size = embedded_size(getattr(model, "source", None))
+    if size is not None:
+        return size
+    return TINY_SIZE if model.config.name.startswith("tiny") else WAN_SIZE
+
+
+def default_sampler(model) -> SamplerConfig:
+    """The sampler a model runs with when none is given: the embedded ``tiny`` model's own
+    (:func:`engine.embedded.embedded_sampler`: the one it was trained and evaluated with),
+    else the few-step default :class:`SamplerConfig`."""
+    from .embedded import embedded_sampler
+
+    return embedded_sampler(getattr(model, "source", None)) or SamplerConfig()
+
+
 class GenerationError(RuntimeError):
     """Generation failed part-way; ``.video`` holds every frame produced before the failure
     (and ``.output`` the finalised mp4 path, if one was being written)."""
@@ -156,7 +177,7 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
     (e.g. :class:`~engine.plans.MmplOptions`), ``strategy_kw`` override its fields.
     ``prior_frames``: P condition frames before the video (MiLA's ``first_frames``)."""
     cfg = model.config
-    default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
+    default_h, default_w = default_size(model)
     release = _release_layout(strategy, options, strategy_kw)
     F_lat, _, _ = check_frames(num_frames, height or default_h, width or default_w, model, temporal=release is None)
     if release is not None:  # the MMPL release's own frame rule: whole 81-frame segments, chained
@@ -174,7 +195,7 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
             raise ValueError(f"first_frames (prior condition frames) are MiLA's input: run strategy='mila', or give "
                              f"one first_frame to {strategy!r}")
         strategy_kw = dict(strategy_kw, prior_frames=int(prior_frames))
-    return build_plan(strategy, F_lat, sigmas=config_sigmas(sampler or SamplerConfig()).tolist(),
+    return build_plan(strategy, F_lat, sigmas=config_sigmas(sampler or default_sampler(model)).tolist(),
                       first_given=first_frame_given and not image_condition(cfg), options=options, **strategy_kw)
 
 
@@ -305,7 +326,7 @@ def _prepare(
 
     check_fused_ops(getattr(model, "fused_ops", False), model.device)
     cfg = model.config
-    default_h, default_w = TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE
+    default_h, default_w = default_size(model)
     height = default_h if height is None else height
     width = default_w if width is None else width
     if fit is not None:  # round to the nearest length the strategy (or recipe) accepts
@@ -315,7 +336,7 @@ def _prepare(
                                 **strategy_options)
     F_lat, h, w = check_frames(num_frames, height, width, model,
                                temporal=_release_layout(strategy, options, strategy_options) is None)
-    sampler = _cogvideox_sampler(model, sampler) if cogvideox else (sampler or SamplerConfig())
+    sampler = _cogvideox_sampler(model, sampler) if cogvideox else (sampler or default_sampler(model))
     if sampler.schedule == "cogvideox" and sampler.ddpm is None:  # the model's own scheduler config
         from .models.cogvideox import cogvideox_scheduler_for
 

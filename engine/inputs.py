@@ -235,8 +235,10 @@ def _cogvideox_components(model, vae, text_encoder, seed: int, vae_dtype: torch.
 def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int = 0,
                        vae_dtype: torch.dtype = torch.float32) -> Components:
     """Find the VAE and text encoder for a model: given objects or folders win; a
-    ``tiny`` preset gets its embedded random ones; a model loaded from a diffusers
-    pipeline root uses the root's ``vae/`` and ``text_encoder/``. A VAE the engine builds
+    random ``tiny-*`` preset gets its embedded random ones; a model loaded from a diffusers
+    pipeline root uses the root's ``vae/`` and ``text_encoder/``; the embedded trained
+    ``tiny`` (:mod:`engine.embedded`) its ``vae/`` and the tiny text encoder of the seed its
+    ``model_index.json`` names (whatever ``seed`` is given: the DiT was trained on it). A VAE the engine builds
     or loads runs in ``vae_dtype`` (float32 by default: Wan's VAE degrades in bf16).
 
     Components come from the model's own family. A CogVideoX DiT (or a VPredictionAdapter
@@ -253,6 +255,7 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
     if is_cogvideox(model):
         return _cogvideox_components(model, vae, text_encoder, seed, vae_dtype)
     _refuse_cogvideox_parts(model, vae, text_encoder)
+    from .embedded import embedded_info
     from .models.text import TextEncoder, make_tiny_text_encoder
     from .models.vae import load_vae, make_tiny_vae
 
@@ -289,6 +292,9 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
             text_encoder = make_tiny_text_encoder(seed=seed, dim=cfg.text_dim, device=dev)
         elif root is not None and (root / "text_encoder").is_dir():
             text_encoder = TextEncoder.from_folder(root, dtype=model.dtype, device=dev)
+        elif embedded_info(root) is not None:  # the embedded model: the tiny encoder it was trained on
+            text_encoder = make_tiny_text_encoder(seed=int(embedded_info(root)["text_encoder_seed"]),
+                                                  dim=cfg.text_dim, device=dev)
     return Components(vae=vae, text_encoder=text_encoder, random_weights=random_weights)
 
 

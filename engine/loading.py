@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -39,8 +40,9 @@ def load_model(
 ) -> WanDiT:
     """Load a Wan DiT and return it in eval mode on ``device`` in ``dtype``.
 
-    path_or_preset: a preset name (``tiny``, ``wan2.1-t2v-1.3b``, ... -- random weights
-    from ``seed``), a diffusers folder or pipeline root, an original-Wan folder or file,
+    path_or_preset: ``tiny`` (the embedded model trained on the driving world,
+    :mod:`engine.embedded`), a preset name (``tiny-random``, ``wan2.1-t2v-1.3b``, ... --
+    random weights from ``seed``), a diffusers folder or pipeline root, an original-Wan folder or file,
     sharded safetensors with an index, or a Self-Forcing / CausVid ``.pt`` file (its EMA
     generator when ``prefer_ema``; ``checkpoint_key`` names the dict to take, e.g. the MMPL
     release's ``generator``, and must exist). ``config`` overrides the inferred architecture.
@@ -69,6 +71,11 @@ def load_model(
     check_fused_ops(fused_ops, device)
     dt = parse_dtype(dtype, device)
     key = str(path_or_preset)
+    name = None
+    if key.lower() == "tiny" and config is None and not Path(key).exists():  # the embedded trained model
+        from .embedded import tiny_root
+
+        key, name = str(tiny_root() / "transformer"), "tiny"
     if key.lower() in PRESETS and not Path(key).exists():
         model = build_model(config or get_preset(key), seed=seed, attention_backend=attention_backend, fused_ops=fused_ops)
         if overlay is not None:
@@ -86,6 +93,8 @@ def load_model(
     state, control_state = split_control_state(state)  # control layers (issue 7), when the checkpoint has them
     if config is None:
         config = infer_config(state, config_from_json(cfg_json) if cfg_json else None)
+        if name is not None:
+            config = dataclasses.replace(config, name=name)
     with torch.device("meta"):
         cls = ControlledWanDiT if control_state else WanDiT
         model = cls(config, attention_backend=attention_backend, fused_ops=fused_ops)

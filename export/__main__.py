@@ -50,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "onnx":
         import engine
-        from engine.generation import TINY_SIZE, WAN_SIZE
+        from engine.generation import default_size
 
         from .onnx import export_model
 
         print(f"export: loading {args.model} ...", file=sys.stderr, flush=True)
         model = engine.load_model(args.model, device="cpu", dtype="float32", seed=args.seed)
         cfg = model.config
-        sizes = args.size or [TINY_SIZE if cfg.name.startswith("tiny") else WAN_SIZE]
+        sizes = args.size or [default_size(model)]
         st = cfg.vae_stride
         latent = []
         for h, w in sizes:

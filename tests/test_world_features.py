@@ -185,5 +185,9 @@ def test_quality_statistics_and_vae_roundtrip(tiny_videos):
     rec = q.vae_roundtrip(resolve_components(model).vae, v[:5], chunk=1)
     assert rec.shape == (5, 64, 112, 3) and rec.dtype == np.uint8
     assert q.windows(1921, 160)[-1] == (1760, 1920) and len(q.windows(1921, 160)) == 12
-    tag, trained = q.model_label(model, "tiny")
-    assert tag == "untrained-tiny" and not trained
+    tag, trained = q.model_label(model, "tiny")  # the embedded trained model
+    assert tag == "tiny" and trained
+    import engine
+
+    tag, trained = q.model_label(engine.load_model("tiny-random", device="cpu"), "tiny-random")
+    assert tag == "untrained-tiny-random" and not trained

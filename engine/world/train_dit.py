@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ModelConfig
+from ..config import PRESETS, ModelConfig
 
 __all__ = ["WORLD_DIT_CONFIG", "PATTERNS", "TrainConfig", "FramePattern", "sample_pattern", "check_pattern",
            "clip_specs", "build_dataset", "text_table", "make_batch", "pattern_loss", "train", "save_model",
@@ -64,8 +64,7 @@ __all__ = ["WORLD_DIT_CONFIG", "PATTERNS", "TrainConfig", "FramePattern", "sampl
 
 #: The DiT of the embedded default model (to become the ``tiny`` preset): 4 layers of
 #: width 128 (2 heads of 64), FFN 384, text width 32 (the tiny UMT5), 32 text tokens.
-WORLD_DIT_CONFIG = ModelConfig(name="tiny", dim=128, ffn_dim=384, num_heads=2, num_layers=4, text_dim=32,
-                               freq_dim=64, text_len=32, patch_size=(1, 2, 2))
+WORLD_DIT_CONFIG = PRESETS["tiny"]
 
 PATTERNS = ("ar", "full", "keyframe", "interp", "anchors")
 HELDOUT_SEED_BASE = 10 ** 6  # world seeds: training < 10**6 <= held-out
@@ -677,7 +676,8 @@ def sample_report(out: str | Path, vae, held_specs: list[dict] | None = None, nu
                   real_clips: int = 8) -> dict:
     """Generate with ``engine.generate`` from the saved folder (``ar``, day prompt, 33
     frames at 64 x 112): Euler 20 steps (shift 5) -> ``sample_ar.png`` and the default
-    few-step sampler -> ``sample_fewstep.png`` (8 frames side by side each), ar Euler per
+    few-step sampler -> ``sample_fewstep.png`` (8 frames side by side each), Euler with
+    guidance 3 against the empty prompt -> ``sample_ar_cfg3.png``, ar Euler per
     weather -> ``sample_weathers.png`` (one row per weather); statistics of each against
     real held-out clips of the same weather (:func:`video_stats`)."""
     from .. import generate
@@ -721,6 +721,11 @@ def sample_report(out: str | Path, vae, held_specs: list[dict] | None = None, nu
     st4["seconds"] = round(sec4, 1)
     report["ar_fewstep4_day"] = st4
     save_png(frame_strip(frames4), out / "sample_fewstep.png")
+    framesg, secg = gen(PROMPTS["day"], euler.replace(guidance_scale=3.0))
+    stg = video_stats(framesg)
+    stg["seconds"] = round(secg, 1)
+    report["ar_euler20_cfg3_day"] = stg
+    save_png(frame_strip(framesg), out / "sample_ar_cfg3.png")
     rows, per = [], {}
     for w in WEATHERS:
         f, _ = gen(PROMPTS[w], euler, seed=1)
@@ -735,6 +740,7 @@ def sample_report(out: str | Path, vae, held_specs: list[dict] | None = None, nu
     save_png(np.concatenate(rows, axis=0), out / "sample_weathers.png")
     save_png(frame_strip(day_real), out / "real_day.png")
     report["files"] = ["sample_ar.png (ar, Euler 20, day)", "sample_fewstep.png (ar, few-step 4, day)",
+                       "sample_ar_cfg3.png (ar, Euler 20, day, guidance 3 against the empty prompt)",
                        "sample_weathers.png (ar, Euler 20, rows: " + ", ".join(WEATHERS) + ", seed 1)",
                        "real_day.png (a real held-out day clip)"]
     log(f"samples: day euler20 {st['mean_rgb']} hf {st['hf_energy_ratio']:.3f}; fewstep {st4['mean_rgb']} hf "
