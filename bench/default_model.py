@@ -5,11 +5,10 @@ trained model shipped -- and at 64 x 112), same run, same frames.
 
     python bench/default_model.py [--frames 33] [--repeats 5] [--out bench/results/default-model-cpu-<date>.json]
 
-Two measurements per model, interleaved so machine load hits both alike:
+Three measurements per model, interleaved so machine load hits both alike:
 
 - ``generate_s``: ``engine.generate(model, num_frames=...)`` in this process, model loaded
-  once (median of ``--repeats`` after one warm-up), with the job's own DiT / decode split
-  (``video.stats``);
+  once (median of ``--repeats`` after one warm-up);
 - ``cli_s``: the whole ``python -m engine generate --model M --num-frames N --out x.mp4``
   (a fresh process: imports, loading, generation, mp4), median of ``--cli-repeats``;
 - the summed time of its denoise and decode jobs (``video.stats.jobs``).

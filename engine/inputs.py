@@ -292,9 +292,8 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
             text_encoder = make_tiny_text_encoder(seed=seed, dim=cfg.text_dim, device=dev)
         elif root is not None and (root / "text_encoder").is_dir():
             text_encoder = TextEncoder.from_folder(root, dtype=model.dtype, device=dev)
-        elif embedded_info(root) is not None:  # the embedded model: the tiny encoder it was trained on
-            text_encoder = make_tiny_text_encoder(seed=int(embedded_info(root)["text_encoder_seed"]),
-                                                  dim=cfg.text_dim, device=dev)
+        elif (info := embedded_info(root)) is not None:  # the embedded model: the tiny encoder it was trained on
+            text_encoder = make_tiny_text_encoder(seed=int(info["text_encoder_seed"]), dim=cfg.text_dim, device=dev)
     return Components(vae=vae, text_encoder=text_encoder, random_weights=random_weights)
 
 
