@@ -346,30 +346,29 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         raise CheckpointError("\n".join(parts))
 
 
-def save_original_layout(model: torch.nn.Module, folder: str | Path) -> Path:
-    """Write a model as an original-Wan-layout folder: ``config.json`` (Wan's own keys)
-    and ``diffusion_pytorch_model.safetensors``. Returns the folder."""
+def wan_config_json(cfg: ModelConfig) -> dict:
+    """The original-Wan ``config.json`` of ``cfg`` (the keys :func:`config_from_json` reads
+    back), plus the full ModelConfig under ``_engine_model_config`` for reference."""
+    return {"_class_name": "WanModel", "model_type": "i2v" if cfg.is_i2v else "t2v", "dim": cfg.dim,
+            "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim, "in_dim": cfg.in_channels,
+            "out_dim": cfg.out_channels, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers,
+            "text_dim": cfg.text_dim, "text_len": cfg.text_len, "eps": cfg.eps,
+            "cross_attn_norm": cfg.cross_attn_norm, "patch_size": list(cfg.patch_size),
+            "_engine_model_config": cfg.to_dict()}
+
+
+def save_original_layout(model: torch.nn.Module, folder: str | Path,
+                         filename: str = "diffusion_pytorch_model.safetensors",
+                         dtype: torch.dtype | None = None) -> Path:
+    """Write a model as an original-Wan-layout folder: ``config.json``
+    (:func:`wan_config_json`) and ``filename`` (its state dict, cast to ``dtype`` when
+    given). Returns the folder."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg: ModelConfig = model.config
-    wan_cfg = {
-        "_class_name": "WanModel",
-        "model_type": "i2v" if cfg.is_i2v else "t2v",
-        "dim": cfg.dim,
-        "ffn_dim": cfg.ffn_dim,
-        "freq_dim": cfg.freq_dim,
-        "in_dim": cfg.in_channels,
-        "out_dim": cfg.out_channels,
-        "num_heads": cfg.num_heads,
-        "num_layers": cfg.num_layers,
-        "text_dim": cfg.text_dim,
-        "text_len": cfg.text_len,
-        "eps": cfg.eps,
-        "patch_size": list(cfg.patch_size),
-    }
-    (folder / "config.json").write_text(json.dumps(wan_cfg, indent=2))
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(wan_config_json(model.config), indent=2) + "\n")
+    state = {k: (v.detach() if dtype is None else v.detach().to(dtype)).contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(folder / filename))
     return folder

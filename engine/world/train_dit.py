@@ -57,10 +57,10 @@ import numpy as np
 import torch
 
 from ..config import PRESETS, ModelConfig
+from ..models.weights import save_original_layout
 
 __all__ = ["WORLD_DIT_CONFIG", "PATTERNS", "TrainConfig", "FramePattern", "sample_pattern", "check_pattern",
-           "clip_specs", "build_dataset", "text_table", "make_batch", "pattern_loss", "train", "save_model",
-           "wan_config_json", "main"]
+           "clip_specs", "build_dataset", "text_table", "make_batch", "pattern_loss", "train", "main"]
 
 #: The DiT of the embedded default model (to become the ``tiny`` preset): 4 layers of
 #: width 128 (2 heads of 64), FFN 384, text width 32 (the tiny UMT5), 32 text tokens.
@@ -456,29 +456,6 @@ def build_model(config: ModelConfig, seed: int):
     return model
 
 
-def wan_config_json(config: ModelConfig) -> dict:
-    """The original-Wan ``config.json`` (the keys :func:`engine.models.weights.config_from_json`
-    reads back), plus our full ModelConfig under ``_engine_model_config`` for reference."""
-    return {"_class_name": "WanModel", "model_type": "i2v" if config.is_i2v else "t2v", "dim": config.dim,
-            "ffn_dim": config.ffn_dim, "freq_dim": config.freq_dim, "in_dim": config.in_channels,
-            "out_dim": config.out_channels, "num_heads": config.num_heads, "num_layers": config.num_layers,
-            "text_dim": config.text_dim, "text_len": config.text_len, "eps": config.eps,
-            "cross_attn_norm": config.cross_attn_norm, "patch_size": list(config.patch_size),
-            "_engine_model_config": config.to_dict()}
-
-
-def save_model(state: dict[str, torch.Tensor], config: ModelConfig, folder: str | Path) -> Path:
-    """Write ``folder/model.safetensors`` (our WanDiT key names, float32) and
-    ``folder/config.json`` (:func:`wan_config_json`); :func:`engine.load_model` reads the folder."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(wan_config_json(config), indent=2) + "\n")
-    return folder
-
-
 def forward_time(model, frames: int = 9, latent_hw: tuple[int, int] = (8, 14), repeats: int = 10) -> float:
     """Median seconds of one no-grad forward over ``frames`` latent frames (batch 1)."""
     x = torch.randn(1, model.config.in_channels, frames, *latent_hw)
@@ -606,7 +583,7 @@ def train(vae, out: str | Path, cfg: TrainConfig, model_config: ModelConfig = WO
     trained = evaluate(final, train_eval, texts)
     evals.append({"step": cfg.steps, "heldout": held})
     log(f"final held-out (EMA) {held}\nfinal train-set (EMA) {trained}")
-    save_model(ema, model_config, out)
+    save_original_layout(final, out, filename="model.safetensors", dtype=torch.float32)
     record = {
         "model_config": model_config.to_dict(), "parameters": n_params,
         "forward_ms_9x28_tokens": round(fwd * 1e3, 2),

@@ -218,16 +218,18 @@ class fast_convs:
         return False
 
 
-def _losses(vae, video: torch.Tensor, kl_weight: float) -> dict[str, torch.Tensor]:
-    """Reconstruction of the posterior mean: L1 + MSE (on [-1, 1]) + kl_weight * KL (mean
-    per latent element)."""
+def _losses(vae, video: torch.Tensor, kl_weight: float, l1_weight: float = 1.0,
+            mse_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Reconstruction of the posterior mean: ``l1_weight`` L1 + ``mse_weight`` MSE (on
+    [-1, 1]) + ``kl_weight`` KL (mean per latent element). MSE alone targets PSNR directly
+    (L1's gradient dominates the sum: a decoder fine-tune for PSNR sets ``l1_weight`` 0)."""
     post = vae.encode(video).latent_dist
     rec = decode_train(vae, post.mean).float()
     l1 = (rec - video).abs().mean()
     mse = (rec - video).pow(2).mean()
     mean, logvar = post.mean.float(), post.logvar.float()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-    return {"loss": l1 + mse + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+    return {"loss": l1_weight * l1 + mse_weight * mse + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -420,7 +422,7 @@ def _lr_at(step: int, steps: int, warmup: int, min_ratio: float) -> float:
 def train(steps: int, seed: int = 0, clips: int = 400, clip_frames: int = 25, window: int = 9, batch: int = 2,
           crop: tuple[int, int] | None = None, long_window: int | None = None, long_from: float = 0.75,
           long_batch: int = 1, bf16: bool = False, lr: float = 2e-3, warmup: int | None = None,
-          min_lr_ratio: float = 0.02, kl_weight: float = 1e-5,
+          min_lr_ratio: float = 0.02, kl_weight: float = 1e-5, l1_weight: float = 1.0, mse_weight: float = 1.0,
           weight_decay: float = 1e-4, grad_clip: float = 1.0, height: int = HEIGHT, width: int = WIDTH,
           config: dict | None = None, cache_dir: str | None = None, log_every: int = 50, eval_every: int = 0,
           eval_seeds: Sequence[int] = (HELDOUT_SEED_BASE,), eval_frames: int = 33, checkpoint: str | None = None,
@@ -435,7 +437,7 @@ def train(steps: int, seed: int = 0, clips: int = 400, clip_frames: int = 25, wi
     so the causal caches are trained as deep into a clip as evaluation goes. ``bf16``: the
     forward pass under CPU bfloat16 autocast (float32 weights, optimiser and loss; faster
     convolutions on CPUs with AVX512-BF16). Loss:
-    :func:`_losses` (L1 + MSE + ``kl_weight`` KL); LR ``lr`` with ``warmup`` linear warm-up
+    :func:`_losses` (``l1_weight`` L1 + ``mse_weight`` MSE + ``kl_weight`` KL); LR ``lr`` with ``warmup`` linear warm-up
     steps (default 5% of steps, at most 200) and a cosine decay to ``min_lr_ratio * lr``;
     gradients clipped to norm ``grad_clip``. Init, batches and everything random come from
     ``seed``. ``eval_every`` > 0: a held-out
@@ -504,7 +506,7 @@ def train(steps: int, seed: int = 0, clips: int = 400, clip_frames: int = 25, wi
         video = _to_video(np.stack(wins))
         with fast_convs(vae):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                parts = _losses(vae, video, kl_weight)
+                parts = _losses(vae, video, kl_weight, l1_weight, mse_weight)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
@@ -570,6 +572,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the training forward pass (CPU)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of steps, at most 200)")
     p.add_argument("--kl-weight", type=float, default=1e-5)
+    p.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 reconstruction loss")
+    p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the MSE reconstruction loss")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--cache", default=None, help="folder for the rendered-clip cache (uint8 .npy), e.g. /tmp/world_vae")
     p.add_argument("--eval-seeds", type=int, default=None,
@@ -646,6 +650,7 @@ def _run(args, argv: list[str]) -> dict:
     vae, info = train(args.steps, seed=args.seed, clips=args.clips, clip_frames=args.clip_frames, window=args.window,
                       batch=args.batch, crop=crop, long_window=args.long_window, long_from=args.long_from,
                       long_batch=args.long_batch, bf16=args.bf16, lr=args.lr, warmup=args.warmup, kl_weight=args.kl_weight,
+                      l1_weight=args.l1_weight, mse_weight=args.mse_weight,
                       height=height, width=width, cache_dir=args.cache, eval_every=args.eval_every,
                       eval_seeds=heldout[:1], eval_frames=eval_frames, checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every, init=args.init, freeze_encoder=args.freeze_encoder,
@@ -680,7 +685,8 @@ def _run(args, argv: list[str]) -> dict:
         "weights_dtype": args.save_dtype,
         "weights_bytes": os.path.getsize(os.path.join(args.out, "diffusion_pytorch_model.safetensors")),
         "training": {k: v for k, v in info.items() if k not in ("curve", "evals")},
-        "loss": "L1 + MSE of the posterior-mean reconstruction on [-1, 1] + kl_weight * mean KL",
+        "loss": (f"{args.l1_weight} * L1 + {args.mse_weight} * MSE of the posterior-mean reconstruction on [-1, 1]"
+                 f" + {args.kl_weight} * mean KL"),
         "optimizer": "AdamW(betas=(0.9, 0.99)), linear warm-up then cosine decay, grad-norm clip",
         "loss_curve": info["curve"],
         "evals_during_training": info["evals"],
