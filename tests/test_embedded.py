@@ -33,10 +33,16 @@ def test_shipped_weights_are_small_and_complete():
     root = tiny_root()
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert total <= 30 * 2 ** 20, f"embedded model is {total / 2 ** 20:.1f} MiB (> 30)"
-    for sub in ("transformer", "vae"):
-        rec = json.loads((root / sub / "training.json").read_text())
+    records = [root / "transformer" / "training.json", root / "vae" / "training.json",
+               *sorted((root / "vae").glob("training-stage*.json"))]
+    for path in records:  # every stage has its seeded training command
+        rec = json.loads(path.read_text())
         cmd = rec["command"] if isinstance(rec["command"], str) else " ".join(rec["command"])
-        assert f"engine.world.train_{'dit' if sub == 'transformer' else 'vae'}" in cmd and "--seed 0" in cmd
+        trainer = "dit" if path.parent.name == "transformer" else "vae"
+        assert f"engine.world.train_{trainer}" in cmd and "--seed " in cmd, path
+    # the shipped VAE is a decoder fine-tune: its encoder (and so the DiT's latents) is stage 1's
+    final = json.loads((root / "vae" / "training.json").read_text())["command"]
+    assert "--init" in final and "--freeze-encoder" in final
 
 
 def test_tiny_loads_the_trained_weights(tiny):
