@@ -27,13 +27,14 @@ numbers are those of an *untrained* model, and the JSON says so):
   feature net's predicted lane offset / heading per frame against the ground truth, mean
   absolute error per window -- beside the same error on the real clip itself (the read-out's
   own floor) and on the warped control video (what the control signal alone gives).
-- ``vae``: reconstruction PSNR / SSIM of held-out world clips through the engine's VAE path
+- ``vae``: reconstruction PSNR / SSIM of held-out world clips (``--vae-seeds`` worlds at or
+  above 10**6 + 1000, never trained on, each in all five weathers) through the engine's VAE path
   (:func:`engine.models.vae.encode_frames` + :class:`~engine.models.vae.StreamingDecoder`,
   decoded chunk by chunk) with ``--vae`` (a VAE folder), else the generating model's own
   VAE (the embedded ``tiny``'s trained one; a random preset's is random: "untrained").
 
-World seeds: every real clip here comes from evaluation seeds (< ``EVAL_SEED_LIMIT``),
-disjoint from the feature net's training and held-out worlds (checked). Writes
+World seeds: every real clip of the other sections comes from evaluation seeds (<
+``EVAL_SEED_LIMIT``), disjoint from the feature net's training and held-out worlds (checked). Writes
 bench/results/quality[-quick]-<model>-<device>-<date>.json and a .png of the curves
 (matplotlib; without it the JSON says the plot was skipped).
 """
@@ -65,7 +66,8 @@ TWO_MINUTES = 2 * 60 * FPS + 1  # 1921 frames
 STRATEGIES = ("ar", "mmpl", "longdwm", "mila")
 SHARPNESS_CUTOFF = 0.2  # gaussian high-pass cutoff (cycles / pixel) of the sharpness statistic
 # evaluation world seeds per use (all < EVAL_SEED_LIMIT)
-REF_SEEDS, FLOOR_SEEDS, CONTROL_SEEDS, VAE_SEEDS, FIRST_FRAME_SEEDS = 1000, 2000, 3000, 4000, 5000
+REF_SEEDS, FLOOR_SEEDS, CONTROL_SEEDS, FIRST_FRAME_SEEDS = 1000, 2000, 3000, 5000
+VAE_SEEDS = 10 ** 6 + 1000  # the VAE section's held-out worlds (no feature net involved)
 MAX_START_S = 120.0  # real clips start anywhere in the first two minutes of a drive
 
 
@@ -212,6 +214,24 @@ def _spread_rows(runs: list[dict], keys=("lane_offset", "heading")) -> list[dict
             row[f"{k}_mae"] = _spread([r["windows"][i][f"{k}_mae"] for r in runs])
         out.append(row)
     return out
+
+
+def sharpness_fd_correlation(drift: dict) -> dict:
+    """How the sharpness telemetry tracks the FD drift: Spearman rank correlation between
+    the per-seed mean FD and the mean sharpness of every window of every strategy in
+    ``drift`` (:func:`section_drift`'s result). Returns ``{"spearman", "p_value", "windows"}``
+    (negative: sharper windows are closer to the world)."""
+    from scipy.stats import spearmanr
+
+    fd, sharp = [], []
+    for row in drift.values():
+        for w in row.get("windows", []):
+            fd.append(w["fd_per_seed"]["mean"])
+            sharp.append(w["sharpness"]["mean"])
+    if len(fd) < 3:
+        return {"spearman": None, "p_value": None, "windows": len(fd)}
+    r = spearmanr(fd, sharp)
+    return {"spearman": float(r.statistic), "p_value": float(r.pvalue), "windows": len(fd)}
 
 
 # ----------------------------------------------------------------------------------
@@ -398,18 +418,27 @@ def section_vae(model, args, device):
         vae = resolve_components(model).vae
         source = f"the model's own VAE ({'random, untrained' if getattr(model, 'source', None) is None else 'trained'})"
         trained = getattr(model, "source", None) is not None
-    clips = real_clips(VAE_SEEDS + np.arange(args.vae_clips), args.vae_frames, None, rng_seed=4)  # own weathers
+    from engine.world.train_vae import heldout_specs, render_clips
+
+    # held-out worlds (>= 10**6: never in a VAE / DiT training set, and not train_vae's own
+    # evaluation seeds 10**6 + 0..), each in all five weathers: a weather-balanced set
+    specs = heldout_specs(VAE_SEEDS + np.arange(args.vae_seeds), WEATHERS)
+    clips = render_clips(specs, args.vae_frames)
     ps, ss, per_clip = [], [], []
     t = time.perf_counter()
-    for c in clips:
-        rec = vae_roundtrip(vae, c.frames)
-        p, s = psnr(c.frames, rec), ssim(c.frames, rec)
+    for spec, frames in zip(specs, clips):
+        rec = vae_roundtrip(vae, frames)
+        p, s = psnr(frames, rec), ssim(frames, rec)
         ps.append(p)
         ss.append(s)
-        per_clip.append({"world_seed": c.seed, "weather": c.weather, "psnr": float(p.mean()), "ssim": float(s.mean())})
+        per_clip.append({"world_seed": spec["seed"], "weather": spec["weather"], "start_s": spec["start"],
+                         "psnr": float(p.mean()), "ssim": float(s.mean())})
+    per_weather = {w: {"psnr": float(np.mean([c["psnr"] for c in per_clip if c["weather"] == w])),
+                       "ssim": float(np.mean([c["ssim"] for c in per_clip if c["weather"] == w]))} for w in WEATHERS}
     ps, ss = np.concatenate(ps), np.concatenate(ss)
-    return {"source": source, "trained": trained, "clips": len(clips), "frames_per_clip": args.vae_frames,
-            "psnr_db": _spread(ps), "ssim": _spread(ss), "per_clip": per_clip,
+    return {"source": source, "trained": trained, "clips": len(specs), "world_seeds": [int(x) for x in
+            VAE_SEEDS + np.arange(args.vae_seeds)], "frames_per_clip": args.vae_frames,
+            "psnr_db": _spread(ps), "ssim": _spread(ss), "per_weather": per_weather, "per_clip": per_clip,
             "seconds": round(time.perf_counter() - t, 1)}
 
 
@@ -524,7 +553,8 @@ def parse_args(argv=None):
     p.add_argument("--control-seeds", type=int, default=None, help="trajectory clips (default 3; quick 2)")
     p.add_argument("--control-frames", type=int, default=None, help="frames per control clip (default 481; quick 161)")
     p.add_argument("--control-window", type=int, default=None, help="control MAE window (default 80; quick 40)")
-    p.add_argument("--vae-clips", type=int, default=None, help="held-out clips for the VAE (default 6; quick 2)")
+    p.add_argument("--vae-seeds", type=int, default=None,
+                   help="held-out worlds for the VAE, each in all five weathers (default 4 = 20 clips; quick 1)")
     p.add_argument("--vae-frames", type=int, default=33)
     p.add_argument("--sections", default="floor,drift,control,vae")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/quality[-quick]-<model>-<device>-<date>.json)")
@@ -532,7 +562,7 @@ def parse_args(argv=None):
     q = a.quick
     for k, full, quick in (("seeds", 3, 2), ("frames", TWO_MINUTES, 481), ("ref_clips", 8, 4), ("floor_sets", 4, 3),
                            ("control_seeds", 3, 2), ("control_frames", 481, 161), ("control_window", 80, 40),
-                           ("vae_clips", 6, 2)):
+                           ("vae_seeds", 4, 1)):
         if getattr(a, k) is None:
             setattr(a, k, quick if q else full)
     a.strategies = [s for s in a.strategies.split(",") if s]
@@ -592,6 +622,7 @@ def main(argv=None) -> int:
     if "drift" in args.sections:
         ts = time.perf_counter()
         res["drift"] = section_drift(model, net, ref_feats, args, device)
+        res["sharpness_vs_fd"] = sharpness_fd_correlation(res["drift"])
         timings["drift"] = round(time.perf_counter() - ts, 1)
     if "control" in args.sections:
         ts = time.perf_counter()

@@ -191,3 +191,14 @@ def test_quality_statistics_and_vae_roundtrip(tiny_videos):
 
     tag, trained = q.model_label(engine.load_model("tiny-random", device="cpu"), "tiny-random")
     assert tag == "untrained-tiny-random" and not trained
+
+
+def test_sharpness_fd_correlation_sign_and_guard():
+    q = _quality()
+    rng = np.random.default_rng(5)
+    sharp = rng.uniform(1e-5, 1e-4, size=12)
+    windows = [{"fd_per_seed": {"mean": float(1.0 / s)}, "sharpness": {"mean": float(s)}} for s in sharp]
+    drift = {"ar": {"windows": windows[:6]}, "mila": {"windows": windows[6:]}}
+    r = q.sharpness_fd_correlation(drift)
+    assert r["windows"] == 12 and r["spearman"] == pytest.approx(-1.0)
+    assert q.sharpness_fd_correlation({"ar": {"windows": windows[:2]}})["spearman"] is None
