@@ -422,7 +422,8 @@ def section_vae(model, args, device):
 
     # held-out worlds (>= 10**6: never in a VAE / DiT training set, and not train_vae's own
     # evaluation seeds 10**6 + 0..), each in all five weathers: a weather-balanced set
-    specs = heldout_specs(VAE_SEEDS + np.arange(args.vae_seeds), WEATHERS)
+    world_seeds = [VAE_SEEDS + i for i in range(args.vae_seeds)]
+    specs = heldout_specs(world_seeds, WEATHERS)
     clips = render_clips(specs, args.vae_frames)
     ps, ss, per_clip = [], [], []
     t = time.perf_counter()
@@ -436,8 +437,8 @@ def section_vae(model, args, device):
     per_weather = {w: {"psnr": float(np.mean([c["psnr"] for c in per_clip if c["weather"] == w])),
                        "ssim": float(np.mean([c["ssim"] for c in per_clip if c["weather"] == w]))} for w in WEATHERS}
     ps, ss = np.concatenate(ps), np.concatenate(ss)
-    return {"source": source, "trained": trained, "clips": len(specs), "world_seeds": [int(x) for x in
-            VAE_SEEDS + np.arange(args.vae_seeds)], "frames_per_clip": args.vae_frames,
+    return {"source": source, "trained": trained, "clips": len(specs), "world_seeds": world_seeds,
+            "frames_per_clip": args.vae_frames,
             "psnr_db": _spread(ps), "ssim": _spread(ss), "per_weather": per_weather, "per_clip": per_clip,
             "seconds": round(time.perf_counter() - t, 1)}
 
