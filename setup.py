@@ -1,4 +1,4 @@
-"""Builds the native host extension ``export._native`` (C++17, pybind11) as part of the
+"""Builds the native host extension ``engine_export._native`` (C++17, pybind11) as part of the
 normal install (``pip install -e .``); everything else is configured in pyproject.toml.
 
 The TensorRT backend of the host is compiled in only where TensorRT's and CUDA's headers
@@ -32,7 +32,7 @@ def _tensorrt() -> dict | None:
 trt = None if os.environ.get("WORLDENGINE_NO_TENSORRT") else _tensorrt()
 sources = ["csrc/module.cpp", "csrc/host.cpp"] + (["csrc/trt_backend.cpp"] if trt else [])
 ext = Pybind11Extension(
-    "export._native",
+    "engine_export._native",
     sorted(sources),
     include_dirs=["csrc"] + (trt["include_dirs"] if trt else []),
     library_dirs=trt["library_dirs"] if trt else [],

@@ -19,7 +19,7 @@ The whole video is decoded at the end with ``vae.decode`` (Self-Forcing's
 ``inference.py``), so the baseline's time to first frame is its total time.
 
 Semantics equal the engine's ``ar`` rollout (block-causal chunks, noise addressed by
-(seed, stream, position) through :func:`kernels.noise.frame_noise`, sink frames + a
+(seed, stream, position) through :func:`engine_kernels.noise.frame_noise`, sink frames + a
 bounded window for long videos), so the two must produce the same video within floating
 point tolerance; ``bench/throughput.py`` checks that.
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.noise import frame_noise
+from engine_kernels.noise import frame_noise
 
 INITIAL_NOISE_STREAM = 0  # same addressing as the engine: stream 0 initial noise, 1 + i after step i
 

@@ -35,9 +35,9 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels  # noqa: E402
-from kernels import patterns  # noqa: E402
-from kernels.block_attention import default_tiles, visible_flops  # noqa: E402
+import engine_kernels  # noqa: E402
+from engine_kernels import patterns  # noqa: E402
+from engine_kernels.block_attention import default_tiles, visible_flops  # noqa: E402
 
 MODELS = {"wan-1.3b": 12, "wan-14b": 40}
 HEAD_DIM = 128
@@ -61,8 +61,8 @@ def attention_patterns(frames: int = FRAMES, chunk: int = CHUNK) -> dict[str, to
 
 def _triton_backend(q, k, v, qf, kf, vis, tiles=None):
     block_m, block_n, warps, stages = tiles or default_tiles(q.shape[-1], q.dtype)
-    bm = kernels.build_block_mask(qf, kf, vis, block_m, block_n, device=q.device)
-    return lambda: kernels.block_attention(q, k, v, q_frame_ids=qf, k_frame_ids=kf, visibility=vis,
+    bm = engine_kernels.build_block_mask(qf, kf, vis, block_m, block_n, device=q.device)
+    return lambda: engine_kernels.block_attention(q, k, v, q_frame_ids=qf, k_frame_ids=kf, visibility=vis,
                                            block_mask=bm, num_warps=warps, num_stages=stages)
 
 
@@ -121,7 +121,7 @@ def bench_attention(models, pattern_names, backends, frames, tpf, sweep=False) -
         q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         for name in pattern_names:
             vis = pats[name]
-            bm = kernels.build_block_mask(ids, ids, vis, 128, 64, device="cuda")
+            bm = engine_kernels.build_block_mask(ids, ids, vis, 128, 64, device="cuda")
             flops = visible_flops(bm, 1, heads, HEAD_DIM)
             ref = None
             runs = [(b, None) for b in backends]
@@ -177,8 +177,8 @@ def bench_memory_bound(copy_gbs: float) -> list[dict]:
     x = torch.randn(1, 16, FRAMES, 60, 104, device="cuda", dtype=torch.bfloat16)
     nbytes = 2 * x.numel() * x.element_size()  # read x, write H(x)
     same = same_size_copy_gbs(nbytes)
-    for name, fn in (("highpass_triton", lambda: kernels.highpass(x, 0.1)),
-                     ("highpass_fft_reference", lambda: kernels.highpass_reference(x, 0.1))):
+    for name, fn in (("highpass_triton", lambda: engine_kernels.highpass(x, 0.1)),
+                     ("highpass_fft_reference", lambda: engine_kernels.highpass_reference(x, 0.1))):
         rows.append(_bandwidth_row(name, x.shape, nbytes, _do_bench(fn), copy_gbs, same))
     planning = torch.randn(1, 16, 4, 60, 104, device="cuda", dtype=torch.bfloat16)
     fresh = torch.randn_like(x)
@@ -186,8 +186,8 @@ def bench_memory_bound(copy_gbs: float) -> list[dict]:
     # reads: planning frames (each at least once) + fresh; writes: output
     nbytes = (planning.numel() + fresh.numel() + x.numel()) * x.element_size()
     same = same_size_copy_gbs(nbytes)
-    for name, fn in (("noise_init_triton", lambda: kernels.noise_init(fp, pp, planning, fresh=fresh, rho=0.2)),
-                     ("noise_init_reference", lambda: kernels.noise_init_reference(fp, pp, planning, fresh=fresh, rho=0.2))):
+    for name, fn in (("noise_init_triton", lambda: engine_kernels.noise_init(fp, pp, planning, fresh=fresh, rho=0.2)),
+                     ("noise_init_reference", lambda: engine_kernels.noise_init_reference(fp, pp, planning, fresh=fresh, rho=0.2))):
         rows.append(_bandwidth_row(name, x.shape, nbytes, _do_bench(fn), copy_gbs, same))
     for r in rows:
         print(json.dumps(r), flush=True)
@@ -199,16 +199,16 @@ def cpu_check() -> dict:
     vis = patterns.sliding_window(4, 2, 4, sink=1)
     ids = patterns.frame_ids(24, 4)
     q, k, v = (torch.randn(1, 2, 96, 64) for _ in range(3))
-    o = kernels.block_attention(q, k, v, q_frame_ids=ids, k_frame_ids=ids, visibility=vis)
-    r = kernels.block_attention_reference(q, k, v, q_frame_ids=ids, k_frame_ids=ids, visibility=vis)
+    o = engine_kernels.block_attention(q, k, v, q_frame_ids=ids, k_frame_ids=ids, visibility=vis)
+    r = engine_kernels.block_attention_reference(q, k, v, q_frame_ids=ids, k_frame_ids=ids, visibility=vis)
     x = torch.randn(2, 3, 20, 26)
     checks = {
         "block_attention_max_abs_diff": float((o - r).abs().max()),
-        "highpass_max_abs_diff": float((kernels.highpass(x, 0.1) - kernels.highpass_reference(x, 0.1)).abs().max()),
+        "highpass_max_abs_diff": float((engine_kernels.highpass(x, 0.1) - engine_kernels.highpass_reference(x, 0.1)).abs().max()),
     }
     pn = torch.randn(1, 4, 2, 8, 8)
     checks["noise_init_max_abs_diff"] = float(
-        (kernels.noise_init([0, 1, 2, 3], [0, 3], pn) - kernels.noise_init_reference([0, 1, 2, 3], [0, 3], pn)).abs().max())
+        (engine_kernels.noise_init([0, 1, 2, 3], [0, 3], pn) - engine_kernels.noise_init_reference([0, 1, 2, 3], [0, 3], pn)).abs().max())
     checks["ok"] = all(v < 1e-4 for k, v in checks.items() if k.endswith("diff"))
     return checks
 
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     now = _dt.datetime.now(_dt.timezone.utc)
     meta = {"date": now.isoformat(timespec="seconds"), "command": " ".join([sys.executable] + sys.argv),
             "torch": torch.__version__, "python": platform.python_version(),
-            "triton_available": kernels.triton_available()}
+            "triton_available": engine_kernels.triton_available()}
     try:
         import triton
 
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     except ImportError:
         meta["triton"] = None
 
-    if not torch.cuda.is_available() or kernels.interpreting():
+    if not torch.cuda.is_available() or engine_kernels.interpreting():
         meta["device"] = "cpu"
         result = {**meta, "cpu_only": True, "note": "CPU-only run: Triton interpreter correctness check, "
                   "no timings claimed", "checks": cpu_check()}

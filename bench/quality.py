@@ -20,7 +20,7 @@ numbers are those of an *untrained* model, and the JSON says so):
   first frame of a real clip) at 64 x 112, cut into windows of ``--window`` frames (160 =
   10 s): per window the FD against the real reference (pooled over the seeds, and per seed:
   min / max / mean), colour statistics (mean RGB, HSV saturation) and sharpness (high-
-  frequency energy of the luminance through :func:`kernels.highpass`), with their spread
+  frequency energy of the luminance through :func:`engine_kernels.highpass`), with their spread
   over the seeds, beside the same statistics of the real reference clips.
 - ``control``: videos generated with a commanded trajectory (the ground-truth ego points of
   a real clip, ``trajectory=`` + ``first_frame=`` its first frame: the warp control); the
@@ -104,14 +104,14 @@ def sharpness(frames: np.ndarray, cutoff: float = SHARPNESS_CUTOFF, device: str 
               batch: int = 256) -> np.ndarray:
     """High-frequency energy per frame of uint8 [T, H, W, 3]: the luminance (Rec. 601, in
     [0, 1], float32) mirrored to [2H, 2W] (so the filter's periodic wrap meets no artificial
-    edge between the top and bottom rows), high-passed by :func:`kernels.highpass` (the
-    Triton kernel on CUDA; on the CPU its torch reference :func:`kernels.highpass_reference`,
+    edge between the top and bottom rows), high-passed by :func:`engine_kernels.highpass` (the
+    Triton kernel on CUDA; on the CPU its torch reference :func:`engine_kernels.highpass_reference`,
     which the kernel matches, instead of Triton's slow interpreter), then the mean square
     over the original H x W quadrant. Returns float64 [T]."""
-    import kernels
+    import engine_kernels
 
     dev = torch.device(device)
-    hp = kernels.highpass if dev.type == "cuda" else kernels.highpass_reference
+    hp = engine_kernels.highpass if dev.type == "cuda" else engine_kernels.highpass_reference
     out = []
     w = torch.tensor([0.299, 0.587, 0.114])
     for i in range(0, len(frames), batch):

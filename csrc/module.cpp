@@ -1,4 +1,4 @@
-// pybind11 module `export._native`: the native host, its pieces (schedule, noise, RoPE,
+// pybind11 module `engine_export._native`: the native host, its pieces (schedule, noise, RoPE,
 // slots) for tests, and the callback backend through which Python drives a runtime
 // (ONNX Runtime in the tests) behind the host.
 #include <pybind11/functional.h>

@@ -177,7 +177,7 @@ class TrtBackend : public Backend {
       if (cand.graph == g.name && cand.sm == sm_ && cand.tensorrt_version.rfind(trt_version(), 0) == 0) e = &cand;
     if (!e)
       throw std::runtime_error("no TensorRT " + trt_version() + " engine for graph '" + g.name + "' on sm" + sm_ +
-                               " in the manifest; build one with `python -m export trt DIR`");
+                               " in the manifest; build one with `python -m engine_export trt DIR`");
     std::ifstream f(m.path(e->file), std::ios::binary);
     if (!f) throw std::runtime_error("cannot open engine " + m.path(e->file));
     std::string blob((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());

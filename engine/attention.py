@@ -7,8 +7,8 @@ the chosen backend over it:
 - ``reference`` -- explicit float32 softmax over a dense token mask (the ground truth).
 - ``sdpa``      -- ``torch.nn.functional.scaled_dot_product_attention`` with a dense
   boolean mask (or none, for full visibility).
-- ``triton``    -- our block-sparse kernel (``kernels.block_attention``), which visits only
-  visible key tiles; used when the ``kernels`` package and a CUDA device are present.
+- ``triton``    -- our block-sparse kernel (``engine_kernels.block_attention``), which visits only
+  visible key tiles; used when the ``engine_kernels`` package and a CUDA device are present.
 - ``flex``      -- torch FlexAttention with a BlockMask built from the same pattern
   (compiled on CUDA; eager on CPU, for tests).
 - ``flash-attn`` -- flash-attn's ``flash_attn_func``; full visibility only.
@@ -54,7 +54,7 @@ class FrameVisibility:
         self.visibility = visibility
         self._dense: torch.Tensor | None = None
         self._flex = None
-        self._tiles: dict = {}  # (head_dim, dtype) -> kernels.BlockMask
+        self._tiles: dict = {}  # (head_dim, dtype) -> engine_kernels.BlockMask
 
     @classmethod
     def uniform(cls, visibility: torch.Tensor, q_tokens_per_frame: int, k_tokens_per_frame: int | None = None):
@@ -95,17 +95,17 @@ class FrameVisibility:
         return self._flex
 
     def triton_block_mask(self, head_dim: int, dtype: torch.dtype):
-        """The Triton kernel's tile lists (:class:`kernels.BlockMask`) for this pattern at
+        """The Triton kernel's tile lists (:class:`engine_kernels.BlockMask`) for this pattern at
         the kernel's default tiles for ``head_dim`` / ``dtype``; built once (one host copy
         of the pattern), then reused by every layer and step that shares this object.
         Call it before a compiled or graph-captured region so no host work happens inside."""
         key = (head_dim, dtype)
         if key not in self._tiles:
-            import kernels
-            from kernels.block_attention import default_tiles
+            import engine_kernels
+            from engine_kernels.block_attention import default_tiles
 
             bm, bn = default_tiles(head_dim, dtype)[:2]
-            self._tiles[key] = kernels.build_block_mask(
+            self._tiles[key] = engine_kernels.build_block_mask(
                 self.q_frame_ids, self.k_frame_ids, self.visibility, bm, bn, device=self.visibility.device)
         return self._tiles[key]
 
@@ -129,11 +129,11 @@ def _sdpa(q, k, v, vis: FrameVisibility | None, scale: float | None) -> torch.Te
 
 
 def _triton(q, k, v, vis: FrameVisibility | None, scale: float | None) -> torch.Tensor:
-    import kernels
+    import engine_kernels
 
     if vis is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return kernels.block_attention(
+    return engine_kernels.block_attention(
         q, k, v, q_frame_ids=vis.q_frame_ids, k_frame_ids=vis.k_frame_ids, visibility=vis.visibility, scale=scale,
         block_mask=vis.triton_block_mask(q.shape[-1], q.dtype),
     )
@@ -196,9 +196,9 @@ def backend_status(name: str, device: torch.device | str = "cpu") -> tuple[bool,
         if importlib.util.find_spec("triton") is None:
             return False, "the 'triton' package is not installed (pip install triton)"
         try:
-            importlib.import_module("kernels").block_attention  # noqa: B018
+            importlib.import_module("engine_kernels").block_attention  # noqa: B018
         except (ImportError, AttributeError) as exc:
-            return False, f"the project's 'kernels' package cannot provide block_attention: {exc}"
+            return False, f"the project's 'engine_kernels' package cannot provide block_attention: {exc}"
         return True, "triton block-sparse kernel"
     if name == "flex":
         try:

@@ -201,7 +201,7 @@ def environment_report() -> list[tuple[str, bool, str]]:
             rows.append((f"attention:{name}", ok, why))
     ok_trt, why_trt = False, "the export package is not importable"
     try:
-        from export.trt import status as trt_status
+        from engine_export.trt import status as trt_status
 
         ok_trt, why_trt = trt_status()
     except ImportError as exc:
@@ -215,8 +215,8 @@ def environment_report() -> list[tuple[str, bool, str]]:
             import importlib.metadata as md
 
             rows.append((mod, True, f"{md.version(mod)} ({what})"))
-    native = importlib.util.find_spec("export._native") is not None
-    rows.append(("native host (export._native)", native,
+    native = importlib.util.find_spec("engine_export._native") is not None
+    rows.append(("native host (engine_export._native)", native,
                  "built" if native else "not built: reinstall with pip install -e . (needs a C++17 compiler)"))
     rows.append(("cuda", torch.cuda.is_available(),
                  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device visible"))

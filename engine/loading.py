@@ -54,13 +54,13 @@ def load_model(
     device: default cuda:0 when available, else cpu; dtype: default bfloat16 on CUDA,
     float32 on CPU. The returned model has ``.source`` (the path, or None for presets); a
     checkpoint holding control layers gives a :class:`ControlledWanDiT`.
-    An export folder (one holding ``manifest.json``, from ``python -m export onnx``) gives an
-    :class:`export.model.ExportedDiT` that runs the exported graphs instead.
+    An export folder (one holding ``manifest.json``, from ``python -m engine_export onnx``) gives an
+    :class:`engine_export.model.ExportedDiT` that runs the exported graphs instead.
     """
     if getattr(path_or_preset, "is_exported", False):  # an ExportedDiT handed back in (e.g. by generate)
         return path_or_preset.to(device=device, dtype=dtype)
     if (Path(str(path_or_preset)).expanduser() / "manifest.json").is_file():  # an export folder
-        from export.model import load_exported
+        from engine_export.model import load_exported
 
         return load_exported(Path(str(path_or_preset)).expanduser(), dtype=dtype, device=device)
     from .checks import check_device, check_fused_ops

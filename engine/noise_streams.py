@@ -1,6 +1,6 @@
 """The one table of noise streams (pure Python).
 
-Noise for a latent frame is addressed by (seed, stream, position) (:func:`kernels.noise.frame_noise`).
+Noise for a latent frame is addressed by (seed, stream, position) (:func:`engine_kernels.noise.frame_noise`).
 A denoise job owns the block of streams ``noise_stream * 1000 ... + 999`` (``Job.noise_stream``:
 MiLA's coarse jobs use block 1 so an anchor's coarse and fine noise differ); within a block:
 

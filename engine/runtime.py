@@ -120,7 +120,7 @@ def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, sh
         eps_total = sqrt(1 - beta^2) eps + beta eps_s,   beta = ``job.anchor_structure``,
         eps_s = standardise(H(x0)),
 
-    eps the frame's noise of the job's mode, H the Gaussian high-pass of ``kernels.spectral``
+    eps the frame's noise of the job's mode, H the Gaussian high-pass of ``engine_kernels.spectral``
     with cutoff ``anchor_cutoff`` (cycles per latent pixel), standardise = zero mean, unit
     variance per (channel, frame) over (h, w) (a frame whose high-pass is constant keeps
     plain noise). Var(eps_total) = 1 for eps independent of x0. beta = 0 is plain Gaussian
@@ -132,8 +132,8 @@ def initial_latents(job: Job, sources: dict[int, torch.Tensor], *, seed: int, sh
     frames' own noise (identity interpolation) for the same re-noising pass.
     ``noise`` [1, C, F, h, w]: per-position noise replacing the seeded draws (fresh and
     interpolated modes)."""
-    from kernels.noise import frame_noise, noise_init, noise_init_reference
-    from kernels.spectral import highpass, highpass_reference
+    from engine_kernels.noise import frame_noise, noise_init, noise_init_reference
+    from engine_kernels.spectral import highpass, highpass_reference
 
     dev = torch.device(device)
     use_kernel = dev.type == "cuda" if use_kernel is None else use_kernel
@@ -330,7 +330,7 @@ def _renoise(steps, i: int, job: Job, seed: int, shape: tuple[int, ...], dev) ->
     """The fresh noise a few-step sampler re-noises the job's generated frames with after
     step ``i`` (addressed by (seed, the job's stream, step, position)); None otherwise."""
     if isinstance(steps, FewStepSampler) and i + 1 < steps.num_steps:
-        from kernels.noise import frame_noise
+        from engine_kernels.noise import frame_noise
 
         return frame_noise(seed, list(job.generated_positions), shape,
                            stream=ns.stream(job.noise_stream, ns.renoise(i)), device=dev)

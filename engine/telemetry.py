@@ -5,8 +5,8 @@ high-frequency energy is the cheapest signal of it. For every decoded chunk the 
 emits, :func:`frame_sharpness` takes the luma (mean of R, G, B in [-1, 1]), box-averages it
 down to at most 256 pixels a side (the spectral kernel's limit), and measures the mean
 squared high-pass response per frame, ``mean(H(x)**2)`` with ``H = x - L(x)`` the spectral
-high-pass of :mod:`kernels.spectral` (Gaussian, cutoff :data:`SHARPNESS_CUTOFF` cycles per
-sample): the Triton kernel :func:`kernels.highfreq_energy` on CUDA, its float64 FFT
+high-pass of :mod:`engine_kernels.spectral` (Gaussian, cutoff :data:`SHARPNESS_CUTOFF` cycles per
+sample): the Triton kernel :func:`engine_kernels.highfreq_energy` on CUDA, its float64 FFT
 reference on the CPU. The result stays on the device (no host sync per frame or chunk);
 :class:`Sharpness` gathers the pieces and copies them to the host once, when asked
 (``video.stats.sharpness``, after the run or while it runs).
@@ -21,7 +21,7 @@ import torch
 
 #: Gaussian cutoff of the high-pass (normalised frequency, cycles per sample).
 SHARPNESS_CUTOFF = 0.125
-#: Largest side the spectral kernel takes (``kernels.spectral``).
+#: Largest side the spectral kernel takes (``engine_kernels.spectral``).
 MAX_SIDE = 256
 
 
@@ -39,11 +39,11 @@ def frame_sharpness(video: torch.Tensor, cutoff: float = SHARPNESS_CUTOFF) -> to
     if k > 1:
         luma = torch.nn.functional.avg_pool2d(luma[:, None], k, k)[:, 0]
     if luma.is_cuda:
-        from kernels import highfreq_energy
+        from engine_kernels import highfreq_energy
 
         with torch.cuda.device(luma.device):  # Triton launches on the current device: make it the frames'
             return highfreq_energy(luma.contiguous(), cutoff)
-    from kernels import highfreq_energy_reference
+    from engine_kernels import highfreq_energy_reference
 
     return highfreq_energy_reference(luma, cutoff)
 

@@ -16,7 +16,7 @@ from engine.loading import build_model
 from engine.models.wan import WanDiT
 from engine.models.wan_control import CONTROL_KINDS, ControlledWanDiT, ControlPass
 from engine.models.weights import CheckpointError, save_original_layout
-from kernels import patterns
+from engine_kernels import patterns
 
 CFG = engine.PRESETS["tiny-random"].replace(num_layers=3)
 
@@ -204,9 +204,9 @@ def test_multiview_attention_equals_explicit_dense_mask(backend):
     fv = FrameVisibility.uniform(mv, T)
     assert torch.equal(fv.dense_mask(), dense_multiview_mask(vis, V, T))
     if backend == "triton":
-        import kernels
+        import engine_kernels
 
-        got = kernels.block_attention(q, k, v, q_frame_ids=fv.q_frame_ids, k_frame_ids=fv.k_frame_ids,
+        got = engine_kernels.block_attention(q, k, v, q_frame_ids=fv.q_frame_ids, k_frame_ids=fv.k_frame_ids,
                                       visibility=mv)
     elif backend == "reference":
         got = attention_reference(q, k, v, fv)

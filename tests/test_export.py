@@ -18,9 +18,9 @@ pytest.importorskip("onnxruntime")
 import engine  # noqa: E402
 from engine.config import SamplerConfig  # noqa: E402
 from engine.rollout import RolloutPlan, ar_rollout  # noqa: E402
-from export import trt  # noqa: E402
-from export.manifest import ManifestError, load_manifest, validate  # noqa: E402
-from export.onnx import (  # noqa: E402
+from engine_export import trt  # noqa: E402
+from engine_export.manifest import ManifestError, load_manifest, validate  # noqa: E402
+from engine_export.onnx import (  # noqa: E402
     Bucket,
     DiTBlockStep,
     DiTStep,
@@ -29,7 +29,7 @@ from export.onnx import (  # noqa: E402
     export_step,
     op_types,
 )
-from export.runtime import OrtRunner  # noqa: E402
+from engine_export.runtime import OrtRunner  # noqa: E402
 from helpers import rel_err  # noqa: E402
 
 HW = (4, 4)  # latent size (32x32 video): 4 tokens per frame
@@ -109,7 +109,7 @@ def test_rollout_through_the_exported_step_equals_pytorch(tiny, export_dir, plan
 
 
 def test_opset20_rollout_matches_opset23(export_dir):
-    from export.model import ExportedDiT
+    from engine_export.model import ExportedDiT
 
     text = _text(2)
     runs = []
@@ -239,7 +239,7 @@ def test_corrupt_or_mismatched_manifest_gives_a_clear_error(export_dir, tmp_path
 
 
 def test_cli_writes_and_checks_a_folder(tmp_path, capsys):
-    from export.__main__ import main
+    from engine_export.__main__ import main
 
     out = tmp_path / "cli"
     assert main(["onnx", "--model", "tiny-random", "--out", str(out), "--size", "32x32", "--frames", "3",
@@ -262,12 +262,12 @@ def test_tensorrt_path_reports_why_it_is_unavailable(export_dir):
         pytest.skip("TensorRT is usable here: the gpu lane covers it")
     assert "tensorrt" in why.lower()
     assert trt.engine_file_name("step_x", "10.9.0", "90") == "step_x.trt10.9.0.sm90.engine"
-    from export.model import ExportedDiT
+    from engine_export.model import ExportedDiT
 
     assert ExportedDiT(export_dir, verify=False).provider == "onnxruntime"
     with pytest.raises(RuntimeError, match="TensorRT provider unavailable"):
         ExportedDiT(export_dir, provider="tensorrt", verify=False)
-    from export.__main__ import main
+    from engine_export.__main__ import main
 
     assert main(["trt", str(export_dir)]) == 1
 
@@ -280,7 +280,7 @@ def test_tensorrt_engine_matches_onnxruntime(tiny, tmp_path):  # pragma: no cove
     man = trt.build_engines(d)
     names = [e["file"] for e in man.data["tensorrt"]["engines"]]
     assert all(f".sm{trt.gpu_sm()}." in n for n in names)
-    from export.model import ExportedDiT
+    from engine_export.model import ExportedDiT
 
     text = _text(4)
     runs = []

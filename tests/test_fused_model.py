@@ -56,7 +56,7 @@ def test_triton_tile_lists_built_once_per_pattern():
     """Every layer and step sharing one FrameVisibility reuses one BlockMask (no host work
     per call; the compile pre-hook builds it before the compiled blocks run)."""
     from engine.attention import FrameVisibility
-    from kernels.block_attention import default_tiles
+    from engine_kernels.block_attention import default_tiles
 
     vis = FrameVisibility.uniform(block_causal_window(4, 2), 6)
     bm = vis.triton_block_mask(32, torch.float16)

@@ -12,7 +12,7 @@ from engine.plans import PlanError, build_plan, default_sigmas, make_job, tpd_ta
 from engine.plans.core import TPD_FAST, TPD_SLOW, Job
 from engine.runtime import initial_latents
 from engine.sampling import flow_sigmas
-from kernels import frame_noise, highpass_reference
+from engine_kernels import frame_noise, highpass_reference
 
 BASES = {
     "flow50-shift5": flow_sigmas(50, 5.0).tolist(),

@@ -1,4 +1,4 @@
-"""The native host (csrc/, pybind11 module export._native): its schedule, noise, RoPE and
+"""The native host (csrc/, pybind11 module engine_export._native): its schedule, noise, RoPE and
 slot logic equal the Python runtime's, and its rollout through the callback backend
 (ONNX Runtime) equals the Python rollout exactly."""
 
@@ -11,19 +11,19 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
-_native = pytest.importorskip("export._native", reason="the native host extension is not built (pip install -e .)")
+_native = pytest.importorskip("engine_export._native", reason="the native host extension is not built (pip install -e .)")
 
 import engine  # noqa: E402
-import kernels.noise as noise_mod  # noqa: E402
+import engine_kernels.noise as noise_mod  # noqa: E402
 from engine.config import SamplerConfig  # noqa: E402
 from engine.kvcache import KVCache  # noqa: E402
 from engine.models.wan import rope_cos_sin  # noqa: E402
 from engine.rollout import RolloutPlan, ar_rollout  # noqa: E402
 from engine.sampling import few_step_sigmas, flow_sigmas  # noqa: E402
-from export.host import builtin_noise, host_rollout, load_host  # noqa: E402
-from export.onnx import export_model  # noqa: E402
+from engine_export.host import builtin_noise, host_rollout, load_host  # noqa: E402
+from engine_export.onnx import export_model  # noqa: E402
 from helpers import rel_err  # noqa: E402
-from kernels.noise import frame_seed  # noqa: E402
+from engine_kernels.noise import frame_seed  # noqa: E402
 
 HW = (4, 4)
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.plans import INPUT, Job, Plan, PlanError, build_plan, default_sigmas
-from kernels import patterns
+from engine_kernels import patterns
 
 
 def _check_dag_and_coverage(plan: Plan):

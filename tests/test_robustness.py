@@ -208,7 +208,7 @@ def test_help_does_not_import_torch():
 
 
 def test_export_prints_progress(tmp_path):
-    cmd = [sys.executable, "-m", "export", "onnx", "--model", "tiny-random", "--out", str(tmp_path / "x"), "--frames", "1",
+    cmd = [sys.executable, "-m", "engine_export", "onnx", "--model", "tiny-random", "--out", str(tmp_path / "x"), "--frames", "1",
            "--size", "32x32", "--opset", "23"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     if out.returncode != 0 and "onnx" in out.stderr and "No module" in out.stderr:

@@ -6,7 +6,7 @@ a literal or of a module-level table of literals (the lazy ``_LAZY[name]`` patte
 ``from pkg import name`` counts as importing the submodule ``pkg.name`` when there is one
 (compiled extensions declared in setup.py included), else as importing ``pkg``.
 ``import a.b`` counts as importing ``a.b`` only. A private name is one with a leading
-underscore that is not a dunder; a private module (``kernels._triton``) is private to its
+underscore that is not a dunder; a private module (``engine_kernels._triton``) is private to its
 parent package.
 """
 
@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "kernels", "export")
+# Each package as its path under the root: kernels/ and export/ are source roots holding the
+# uniquely named packages engine_kernels and engine_export (no import name of the ecosystem).
+PACKAGES = ("engine", "kernels/engine_kernels", "export/engine_export")
 
 
 def _private(name: str) -> bool:
@@ -58,14 +60,15 @@ def discover(root: Path, packages=PACKAGES) -> dict[str, ModuleInfo]:
     imports): dotted name -> ModuleInfo."""
     mods: dict[str, ModuleInfo] = {}
     for pkg in packages:
+        source_root = root / Path(pkg).parent
         for path in sorted((root / pkg).rglob("*.py")):
-            parts = list(path.relative_to(root).with_suffix("").parts)
+            parts = list(path.relative_to(source_root).with_suffix("").parts)
             is_package = parts[-1] == "__init__"
             if is_package:
                 parts = parts[:-1]
             mods[".".join(parts)] = ModuleInfo(".".join(parts), path, path.relative_to(root).as_posix(), is_package)
     for name in extension_modules(root):
-        if name.split(".")[0] in packages and name not in mods:
+        if name.split(".")[0] in {Path(p).name for p in packages} and name not in mods:
             mods[name] = ModuleInfo(name, root / "setup.py", "setup.py", False)
     return mods
 

@@ -1,5 +1,5 @@
 """Drift telemetry (issue 16, part 5): every run's stats carry one sharpness value per
-output frame, the high-pass energy of the decoded luma (kernels.spectral)."""
+output frame, the high-pass energy of the decoded luma (engine_kernels.spectral)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 import engine
 from engine.telemetry import SHARPNESS_CUTOFF, Sharpness, frame_sharpness
-from kernels import highfreq_energy_reference
+from engine_kernels import highfreq_energy_reference
 
 
 def _hand_energy(luma: np.ndarray, c: float) -> np.ndarray:

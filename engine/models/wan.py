@@ -100,7 +100,7 @@ def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scal
     """LayerNorm (no affine, float32) then per-frame AdaLN: x [B,F,T,D], shift/scale
     [B,F,D] -> [B,F,T,D] in x's dtype; ``fused`` runs it as one Triton kernel."""
     if fused:
-        from kernels import layernorm_modulate
+        from engine_kernels import layernorm_modulate
 
         B, nf, T, D = x.shape
         return layernorm_modulate(x.reshape(B, nf * T, D), shift, scale, T, norm.eps).view(B, nf, T, D)
@@ -150,7 +150,7 @@ class SelfAttention(AttentionProjections):
         """x [B,S,D] -> [B,S,D]."""
         h = self.num_heads
         if ctx.fused:  # one Triton pass: RMSNorm over the full hidden dim + RoPE
-            from kernels import qk_rmsnorm_rope
+            from engine_kernels import qk_rmsnorm_rope
 
             q = qk_rmsnorm_rope(self.q(x), self.norm_q.weight, ctx.cos, ctx.sin, h, self.norm_q.eps).transpose(1, 2)
             k = qk_rmsnorm_rope(self.k(x), self.norm_k.weight, ctx.cos, ctx.sin, h, self.norm_k.eps).transpose(1, 2)

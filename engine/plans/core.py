@@ -24,7 +24,7 @@ generated frames (a clean frame must not depend on noise). ``outputs`` are the g
 positions that are final frames of the video; every position is output by exactly one job
 (or is an input). ``after`` adds scheduling-only edges (no data).
 
-Noise (see :mod:`kernels.noise`): ``noise="fresh"`` draws frame noise from
+Noise (see :mod:`engine_kernels.noise`): ``noise="fresh"`` draws frame noise from
 (seed, ``noise_stream``*1000, position); ``"interp"`` interpolates the noise of the
 ``planning`` positions (stream 0, the planning jobs' own initial noise) with an optional
 fresh share ``noise_rho``; ``"unified"`` gives the k-th generated frame of every clip
@@ -85,7 +85,7 @@ class Job:
         eps_total = sqrt(1 - beta^2) eps + beta eps_s,   beta = ``anchor_structure``
 
     with eps the job's Gaussian noise for that frame and eps_s *structured* noise made from
-    the anchor itself: the high-pass H(x0) (:func:`kernels.highpass`), standardised to zero
+    the anchor itself: the high-pass H(x0) (:func:`engine_kernels.highpass`), standardised to zero
     mean and unit variance per (channel, frame) over (h, w). eps and eps_s are independent,
     so Var(eps_total) = (1 - beta^2) + beta^2 = 1: the added noise stays standard normal, as
     the paper asks; beta (the paper's "noise scale") is a constant. The anchor's timestep is

@@ -10,7 +10,7 @@ low-fps time axis: RoPE position p / r (``coarse_rope="keyframe"``) or p (``"abs
   after the first take the previous rollout's last keyframe as clean context and generate
   the next K-1 ("the next rollout starts from the last keyframe");
 - fine job per adjacent pair (a, a+r): generates a+1 .. a+r-1 with both keyframes as
-  clean context (visibility = :func:`kernels.patterns.interpolation`); all pairs are
+  clean context (visibility = :func:`engine_kernels.patterns.interpolation`); all pairs are
   independent of each other, so they run in parallel.
 
 Coarse jobs use model role ``coarse``, fine jobs ``fine``.

@@ -40,8 +40,8 @@ except Exception as exc:  # pragma: no cover
     print(f"SKIP: {exc!r}")
     sys.exit(77)
 
-import kernels  # noqa: E402
-from kernels import patterns  # noqa: E402
+import engine_kernels  # noqa: E402
+from engine_kernels import patterns  # noqa: E402
 
 MODULES = {m: sys.modules["kernels." + m] for m in ("block_attention", "spectral", "noise", "fused")}
 KERNEL_NAMES = {"block_attention": "_block_attention_fwd", "spectral": "_spectral_kernel",
@@ -129,7 +129,7 @@ def _wan_attention(dtype, head_dim=128, heads=12, pattern="block_causal"):
     vis = patterns.block_causal(frames, 3) if pattern == "block_causal" else \
         patterns.sliding_window(frames, 3, window=9, sink=3)
     ids = patterns.frame_ids(tpf, frames)
-    return lambda: kernels.block_attention(q, k, k, q_frame_ids=ids, k_frame_ids=ids,
+    return lambda: engine_kernels.block_attention(q, k, k, q_frame_ids=ids, k_frame_ids=ids,
                                            visibility=vis, return_lse=True)
 
 
@@ -140,7 +140,7 @@ def _wan_cache_chunk(dtype):
     cache = torch.empty(1, 21 * tpf, 12, 128, dtype=dtype)
     k = cache[:, : 9 * tpf].transpose(1, 2)
     vis = torch.ones(3, 9, dtype=torch.bool)
-    return lambda: kernels.block_attention(q, k, k, q_frame_ids=patterns.frame_ids(tpf, 3),
+    return lambda: engine_kernels.block_attention(q, k, k, q_frame_ids=patterns.frame_ids(tpf, 3),
                                            k_frame_ids=patterns.frame_ids(tpf, 9), visibility=vis)
 
 
@@ -153,21 +153,21 @@ def cases():
         yield f"block_attention sliding+sink D64 {tag}", _wan_attention(dt, 64, 4, "window")
         yield f"block_attention cache-chunk D128 {tag}", _wan_cache_chunk(dt)
         x = torch.empty(lat, dtype=dt)
-        yield f"highpass {tag}", lambda x=x: kernels.highpass(x, 0.25)
-        yield f"lowpass box {tag}", lambda x=x: kernels.lowpass(x, 0.25, "box")
-        yield f"spectral_mix {tag}", lambda x=x: kernels.spectral_mix(x, x, 0.25)
-        yield f"highfreq_energy {tag}", lambda x=x: kernels.highfreq_energy(x, 0.25)
+        yield f"highpass {tag}", lambda x=x: engine_kernels.highpass(x, 0.25)
+        yield f"lowpass box {tag}", lambda x=x: engine_kernels.lowpass(x, 0.25, "box")
+        yield f"spectral_mix {tag}", lambda x=x: engine_kernels.spectral_mix(x, x, 0.25)
+        yield f"highfreq_energy {tag}", lambda x=x: engine_kernels.highfreq_energy(x, 0.25)
         pn = torch.empty(1, 16, 3, 60, 104, dtype=dt)
         fr = torch.empty(1, 16, 21, 60, 104, dtype=dt)
-        yield f"noise_init {tag}", lambda pn=pn, fr=fr: kernels.noise_init(
+        yield f"noise_init {tag}", lambda pn=pn, fr=fr: engine_kernels.noise_init(
             list(range(21)), [0, 10, 20], pn, fresh=fr, rho=0.1, x0=fr, sigma=[0.5] * 21)
         xs = torch.empty(1, 3 * 1560, 1536, dtype=dt)
         mod = torch.empty(1, 3, 1536, dtype=dt)
-        yield f"layernorm_modulate {tag}", lambda xs=xs, mod=mod: kernels.layernorm_modulate(
+        yield f"layernorm_modulate {tag}", lambda xs=xs, mod=mod: engine_kernels.layernorm_modulate(
             xs, mod, mod, 1560)
         w = torch.empty(1536, dtype=dt)
         cs = torch.empty(3 * 1560, 64, dtype=torch.float32)
-        yield f"qk_rmsnorm_rope {tag}", lambda xs=xs, w=w, cs=cs: kernels.qk_rmsnorm_rope(
+        yield f"qk_rmsnorm_rope {tag}", lambda xs=xs, w=w, cs=cs: engine_kernels.qk_rmsnorm_rope(
             xs, w, cs, cs, 12)
 
 

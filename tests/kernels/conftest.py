@@ -1,7 +1,7 @@
 """Kernel tests: make the Triton kernels runnable on a CPU-only machine.
 
 TRITON_INTERPRET must be set before triton is imported (triton reads it when a kernel
-is defined), so this runs at conftest import time, before any test imports ``kernels``.
+is defined), so this runs at conftest import time, before any test imports ``engine_kernels``.
 """
 
 import os
@@ -18,10 +18,10 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # `pytest tests` from the repo root without an installed package
     sys.path.insert(0, _ROOT)
 
-import kernels  # noqa: E402
+import engine_kernels  # noqa: E402
 
 CUDA = torch.cuda.is_available()
-INTERPRET = kernels.interpreting()
+INTERPRET = engine_kernels.interpreting()
 # Triton kernels run on CUDA tensors on a GPU, on CPU tensors in the interpreter.
 DEVICE = "cpu" if INTERPRET else ("cuda" if CUDA else "cpu")
 

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import block_attention, block_attention_reference, build_block_mask, patterns
-from kernels.block_mask import dense_mask
+from engine_kernels import block_attention, block_attention_reference, build_block_mask, patterns
+from engine_kernels.block_mask import dense_mask
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2),
        torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import build_block_mask, clear_block_mask_cache, patterns
-from kernels.block_mask import _CACHE, dense_mask
+from engine_kernels import build_block_mask, clear_block_mask_cache, patterns
+from engine_kernels.block_mask import _CACHE, dense_mask
 
 
 def _random_pattern(fq, fk, gen_seed):

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import layernorm_modulate, layernorm_modulate_reference, qk_rmsnorm_rope, qk_rmsnorm_rope_reference
+from engine_kernels import layernorm_modulate, layernorm_modulate_reference, qk_rmsnorm_rope, qk_rmsnorm_rope_reference
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2),
        torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import frame_noise, frame_seed, interpolation_weights, noise_init, noise_init_reference
-from kernels.noise import _splitmix64
+from engine_kernels import frame_noise, frame_seed, interpolation_weights, noise_init, noise_init_reference
+from engine_kernels.noise import _splitmix64
 
 
 def test_splitmix64_known_value():

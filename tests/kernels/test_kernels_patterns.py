@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import patterns as P
+from engine_kernels import patterns as P
 
 
 def _m(rows):

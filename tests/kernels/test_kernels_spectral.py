@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import (circulant_filter_matrix, frequency_response, highfreq_energy,
+from engine_kernels import (circulant_filter_matrix, frequency_response, highfreq_energy,
                      highfreq_energy_reference, highpass, highpass_reference, lowpass,
                      lowpass_reference, spectral_mix, spectral_mix_reference)
 

@@ -394,7 +394,7 @@ def export_model(model: WanDiT, out_dir: str | Path, *, frames=(3,), sizes=((4, 
     remainder a video needs, e.g. (3, 2, 1)); sizes: latent (height, width) pairs;
     cache_slots: frame slots of the cache every step graph takes; progress(str): called
     before each graph ("graph 2/7: step_... ") and after it with its time. Returns the
-    :class:`export.manifest.Manifest`.
+    :class:`engine_export.manifest.Manifest`.
     """
     from engine.config import SamplerConfig
 

@@ -5,7 +5,7 @@ query frame ``i`` may attend to key frame ``j``.  The constructors below return 
 ``[F, F]`` patterns over the frames of one forward pass; the engine may slice columns
 (e.g. context frames served from the KV cache) or rows (the frames being denoised).
 Every constructor guarantees that each row has at least one True (frames always see
-themselves), which :func:`kernels.block_attention` requires.
+themselves), which :func:`engine_kernels.block_attention` requires.
 """
 
 from __future__ import annotations

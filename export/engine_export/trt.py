@@ -179,7 +179,7 @@ class TrtRunner:
             if e["graph"] == graph["name"]:
                 return cls(manifest.directory / e["file"], graph, **kw)
         raise RuntimeError(f"no TensorRT engine for graph {graph['name']!r} built for this TensorRT and GPU; "
-                           f"run `python -m export trt {manifest.directory}`")
+                           f"run `python -m engine_export trt {manifest.directory}`")
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):

@@ -1,6 +1,6 @@
 """Runners: execute one exported graph on named torch tensors.
 
-``OrtRunner`` (ONNX Runtime, CPU or CUDA execution provider) and, in :mod:`export.trt`,
+``OrtRunner`` (ONNX Runtime, CPU or CUDA execution provider) and, in :mod:`engine_export.trt`,
 ``TrtRunner`` share one call: ``runner(feeds: dict[str, Tensor]) -> dict[str, Tensor]``
 with the manifest's I/O names. Shapes and dtypes are checked against the manifest before
 the call, so a wrong input fails with the tensor's name instead of deep inside a runtime.

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels._triton import check_device, tl, triton
+from engine_kernels._triton import check_device, tl, triton
 
 _MASK64 = (1 << 64) - 1
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)

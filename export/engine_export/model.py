@@ -34,7 +34,7 @@ PROVIDERS = ("auto", "onnxruntime", "tensorrt")
 class ExportedDiT:
     """A DiT served by exported graphs (see module docstring).
 
-    directory: an export folder (``python -m export onnx ...``); provider: ``auto``
+    directory: an export folder (``python -m engine_export onnx ...``); provider: ``auto``
     (TensorRT when usable, else ONNX Runtime), ``onnxruntime`` or ``tensorrt``;
     opset: pick graphs of this opset (default: the highest exported); verify: check the
     files' SHA-256 when loading.
@@ -69,7 +69,7 @@ class ExportedDiT:
             if not usable:
                 raise RuntimeError(f"TensorRT provider unavailable: {why}")
             if not has_engines:
-                raise RuntimeError(f"{self.export_dir} has no TensorRT engines; build them with `python -m export trt {self.export_dir}`")
+                raise RuntimeError(f"{self.export_dir} has no TensorRT engines; build them with `python -m engine_export trt {self.export_dir}`")
             return provider
         if usable and has_engines:
             try:

@@ -305,7 +305,7 @@ def load_manifest(directory: str | Path, *, verify_hashes: bool = True, check_gr
     mp = d / MANIFEST_NAME if d.is_dir() else d
     d = mp.parent
     if not mp.is_file():
-        raise ManifestError(f"no {MANIFEST_NAME} in {directory}: not an export folder (run `python -m export onnx ...`)")
+        raise ManifestError(f"no {MANIFEST_NAME} in {directory}: not an export folder (run `python -m engine_export onnx ...`)")
     try:
         data = json.loads(mp.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -401,8 +401,8 @@ def base_manifest(model, *, precision: str, sampler, chunk_frames: int, cache_sl
         },
         "noise": {
             "addressing": "noise of latent frame position p depends only on (seed, stream, p); stream 0 = initial noise, 1 + i = few-step re-noise after step i",
-            "frame_seed": "sm(sm(sm(seed) ^ stream) ^ p), sm = splitmix64 (kernels.noise.frame_seed)",
-            "python": "kernels.noise.frame_noise: torch.randn [1, C, h, w] float32 from a CPU torch.Generator seeded with frame_seed",
+            "frame_seed": "sm(sm(sm(seed) ^ stream) ^ p), sm = splitmix64 (engine_kernels.noise.frame_seed)",
+            "python": "engine_kernels.noise.frame_noise: torch.randn [1, C, h, w] float32 from a CPU torch.Generator seeded with frame_seed",
             "host_builtin": ("counter-based-v1: element i of frame p: u = splitmix64 stream from frame_seed; "
                              "Box-Muller in float64 (see csrc/host.cpp counter_normal); differs from torch.randn"),
         },

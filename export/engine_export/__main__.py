@@ -1,9 +1,9 @@
-"""``python -m export``: write an export folder, build TensorRT engines, check a folder.
+"""``python -m engine_export``: write an export folder, build TensorRT engines, check a folder.
 
-    python -m export onnx --model tiny --out DIR [--size 128x128] [--frames 3 2 1] [--batch 1]
+    python -m engine_export onnx --model tiny --out DIR [--size 128x128] [--frames 3 2 1] [--batch 1]
                           [--cache-frames 21] [--opset 23 20] [--precision float32] [--block]
-    python -m export trt DIR [--opset 23]          # needs tensorrt + a CUDA device
-    python -m export check DIR                      # validate the manifest, hashes and graphs
+    python -m engine_export trt DIR [--opset 23]          # needs tensorrt + a CUDA device
+    python -m engine_export check DIR                      # validate the manifest, hashes and graphs
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _size(s: str) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m engine_export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     o = sub.add_parser("onnx", help="export ONNX graphs and a manifest into a folder")
     o.add_argument("--model", default="tiny", help="preset name or checkpoint path (as engine.load_model)")

@@ -1,4 +1,4 @@
-"""Python face of the native host (``export._native``, C++17 in ``csrc/``).
+"""Python face of the native host (``engine_export._native``, C++17 in ``csrc/``).
 
 The host reads a manifest, owns the sampler schedule, the noise initialisation and the
 KV-slot bookkeeping, and drives a backend through a whole chunked rollout. Backends: a
@@ -6,11 +6,11 @@ TensorRT one (compiled where TensorRT's headers are found) and :class:`CallbackB
 through which Python runs each graph -- here with ONNX Runtime (:func:`ort_callback`).
 
 Noise. The Python runtime draws frame noise with ``torch.randn`` from a CPU generator
-seeded by ``kernels.noise.frame_seed(seed, stream, position)``; torch's normal sampler
+seeded by ``engine_kernels.noise.frame_seed(seed, stream, position)``; torch's normal sampler
 cannot be reproduced without libtorch. So the host's noise source is pluggable:
 
 - ``noise="torch"`` -- the host asks Python for each frame's noise through a callback
-  (:func:`torch_noise`, i.e. ``kernels.noise.frame_noise``): the host's rollout then
+  (:func:`torch_noise`, i.e. ``engine_kernels.noise.frame_noise``): the host's rollout then
   equals ``engine.rollout.ar_rollout`` exactly (same noise, schedule and slots).
 - ``noise="builtin"`` -- the host's own counter-based generator (``counter-based-v1``:
   splitmix64 counters from the same frame seed + Box-Muller in float64), for embedding
@@ -31,7 +31,7 @@ def native_status() -> tuple[bool, str]:
         from . import _native  # noqa: F401
     except ImportError as exc:
         return False, f"the native host extension is not built ({exc}); reinstall with `pip install -e .`"
-    return True, "export._native"
+    return True, "engine_export._native"
 
 
 def _native():
@@ -72,15 +72,15 @@ def ort_callback(directory: str | Path, *, threads: int | None = None, providers
 
 
 def torch_noise(seed: int, stream: int, positions, channels: int, height: int, width: int) -> np.ndarray:
-    """The Python runtime's frame noise [C, n, h, w] (kernels.noise.frame_noise), as the
+    """The Python runtime's frame noise [C, n, h, w] (engine_kernels.noise.frame_noise), as the
     host's noise callback."""
-    from kernels.noise import frame_noise
+    from engine_kernels.noise import frame_noise
 
     return frame_noise(seed, list(positions), (1, channels, height, width), stream=stream)[0].numpy()
 
 
 def builtin_noise(seed: int, positions, shape, *, stream: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
-    """The host's built-in noise with :func:`kernels.noise.frame_noise`'s signature
+    """The host's built-in noise with :func:`engine_kernels.noise.frame_noise`'s signature
     (shape (C, h, w) or (B, C, h, w); B rows repeat the same frame noise)."""
     shape = tuple(int(s) for s in shape)
     C, h, w = shape[-3:]

@@ -2,7 +2,7 @@
 
 Triton is a dependency on Linux, but the references must keep working where it is
 missing (macOS, Windows, a broken install).  Kernel modules therefore write
-``from kernels._triton import triton, tl`` and decorate with ``@triton.jit`` as usual;
+``from engine_kernels._triton import triton, tl`` and decorate with ``@triton.jit`` as usual;
 when triton is missing, ``triton`` and ``tl`` are small stand-ins whose ``jit``
 returns a function that raises, so module import still succeeds and
 :func:`triton_available` reports why the kernels cannot run.

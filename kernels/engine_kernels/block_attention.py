@@ -7,7 +7,7 @@ the query sequence belongs to frame ``q_frame_ids[i]``, key token j to frame
 ``visibility[q_frame_ids[i], k_frame_ids[j]]``.
 
 The Triton kernel is FlashAttention-2 style: one program per (query tile, batch*head);
-it visits only the key tiles listed in a :class:`~kernels.block_mask.BlockMask`
+it visits only the key tiles listed in a :class:`~engine_kernels.block_mask.BlockMask`
 (FULL tiles without any mask, walked as runs of consecutive tiles -- affine addresses,
 no index load per tile -- then PARTIAL tiles with the element mask), keeping an
 online softmax in base 2 (``log2(e)`` folded into the scale, ``exp2``).  All tensors
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import check_device, interpreting, tl, triton
-from kernels.block_mask import BlockMask, build_block_mask, dense_mask
+from engine_kernels._triton import check_device, interpreting, tl, triton
+from engine_kernels.block_mask import BlockMask, build_block_mask, dense_mask
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453

@@ -13,7 +13,7 @@ Public API
 ----------
 - attention: :func:`block_attention`, :func:`block_attention_reference`,
   :func:`build_block_mask`, :class:`BlockMask`, and the frame-visibility pattern
-  constructors in :mod:`kernels.patterns`.
+  constructors in :mod:`engine_kernels.patterns`.
 - spectral filters: :func:`lowpass`, :func:`highpass`, :func:`spectral_mix`,
   :func:`highfreq_energy` (+ ``*_reference``), :func:`frequency_response`,
   :func:`circulant_filter_matrix`.
@@ -39,11 +39,11 @@ def _cuda_visible() -> bool:
 if not _cuda_visible():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels._triton import interpreting, triton_available  # noqa: E402
-from kernels import patterns  # noqa: E402
-from kernels.block_mask import BlockMask, build_block_mask, clear_block_mask_cache  # noqa: E402
-from kernels.block_attention import block_attention, block_attention_reference  # noqa: E402
-from kernels.spectral import (  # noqa: E402
+from engine_kernels._triton import interpreting, triton_available  # noqa: E402
+from engine_kernels import patterns  # noqa: E402
+from engine_kernels.block_mask import BlockMask, build_block_mask, clear_block_mask_cache  # noqa: E402
+from engine_kernels.block_attention import block_attention, block_attention_reference  # noqa: E402
+from engine_kernels.spectral import (  # noqa: E402
     circulant_filter_matrix,
     frequency_response,
     highfreq_energy,
@@ -55,14 +55,14 @@ from kernels.spectral import (  # noqa: E402
     spectral_mix,
     spectral_mix_reference,
 )
-from kernels.noise import (  # noqa: E402
+from engine_kernels.noise import (  # noqa: E402
     frame_noise,
     frame_seed,
     interpolation_weights,
     noise_init,
     noise_init_reference,
 )
-from kernels.fused import (  # noqa: E402
+from engine_kernels.fused import (  # noqa: E402
     layernorm_modulate,
     layernorm_modulate_reference,
     qk_rmsnorm_rope,

@@ -28,7 +28,7 @@ import functools
 
 import torch
 
-from kernels._triton import check_device, next_pow2, tl, triton
+from engine_kernels._triton import check_device, next_pow2, tl, triton
 
 _KINDS = ("gaussian", "box")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import check_device, next_pow2, tl, triton
+from engine_kernels._triton import check_device, next_pow2, tl, triton
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -29,7 +29,7 @@ _CACHE_SIZE = 64
 
 @dataclass(frozen=True, eq=False)
 class BlockMask:
-    """Per-query-tile lists of key tiles for :func:`kernels.block_attention`.
+    """Per-query-tile lists of key tiles for :func:`engine_kernels.block_attention`.
 
     Attributes (all tensors on the attention device):
         block_m, block_n: tile sizes the lists were built for.
