@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 status=0
 python tests/kernels/compile_check.py 90 --json "$OUT/sm90-compile.json" 2>&1 | tee -a "$LOG" || status=1
 python -m pytest -m gpu -q -rs tests 2>&1 | tee -a "$LOG" || status=1
-python bench/kernels.py --sweep --out "$OUT/kernels.json" 2>&1 | tee -a "$LOG" || status=1
+python bench/kernel_speed.py --sweep --out "$OUT/kernels.json" 2>&1 | tee -a "$LOG" || status=1
 # everything side by side: baseline, every attention backend, every strategy at 1..N GPUs, scaling report
 python bench/throughput.py --json "$OUT/throughput.json" --png none 2>&1 | tee -a "$LOG" || status=1
 # the issue-6 bar configuration: Wan-1.3B shape, 480x832, 81 frames, 4-step causal rollout, bfloat16,

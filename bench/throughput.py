@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # before bench/: the top-level `engine_kernels` package, not bench/kernels.py
+sys.path.insert(0, str(ROOT))  # the checkout first (engine/), before bench/
 if str(ROOT / "bench") not in sys.path:
     sys.path.append(str(ROOT / "bench"))
 

@@ -95,7 +95,10 @@ def host_rollout(directory: str | Path, text_embeds, *, num_frames: int, seed: i
                  guidance_scale: float = 1.0, first_latent=None, opset: int = 0, backend=None, threads: int | None = None):
     """Run a whole rollout in the native host; returns [(positions, latents [1, C, n, h, w])].
 
-    text_embeds: [B, L, text_dim] (B = 2 with guidance: row 0 conditional); backend: a
+    num_frames: **latent** frames to roll out (Wan: n latents = 4(n-1)+1 video frames).
+    text_embeds: [B, text_len, text_dim] with exactly the manifest's ``text_len`` tokens
+    (zero-pad shorter embeddings as Wan pads its T5 output; B = 2 with guidance: row 0
+    conditional); backend: a
     native backend (default: the callback backend over ONNX Runtime); noise: ``torch``
     or ``builtin`` (see the module docstring).
     """

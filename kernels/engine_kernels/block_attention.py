@@ -184,7 +184,7 @@ def default_tiles(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int
     Chosen from the sm_90 compile report (tests/kernels/compile_check.py): every default
     fits in an H100's shared memory, ptxas spills nothing and wgmma is not serialised.
     float32 runs 3xTF32 dots (hi/lo operand splits), which need small tiles.  Timings on a GPU come
-    from ``python bench/kernels.py --sweep``.
+    from ``python bench/kernel_speed.py --sweep``.
     """
     if interpreting():
         return 32, 32, 4, 1
@@ -216,7 +216,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             tile sizes used.
         block_m, block_n: tile sizes (powers of two >= 16); default per device/dtype.
         num_warps, num_stages: launch tuning (default per head dim/dtype, see
-            :func:`default_tiles`; ``bench/kernels.py --sweep`` times alternatives).
+            :func:`default_tiles`; ``bench/kernel_speed.py --sweep`` times alternatives).
         out: optional preallocated ``[B, H, Sq, D]`` output of ``q.dtype`` (any strides).
 
     Returns:

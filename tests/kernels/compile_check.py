@@ -43,7 +43,7 @@ except Exception as exc:  # pragma: no cover
 import engine_kernels  # noqa: E402
 from engine_kernels import patterns  # noqa: E402
 
-MODULES = {m: sys.modules["kernels." + m] for m in ("block_attention", "spectral", "noise", "fused")}
+MODULES = {m: sys.modules["engine_kernels." + m] for m in ("block_attention", "spectral", "noise", "fused")}
 KERNEL_NAMES = {"block_attention": "_block_attention_fwd", "spectral": "_spectral_kernel",
                 "noise": "_noise_init_kernel", "fused": ("_layernorm_modulate_kernel",
                                                          "_qk_rmsnorm_rope_kernel")}

@@ -1,6 +1,6 @@
 """Kernel benchmarks: block attention backends per pattern, spectral filter and noise init.
 
-On a GPU (``python bench/kernels.py``):
+On a GPU (``python bench/kernel_speed.py``):
 
 - attention, bfloat16, Wan-1.3B (12 heads x 128) and Wan-14B (40 heads x 128) shapes,
   21 latent frames of 1560 tokens, chunks of 3 frames, for each pattern and backend
