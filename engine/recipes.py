@@ -123,7 +123,7 @@ RECIPES: dict[str, Recipe] = {
         "here). Evaluation protocol: 28 frames at 12 fps, the first 25 scored (29 = 4k+1 here)", "mila",
         MilaOptions(anchor_stride=3), SamplerConfig(kind="euler", num_steps=50, shift=5.0, timesteps=None,
                                                     guidance_scale=5.0), None, 480, 832, 12,
-        reference="arXiv 2503.15875 (MiLA), secs. 3.2-3.4, 4.1, App. B; ../shared/papers/mila.txt",
+        reference="arXiv 2503.15875 (MiLA), secs. 3.2-3.4, 4.1, App. B",
         frames_rule="4k+1", prior_frames=4, cfg_drop=("text", "waypoints", "camera")),
     "longdwm": Recipe(
         "longdwm", "LongDWM as its paper states it (no code released): on CogVideoX-2B at 480x720, a coarse model "
@@ -137,7 +137,7 @@ RECIPES: dict[str, Recipe] = {
                        fine_condition="channels"),
         SamplerConfig(kind="euler", num_steps=50, schedule="cogvideox", timesteps=None, guidance_scale=6.0), None,
         480, 720, 12, first_frame=True,
-        reference="arXiv 2506.01546 (LongDWM), secs. 3.1-3.2, App. A and D; ../shared/papers/longdwm.txt",
+        reference="arXiv 2506.01546 (LongDWM), secs. 3.1-3.2, App. A and D",
         frames_rule="12*(n-1)+1 for n keyframes (13 keyframes: 145 frames)"),
     "longvie2": Recipe(
         "longvie2", "LongVie 2 as released: 81-frame I2V clips at 352x640 on Wan2.1-I2V-14B with the dense (depth) "
