@@ -173,3 +173,24 @@ def test_constraints_pin_what_the_dependencies_name():
     names = {re.split(r"[<>=!~; \[]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
     missing = sorted(n for n in names if n not in pinned)
     assert not missing, f"constraints.txt has no pin for {missing}"
+
+
+def relative_links(md_path: Path) -> list[str]:
+    """The relative link / image targets of a markdown file (no URLs, no anchors)."""
+    import re
+
+    targets = re.findall(r"\]\(([^)\s]+)\)", md_path.read_text(encoding="utf-8"))
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+://", t) and t.split("#")[0]]
+
+
+def test_readme_and_docs_links_exist_in_a_clone():
+    """Every relative link of README.md and docs/*.md points into the repository (the
+    README once linked ../shared/DESIGN.md, which a clone does not have)."""
+    broken = []
+    for md_path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in relative_links(md_path):
+            path = (md_path.parent / target).resolve()
+            if ROOT not in path.parents and path != ROOT or not path.exists():
+                broken.append(f"{md_path.relative_to(ROOT)} -> {target}")
+        assert "../shared/" not in md_path.read_text(encoding="utf-8"), md_path
+    assert not broken, "broken links: " + ", ".join(broken)
