@@ -10,7 +10,9 @@ jobs per batched forward) side by side in one run: alternating, best of --repeat
 DiT only (latents out, no VAE). CFG is on (a 2-row context): the executor batches only
 jobs whose pass alone already has two rows (engine.runtime.batchable), so batched and
 alone are bit for bit the same; the outputs are checked. Writes
-bench/results/batching-<device>-<date>.json (several configurations append to one file).
+out/bench/batching-<device>-<date>.json (several configurations append to one file;
+``--out PATH`` elsewhere: the committed result was written with
+``--out bench/results/batching-cpu-<date>.json``). ``--smoke``: seconds, for the tests.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
+from bench.bench_io import cpu_name, out_path  # noqa: E402
 from engine.config import SamplerConfig, get_preset  # noqa: E402
 from engine.plans import INPUT, Clip, Plan, make_job  # noqa: E402
 from engine.runtime import RuntimeStats, execute  # noqa: E402
@@ -133,8 +135,11 @@ def main():
     p.add_argument("--batch", type=int, default=4, help="batch_jobs of the batched run")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the worker (CPU)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="seconds, for the tests: 32x32, 4 pairs, 2 steps, one repeat")
+    p.add_argument("--out", default=None, help="JSON path (default out/bench/batching-<device>-<date>.json)")
     args = p.parse_args()
+    if args.smoke:
+        args.size, args.pairs, args.steps, args.repeats = (32, 32), 4, 2, 1
     if args.cfg == 1.0:
         p.error("--cfg 1.0: the executor batches only CFG (2-row) jobs (engine.runtime.batchable)")
     load = list(os.getloadavg())
@@ -146,13 +151,12 @@ def main():
     })
     print(json.dumps(row), flush=True)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
-                                           f"batching-{kind}-{datetime.date.today().isoformat()}.json")
+    out = out_path(args.out, f"batching-{kind}{'-smoke' if args.smoke else ''}-{datetime.date.today().isoformat()}.json")
     doc = json.loads(out.read_text()) if out.exists() else {
         "bench": "batching",
         "torch": torch.__version__,
         "device": (torch.cuda.get_device_name(torch.device(args.device)) if kind == "cuda"
-                   else f"{platform.processor() or platform.machine()} CPU, one worker"),
+                   else f"{cpu_name()} CPU, one worker"),
         "host_cpus": os.cpu_count(),
         "note": ("LongDWM-style fine stage: independent fine clips (keyframes given at both ends) on one worker, "
                  "DiT only; batch_jobs=1 vs batch_jobs=N alternating, best of --repeats, after one warm-up of each. "

@@ -1,7 +1,10 @@
 """Decode time per video frame: the full Wan VAE vs TAEHV and LightX2V's light TAE / light
 VAE, same run.
 
-    python bench/decoders.py [--device cpu] [--latents 2] [--out bench/results/decoders-cpu.json]
+    python bench/decoders.py [--device cpu] [--latents 2] [--out PATH]   # default out/bench/decoders-cpu.json
+    python bench/decoders.py --smoke     # seconds: 64x64 only, 1 latent, one repeat (for the tests)
+
+The committed result was written with ``--out bench/results/decoders-cpu.json``.
 
 Full VAE: diffusers ``AutoencoderKLWan()`` (default config = the Wan2.1 VAE layout), and
 TAEHV: the released Wan2.1 architecture (engine/models/taehv.py); both random weights,
@@ -18,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_io import cpu_name, out_path  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 
@@ -45,7 +50,7 @@ def _time(fn, repeats: int) -> float:
 def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
 
 
 def decode_times(device: str, latents: int, repeats: int, sizes) -> list[dict]:
@@ -110,19 +115,23 @@ def main(argv=None) -> int:
     ap.add_argument("--latents", type=int, default=2, help="latent frames decoded per measurement (4F-3 frames)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--e2e", type=int, default=0, help="also time generate --model tiny with this many frames")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="seconds, for the tests: 64x64 only, 1 latent, one repeat")
+    ap.add_argument("--out", default=None, help="JSON path (default out/bench/decoders-<device>.json)")
     args = ap.parse_args(argv)
-    rows = decode_times(args.device, args.latents, args.repeats, [(480, 832), (128, 128)])
+    if args.smoke:
+        args.latents, args.repeats, args.e2e = 1, 1, 0
+    sizes = [(64, 64)] if args.smoke else [(480, 832), (128, 128)]
+    rows = decode_times(args.device, args.latents, args.repeats, sizes)
     result = {"benchmark": "decode time per video frame, full Wan VAE (diffusers AutoencoderKLWan() default "
                            "config) vs TAEHV (Wan2.1 release architecture), random weights, float32",
               "device": _device_name(args.device), "torch": torch.__version__,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "python bench/decoders.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "results": rows}
+              "smoke": args.smoke, "results": rows}
     if args.e2e:
         result["end_to_end_tiny"] = end_to_end(args.e2e, args.repeats)
-    out = args.out or str(ROOT / "bench" / "results" / f"decoders-{args.device.split(':')[0]}.json")
-    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    out = out_path(args.out, f"decoders-{args.device.split(':')[0]}{'-smoke' if args.smoke else ''}.json")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

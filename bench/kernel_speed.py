@@ -12,9 +12,11 @@ On a GPU (``python bench/kernel_speed.py``):
 - bandwidth of ``highpass`` and ``noise_init`` on a Wan latent ``[1, 16, 21, 60, 104]``,
   in GB/s and as a share of the measured device-to-device copy rate.
 
-Results go to ``bench/results/kernels-<device>-<date>.json`` with device name, torch /
-triton versions, date and command.  On a CPU-only machine the script runs a tiny
-correctness check in the Triton interpreter and says so; it claims no timings.
+Results go to ``out/bench/kernels-<device>-<date>.json`` (``--out PATH`` elsewhere) with
+device name, torch / triton versions, date and command.  On a CPU-only machine the script
+runs a tiny correctness check in the Triton interpreter, writes it (``kernels-cpu-check-
+<date>.json``) and says so; it claims no timings (``--smoke`` is accepted: on a CPU every
+run is that check).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine_kernels  # noqa: E402
+from bench.bench_io import cpu_name, out_path  # noqa: E402
 from engine_kernels import patterns  # noqa: E402
 from engine_kernels.block_attention import default_tiles, visible_flops  # noqa: E402
 
@@ -222,7 +225,8 @@ def main(argv=None) -> int:
                     help="also time the Triton kernel at every tile config of SWEEP_TILES")
     ap.add_argument("--frames", type=int, default=FRAMES)
     ap.add_argument("--tokens-per-frame", type=int, default=TOKENS_PER_FRAME)
-    ap.add_argument("--out", default=None, help="JSON path (default bench/results/kernels-<device>-<date>.json)")
+    ap.add_argument("--smoke", action="store_true", help="accepted for the tests; on a CPU every run is the quick check")
+    ap.add_argument("--out", default=None, help="JSON path (default out/bench/kernels-<device>-<date>.json)")
     args = ap.parse_args(argv)
 
     now = _dt.datetime.now(_dt.timezone.utc)
@@ -237,10 +241,13 @@ def main(argv=None) -> int:
         meta["triton"] = None
 
     if not torch.cuda.is_available() or engine_kernels.interpreting():
-        meta["device"] = "cpu"
+        meta["device"] = f"cpu ({cpu_name()})"
         result = {**meta, "cpu_only": True, "note": "CPU-only run: Triton interpreter correctness check, "
                   "no timings claimed", "checks": cpu_check()}
         print(json.dumps(result, indent=2))
+        out = out_path(args.out, f"kernels-cpu-check-{now.date().isoformat()}.json")
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
         return 0 if result["checks"]["ok"] else 1
 
     meta["device"] = torch.cuda.get_device_name()
@@ -251,9 +258,7 @@ def main(argv=None) -> int:
                                            args.tokens_per_frame, sweep=args.sweep),
               "memory_bound": bench_memory_bound(copy_gbs)}
     slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
-    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
-                                           f"kernels-{slug}-{now.strftime('%Y%m%dT%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = out_path(args.out, f"kernels-{slug}-{now.strftime('%Y%m%dT%H%M%S')}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

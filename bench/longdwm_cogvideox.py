@@ -4,22 +4,22 @@ with ``batch_jobs=1`` (every fine job alone) and ``batch_jobs=12`` (the 12 fine 
 one batched forward per step) side by side, alternating, best of --repeats.
 
     python bench/longdwm_cogvideox.py                      # tiny CogVideoX models, CPU
+    python bench/longdwm_cogvideox.py --smoke              # seconds: 2 DDIM steps, one repeat (for the tests)
     python bench/longdwm_cogvideox.py --device cuda:0 --size 480x720 --preset cogvideox-2b --dtype bf16
 
 Reports the fine stage's time (the union of the fine jobs' intervals in the runtime's job
 log: the worker's time on them, decodes in between excluded), the whole run's, the critical path in DiT passes against ar for the
 same 145 frames, and how far the batched video is from the unbatched one (CogVideoX's
 batched GEMMs round differently on CPU: not bit-identical). Writes
-bench/results/longdwm-cogvideox-<device>-<date>.json.
+out/bench/longdwm-cogvideox-<device>-<date>.json (``--out PATH`` elsewhere; the committed
+result was written with ``--out bench/results/longdwm-cogvideox-cpu-<date>.json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_io import meta, out_path  # noqa: E402
 from engine.config import SamplerConfig  # noqa: E402
 from engine.generation import RunStats, plan_for, prepare, run  # noqa: E402
-from engine.models.cogvideox import COGVIDEOX_PRESETS, build_cogvideox  # noqa: E402
+from engine.models.cogvideox import COGVIDEOX_PRESETS, build_cogvideox, cogvideox_scheduler_for  # noqa: E402
 from engine.recipes import apply_recipe  # noqa: E402
 
 
@@ -66,18 +67,25 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="seconds, for the tests: 2 DDIM steps, one repeat")
+    p.add_argument("--out", default=None, help="JSON path (default out/bench/longdwm-cogvideox-<device>-<date>.json)")
     a = p.parse_args()
+    if a.smoke:
+        a.steps, a.repeats = 2, 1
     torch.set_num_threads(a.threads)
     H, W = (int(v) for v in a.size.split("x"))
     dt = getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}.get(a.dtype, a.dtype))
     coarse, fine = _model(a.preset, False, 1, a.device, dt), _model(a.preset, True, 2, a.device, dt)
     image = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    # CogVideoX's DDIM on the models' own DDPM table: generate() would fill it in, plan_for (the ar
+    # comparison below) does not -- SamplerConfig(schedule="cogvideox") needs it given there
+    ddpm = cogvideox_scheduler_for(coarse)[1]
     kw = apply_recipe("longdwm", dict(first_frame=image, height=H, width=W, num_frames=145, prompt="a road",
                                       devices=[a.device], cpu_threads=a.threads,
-                                      sampler=SamplerConfig(kind="euler", schedule="cogvideox", num_steps=a.steps,
-                                                            guidance_scale=6.0)))
-    _once(coarse, fine, kw, 1)  # warm-up
+                                      sampler=SamplerConfig(kind="euler", schedule="cogvideox", ddpm=ddpm,
+                                                            num_steps=a.steps, guidance_scale=6.0)))
+    if not a.smoke:
+        _once(coarse, fine, kw, 1)  # warm-up
     best = {1: (1e9, 1e9), a.batch: (1e9, 1e9)}
     frames, seen = {}, 1
     for _ in range(a.repeats):
@@ -90,10 +98,11 @@ def main() -> int:
     diff = np.abs(frames[1].astype(int) - frames[a.batch].astype(int))
     ar = plan_for(coarse, num_frames=145, height=H, width=W, strategy="ar", chunk_frames=3, first_frame_given=True,
                   sampler=kw["sampler"])
+    m = meta(a.device)
+    if not a.device.startswith("cuda"):
+        m["device"] += f", {a.threads} threads"
     result = {
-        "device": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {a.threads} threads)",
-        "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-        "command": "python bench/longdwm_cogvideox.py " + " ".join(sys.argv[1:]),
+        **m, "smoke": a.smoke,
         "preset": a.preset, "size": [H, W], "dtype": a.dtype, "ddim_steps": a.steps, "guidance_scale": 6.0,
         "frames": int(frames[1].shape[0]), "fine_jobs": sum(1 for j in plan.jobs if j.model == "fine"),
         "fine_stage_seconds": {"batch_jobs=1": round(best[1][0], 3), f"batch_jobs={a.batch}": round(best[a.batch][0], 3)},
@@ -105,7 +114,7 @@ def main() -> int:
         "loadavg": list(os.getloadavg()),
     }
     print(json.dumps(result, indent=1))
-    out = Path(a.out or Path(__file__).parent / "results" / f"longdwm-cogvideox-{a.device.split(':')[0]}-{result['date']}.json")
+    out = out_path(a.out, f"longdwm-cogvideox-{a.device.split(':')[0]}{'-smoke' if a.smoke else ''}-{result['date']}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

@@ -2,9 +2,11 @@
 release's two passes.
 
     python bench/longvie.py                 # CPU: tiny random model; 14B arithmetic
+    python bench/longvie.py --smoke         # seconds: 32x32, 1 step, one repeat (for the tests)
     python bench/longvie.py --device cuda:0 --height 352 --width 640 --steps 4
 
-Two parts, written to bench/results/longvie-<device>-<date>.json:
+Two parts, written to out/bench/longvie-<device>-<date>.json (``--out PATH`` elsewhere; the
+committed result was written with ``--out bench/results/longvie-cpu-<date>.json``):
 
 1. Arithmetic for the release's setting (Wan2.1-I2V-14B + 2 x 12 half-width control
    blocks, 352x640, 81 frames = 21 latents of 880 tokens, 2 history latents, 512 + 257
@@ -21,9 +23,7 @@ Two parts, written to bench/results/longvie-<device>-<date>.json:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_io import meta, out_path  # noqa: E402
 from bench.throughput import forward_flops  # noqa: E402
 from engine.config import get_preset  # noqa: E402
 from engine.longvie import LongVieChain, LongVieClip, RandomImageTokens  # noqa: E402
@@ -64,8 +65,11 @@ def main() -> int:
     p.add_argument("--width", type=int, default=112)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="seconds, for the tests: 32x32, 1 step, one repeat")
+    p.add_argument("--out", default=None, help="JSON path (default out/bench/longvie-<device>-<date>.json)")
     a = p.parse_args()
+    if a.smoke:
+        a.height, a.width, a.steps, a.repeats = 32, 32, 1, 1
 
     import engine
 
@@ -108,19 +112,17 @@ def main() -> int:
     best = {b: min(t) for b, t in times.items()}
     res = {
         "what": "LongVie 2 recipe: 14B clip arithmetic + batched vs two-pass CFG, one clip's denoising loop",
-        "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'x86'}, "
-                  f"{torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
+        **meta(a.device), "smoke": a.smoke,
         "arithmetic_14b_352x640": arith,
         "estimate_not_measured": {**est, "note": "FLOPs / (utilisation x 989 TFLOP/s); release and ours do the same "
                                   "FLOPs per clip"},
+        "torch_threads": torch.get_num_threads(),
         "measured": {"model": "tiny-i2v (random)", "size": [H, W], "steps": a.steps, "repeats": a.repeats,
                      "conditions_s (5 VAE encodes of 81 frames + CLIP, once)": cond_s,
                      "batched_cfg_s": best[True], "two_pass_cfg_s": best[False],
                      "speedup_batched": best[False] / best[True], "rel_diff": err},
     }
-    out = Path(a.out or Path(__file__).parent / "results" / f"longvie-{dev.type}-{res['date']}.json")
+    out = out_path(a.out, f"longvie-{dev.type}{'-smoke' if a.smoke else ''}-{res['date']}.json")
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
     assert err <= 1e-5, err

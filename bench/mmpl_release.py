@@ -1,10 +1,13 @@
 """MMPL as released: the multi-GPU chaining (``mmpl-t2v-parallel``) against the 1-GPU
 chaining (``mmpl-t2v``).
 
-    python bench/mmpl_release.py                    # CPU: tiny model, 1 vs 2 CPU worker threads
+    python bench/mmpl_release.py                    # CPU: tiny-random model, 1 vs 2 CPU worker threads
+    python bench/mmpl_release.py --smoke            # seconds: 2 segments, 2 steps, 32x32, one repeat
     python bench/mmpl_release.py --devices cuda:0,cuda:1,cuda:2,cuda:3 --model <t2v_14B_8k.pt> ...
 
-Two parts, side by side in one run, written to bench/results/mmpl-release-<device>-<date>.json:
+Two parts, side by side in one run, written to out/bench/mmpl-release-<device>-<date>.json
+(``--out PATH`` elsewhere; the committed result was written with
+``--out bench/results/mmpl-release-cpu-<date>.json``):
 
 1. Plan arithmetic for a 60-second video (16 fps): the critical path in DiT passes of
    both recipes and the makespan of a greedy list schedule on 1, 2 and 4 workers (every
@@ -17,10 +20,9 @@ Two parts, side by side in one run, written to bench/results/mmpl-release-<devic
 from __future__ import annotations
 
 import argparse
-import datetime
 import heapq
 import json
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
+from bench.bench_io import meta, out_path  # noqa: E402
 from engine.plans import build_plan  # noqa: E402
 from engine.plans.mmpl_release import SEGMENT, release_segments  # noqa: E402
 from engine.recipes import get_recipe  # noqa: E402
@@ -150,17 +153,22 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cpu-threads", type=int, default=1)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, for the tests: 2 segments, 2 steps, 32x32, one repeat (no figure to quote)")
+    ap.add_argument("--out", default=None, help="JSON path (default out/bench/mmpl-release-<device>-<date>.json)")
     args = ap.parse_args()
+    if args.smoke:
+        args.segments, args.steps, args.height, args.width, args.repeats = 2, 2, 32, 32, 1
     args.devices = [d.strip() for d in args.devices.split(",")]
-    res = {"bench": "mmpl-release", "date": datetime.date.today().isoformat(),
-           "command": " ".join(["python"] + sys.argv), "torch": torch.__version__,
-           "device": torch.cuda.get_device_name(0) if args.devices[0].startswith("cuda") else
-           f"CPU ({platform.processor() or platform.machine()}), {len(args.devices)} worker threads",
-           "model": args.model, "sixty_seconds": arithmetic(), "end_to_end": end_to_end(args)}
+    m = meta(args.devices[0])
+    if not args.devices[0].startswith("cuda"):
+        m["device"] += f", {len(args.devices)} worker threads of {args.cpu_threads} torch thread(s)"
+    res = {"bench": "mmpl-release", **m, "smoke": args.smoke, "load_average_before": list(os.getloadavg()),
+           "model": args.model, "sixty_seconds": arithmetic(), "end_to_end": end_to_end(args),
+           "load_average_after": list(os.getloadavg())}
     print(json.dumps(res, indent=1))
     kind = "cuda" if args.devices[0].startswith("cuda") else "cpu"
-    out = Path(args.out or Path(__file__).parent / "results" / f"mmpl-release-{kind}-{res['date']}.json")
+    out = out_path(args.out, f"mmpl-release-{kind}{'-smoke' if args.smoke else ''}-{res['date']}.json")
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -1,6 +1,7 @@
 """Long-horizon quality and drift benchmark on the driving world (:mod:`engine.world`).
 
     python bench/quality.py --quick                  # small run of the embedded trained tiny (minutes on a CPU)
+    python bench/quality.py --smoke                  # seconds: every section on a few frames (for the tests)
     python bench/quality.py --seeds 2                # 2-minute videos per strategy (the committed results)
     python bench/quality.py --model tiny-random      # the random-weight preset: an untrained model's numbers
 
@@ -45,7 +46,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -57,6 +57,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_io import cpu_name, out_path  # noqa: E402
 from engine.world import PROMPTS, WEATHERS, render_clip  # noqa: E402
 from engine.world.features import (DEFAULT_PATH, FeatureNet, check_eval_seeds, features,  # noqa: E402
                                    frechet_distance, load_feature_net, predict_attributes)
@@ -542,6 +543,8 @@ def parse_args(argv=None):
     p.add_argument("--features", default=str(DEFAULT_PATH), help="feature net folder")
     p.add_argument("--device", default=None, help="default: cuda:0 when available, else cpu")
     p.add_argument("--quick", action="store_true", help="a small run: 481 frames, 2 seeds, fewer real sets")
+    p.add_argument("--smoke", action="store_true", help="seconds, for the tests: 33 frames, 1 seed, tiny real sets "
+                   "(no figure to quote)")
     p.add_argument("--seeds", type=int, default=None, help="videos per strategy (default 3; quick 2)")
     p.add_argument("--frames", type=int, default=None, help=f"video frames (default {TWO_MINUTES} = 2 min; quick 481)")
     p.add_argument("--window", type=int, default=160, help="frames per window (160 = 10 s)")
@@ -558,8 +561,16 @@ def parse_args(argv=None):
                    help="held-out worlds for the VAE, each in all five weathers (default 4 = 20 clips; quick 1)")
     p.add_argument("--vae-frames", type=int, default=33)
     p.add_argument("--sections", default="floor,drift,control,vae")
-    p.add_argument("--out", default=None, help="JSON path (default bench/results/quality[-quick]-<model>-<device>-<date>.json)")
+    p.add_argument("--out", default=None, help="JSON path (default out/bench/quality[-quick]-<model>-<device>-<date>.json)")
     a = p.parse_args(argv)
+    if a.smoke:  # every section runs, on the least data that still gives each statistic
+        for k, v in (("seeds", 1), ("frames", 33), ("ref_clips", 2), ("floor_sets", 2), ("control_seeds", 1),
+                     ("control_frames", 33), ("control_window", 16), ("vae_seeds", 1)):
+            if getattr(a, k) is None:
+                setattr(a, k, v)
+        if "--window" not in (argv if argv is not None else sys.argv[1:]):
+            a.window = 16
+        a.vae_frames = min(a.vae_frames, 9)
     q = a.quick
     for k, full, quick in (("seeds", 3, 2), ("frames", TWO_MINUTES, 481), ("ref_clips", 8, 4), ("floor_sets", 4, 3),
                            ("control_seeds", 3, 2), ("control_frames", 481, 161), ("control_window", 80, 40),
@@ -588,19 +599,18 @@ def main(argv=None) -> int:
         fn_report = {"heldout_metrics": tr.get("heldout_metrics"), "steps": tr.get("steps")}
     date = datetime.date.today().isoformat()
     dev_kind = "cpu" if device == "cpu" else re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(device)).lower()
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / (
-        f"quality{'-quick' if args.quick else ''}-{tag}-{dev_kind}-{date}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    mode = "-smoke" if args.smoke else "-quick" if args.quick else ""
+    out = out_path(args.out, f"quality{mode}-{tag}-{dev_kind}-{date}.json")
     res = {
         "bench": "quality", "date": date, "command": " ".join(["python", "bench/quality.py"] + (
             sys.argv[1:] if argv is None else list(argv))),
         "device": device if device == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "cpu": cpu_name(), "torch": torch.__version__,
         "model": {"arg": args.model, "name": model.config.name, "trained": trained,
                   "note": None if trained else "random weights: every number here is an UNTRAINED model's"},
         "feature_net": {"path": os.path.relpath(args.features, ROOT) if Path(args.features).is_relative_to(ROOT)
                         else args.features, **fn_report},
-        "config": {"quick": args.quick, "seeds": args.seeds, "frames": args.frames, "window": args.window,
+        "config": {"quick": args.quick, "smoke": args.smoke, "seeds": args.seeds, "frames": args.frames, "window": args.window,
                    "window_s": args.window / FPS, "height": 64, "width": 112, "weather": args.weather,
                    "prompt": PROMPTS[args.weather], "first_frame": args.first_frame, "strategies": args.strategies,
                    "strategy_options": "engine defaults, fit='down'", "sharpness_cutoff": SHARPNESS_CUTOFF,

@@ -4,7 +4,9 @@ populating speed-up of 2 workers over 1 on this machine.
     python bench/strategies.py                      # CPU: tiny model, 2 CPU worker threads
     python bench/strategies.py --devices cuda:0,cuda:1 --model wan2.1-t2v-1.3b --height 480 --width 832
 
-Writes bench/results/strategies-<device>-<date>.json. The speed-up runs the same plan on
+Writes out/bench/strategies-<device>-<date>.json (``--out PATH`` elsewhere; the committed
+results were written with ``--out bench/results/strategies-cpu-<...>.json``;
+``--smoke``: seconds, for the tests). The speed-up runs the same plan on
 1 and on W workers (alternating, best of --repeats), DiT only (latents out, no VAE) and
 (with --with-vae) the full generate() including the VAE: decode and encode jobs run on the
 workers like denoise jobs, so plans over several clips (``segment_clips``,
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
+from bench.bench_io import cpu_name, out_path  # noqa: E402
 from engine.config import SamplerConfig  # noqa: E402
 from engine.plans import build_plan  # noqa: E402
 
@@ -153,8 +155,12 @@ def main():
     p.add_argument("--only", action="append", help="time only the configurations whose key contains this text "
                    "(repeatable), e.g. --only segment_clips")
     p.add_argument("--no-speed", action="store_true", help="critical paths only")
-    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="seconds, for the tests: 32x32, 65 / 49 frames, one repeat")
+    p.add_argument("--out", default=None, help="JSON path (default out/bench/strategies-<device>-<date>.json)")
     args = p.parse_args()
+    if args.smoke:
+        args.height = args.width = 32
+        args.mmpl_frames, args.longdwm_frames, args.repeats = 4 * 16 + 1, 4 * 12 + 1, 1
     args.devices = [d.strip() for d in args.devices.split(",")]
     result = {
         "bench": "strategies",
@@ -162,13 +168,14 @@ def main():
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "torch": torch.__version__,
         "device": (torch.cuda.get_device_name(0) if args.devices[0].startswith("cuda")
-                   else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"),
+                   else f"{cpu_name()} CPU, {torch.get_num_threads()} torch threads"),
         "host_cpus": __import__("os").cpu_count(),
         "load_average_before": list(__import__("os").getloadavg()),
         "note": ("dit_* rows: latents out, no VAE. generate_* rows (--with-vae): the whole run, decode and encode "
                  "jobs on the workers; a single-clip plan decodes one causal sequence in order, clip plans decode "
                  "their clips in parallel. The host's cores may be shared with other jobs: see "
                  "load_average_before/after."),
+        "smoke": args.smoke,
         "workers": args.devices,
         "model": args.model,
         "size": [args.height, args.width],
@@ -180,9 +187,7 @@ def main():
         result["speedup"] = speedups(args)
     result["load_average_after"] = list(__import__("os").getloadavg())
     kind = "cuda" if args.devices[0].startswith("cuda") else "cpu"
-    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
-                                           f"strategies-{kind}-{datetime.date.today().isoformat()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = out_path(args.out, f"strategies-{kind}{'-smoke' if args.smoke else ''}-{datetime.date.today().isoformat()}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print("wrote", out)
 

@@ -36,8 +36,9 @@ the critical path, :mod:`engine.plans`) times *measured* rates from this run (ac
 DiT FLOP/s of each strategy, VAE seconds per latent frame); nothing there is run at
 those lengths.
 
-Results: ``bench/results/throughput-<cpu|cuda>-<date>[-n].json`` (or ``--json PATH``; ``--smoke``
-runs write into a temporary folder unless ``--json`` is given) and a
+Results: ``out/bench/throughput-<cpu|cuda>-<date>[-n].json`` (or ``--json PATH`` / ``--out
+PATH``; the committed results were written with ``--json bench/results/throughput-...``;
+``--smoke`` runs write ``out/bench/throughput-<cpu|cuda>-smoke.json``) and a
 PNG beside it (frames per second against video length and against worker count) when
 matplotlib is installed.
 """
@@ -73,12 +74,12 @@ from engine.plans.ar import DEFAULT_ATTENTION_FRAMES  # noqa: E402
 from engine.plans import build_plan  # noqa: E402
 
 from baseline import NaiveSelfForcing  # noqa: E402
+from bench_io import cpu_name, out_dir, unique  # noqa: E402
 
 STRATEGY_NAMES = ("ar", "mmpl", "longdwm", "mila")
 SCALING_SECONDS = (10, 30, 60, 120, 300)
 SCALING_STRATEGIES = {"ar": {}, "mmpl": dict(segment_frames=8), "longdwm": dict(keyframes=5, fps_ratio=4)}
 BARS = dict(fps=35.0, speedup_vs_baseline=1.5, ttff_s=0.5)
-RESULTS = ROOT / "bench" / "results"
 
 
 # ----------------------------------------------------------------------------------
@@ -647,13 +648,7 @@ def draw_png(result: dict, path: Path) -> str | None:
 
 
 def _default_out(kind: str) -> Path:
-    day = datetime.date.today().isoformat()
-    p = RESULTS / f"throughput-{kind}-{day}.json"
-    n = 2
-    while p.exists():
-        p = RESULTS / f"throughput-{kind}-{day}-{n}.json"
-        n += 1
-    return p
+    return unique(out_dir() / f"throughput-{kind}-{datetime.date.today().isoformat()}.json")
 
 
 def _versions() -> dict:
@@ -701,7 +696,8 @@ def parse_args(argv=None):
     p.add_argument("--no-scaling", action="store_true", help="skip the 10 s .. 5 min scaling report")
     p.add_argument("--png", default=None, help="PNG path (default: beside the JSON; 'none' to skip)")
     p.add_argument("--note", default="", help="free text stored in the JSON")
-    p.add_argument("--json", default=None, help="write the result here instead of bench/results/throughput-<dev>-<date>.json")
+    p.add_argument("--json", "--out", dest="json", default=None,
+                   help="write the result here instead of out/bench/throughput-<dev>-<date>.json")
     a = p.parse_args(argv)
     a.argv = list(sys.argv if argv is None else ["bench/throughput.py", *argv])
     if a.smoke:
@@ -740,7 +736,7 @@ def main(argv=None) -> int:
     dev = b.device
     kind = "cuda" if b.cuda else "cpu"
     device_name = (torch.cuda.get_device_name(dev) if b.cuda
-                   else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads, "
+                   else f"{cpu_name()} CPU, {torch.get_num_threads()} torch threads, "
                         f"{os.cpu_count()} host CPUs")
     print(f"throughput: {a.model} {a.height}x{a.width}, {a.frames} frames ({b.F} latent, {b.tpf} tokens/frame), "
           f"{a.steps} steps, {b.dtype}, on {device_name}", flush=True)
@@ -921,10 +917,8 @@ def main(argv=None) -> int:
 
     if a.json:
         out = Path(a.json)
-    elif a.smoke:  # a smoke run is no result: keep bench/results/ for real measurements
-        import tempfile
-
-        out = Path(tempfile.mkdtemp(prefix="throughput-smoke-")) / f"throughput-{kind}-smoke.json"
+    elif a.smoke:  # a smoke run is no result: one file, overwritten
+        out = out_dir() / f"throughput-{kind}-smoke.json"
     else:
         out = _default_out(kind)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,10 @@ RUN_KEYS = ("name", "kind", "strategy", "workers", "wall_s", "ttff_s", "fps", "d
 
 
 def test_throughput_smoke(tmp_path):
-    out = tmp_path / "throughput.json"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--smoke", "--devices", "cpu,cpu",
-                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = tmp_path / "throughput-cpu-smoke.json"  # the default smoke output, in $BENCH_OUT_DIR (never bench/results/)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_OUT_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--smoke", "--devices", "cpu,cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "frames/s" in proc.stdout and "x base" in proc.stdout  # the table was printed
     res = json.loads(out.read_text())
