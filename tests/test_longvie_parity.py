@@ -46,6 +46,23 @@ def rel(a, b) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+# Tolerances of the chain (relative L2), sized from the computation, not from one CPU.
+# The goldens are the release's float32 arithmetic; ours is float32 too, through other
+# kernels whose reduction order depends on the CPU kind (AVX-512 oneDNN blocking vs AVX2)
+# and the thread count. Each float32 result lies some e from the exact (float64) value, and
+# two of them may lie on opposite sides: |ours - golden| <= e_ours + e_golden ~ 2 e.
+# Measured e (float32 against the same encode in float64, tests/fixtures/longvie VAE):
+# clip 0's dense input 4.0e-6, clip 1's 9.1e-6 -- the golden itself is 9.08e-6 off float64
+# there: ~76 float32 eps (1.19e-7), the tiny random VAE's 81-frame causal encode (a dozen
+# 3x3x3 convolutions, sums of ~10^3 terms each) amplifying rounding. An AVX-512 Xeon gave
+# 1.63e-5 against the golden (inside 2 e). VAE_TOL = 5e-5 (~2.7 x 2 e). The final latents
+# read those inputs through the DiT loop (gain <= ~2 here: 5.2e-6 on AMD): LATENT_TOL = 1e-4.
+# A real bug is orders of magnitude above: one uint8 level brighter dense frames give 0.23,
+# dense and sparse swapped 0.62, the control frames off by one 0.39 (checked by hand).
+VAE_TOL = 5e-5
+LATENT_TOL = 1e-4
+
+
 @pytest.fixture(scope="module")
 def model7():
     return _model(7)  # the forward goldens feed 7 unpadded text tokens
@@ -111,11 +128,11 @@ def _chain(batch_cfg: bool) -> LongVieChain:
 
 def _check_clip(got: dict, k: int):
     pre = f"chain/clip{k}/"
-    for ours, theirs in (("y", "y"), ("dense", "dense"), ("sparse", "sparse"), ("initial", "latents_init"),
-                         ("latents", "final_latents")):
-        assert rel(got[ours], G[pre + theirs]) <= 1e-5, (k, ours, rel(got[ours], G[pre + theirs]))
+    for ours, theirs, tol in (("y", "y", VAE_TOL), ("dense", "dense", VAE_TOL), ("sparse", "sparse", VAE_TOL),
+                              ("initial", "latents_init", VAE_TOL), ("latents", "final_latents", LATENT_TOL)):
+        assert rel(got[ours], G[pre + theirs]) <= tol, (k, ours, rel(got[ours], G[pre + theirs]), tol)
     if k == 1:
-        assert rel(got["history"], G[pre + "history_latents"]) <= 1e-5
+        assert rel(got["history"], G[pre + "history_latents"]) <= VAE_TOL
     else:
         assert got["history"] is None
 
@@ -131,7 +148,7 @@ def test_two_clip_chain_equals_the_release_pipeline(batch_cfg):
     video[-8:], noise handed back) against LongVieChain.
 
     Clip 0 from the first image: every condition tensor, the initial and final latents
-    within 1e-5; its decoded uint8 frames from the release's own final latents within one
+    within VAE_TOL / LATENT_TOL (float32 rounding across CPU kinds, sized above); its decoded uint8 frames from the release's own final latents within one
     level (float error at the truncation), from ours within 4 levels on < 1 % of pixels
     (this tiny random VAE amplifies a 2e-5 latent difference 1000-fold). Clip 1 is
     compared on the release's clip-0 frames (its last frame re-anchors, its last 8 are the
