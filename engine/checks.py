@@ -50,7 +50,8 @@ def check_request(*, num_frames, height, width, seed, guidance_scale, prompt, pr
         raise ValueError(f"guidance_scale must be a finite number >= 0 (1: no guidance), got {guidance_scale!r}")
     if prompt and prompt_embeds is not None:
         raise ValueError("pass either prompt (encoded by the text encoder) or prompt_embeds, not both")
-    integral("chunk_frames", chunk_frames, minimum=1)
+    if chunk_frames is not None:
+        integral("chunk_frames", chunk_frames, minimum=1)
     if window_frames is not None:
         integral("window_frames", window_frames, minimum=0)
         if window_frames == 0 and not sink_frames:
@@ -61,6 +62,9 @@ def check_request(*, num_frames, height, width, seed, guidance_scale, prompt, pr
         latent = (num_frames - 1) // 4 + 1
         if sink > latent:
             raise ValueError(f"sink_frames={sink} exceeds the video's {latent} latent frames (num_frames={num_frames})")
+    if isinstance(devices, (str, bytes)) or (devices is not None and not isinstance(devices, (list, tuple))):
+        raise TypeError(f"devices must be a list of device names, one worker each (e.g. ['cpu'], ['cuda:0', 'cuda:1']), "
+                        f"got {devices!r}" + (f"; write devices=[{devices!r}]" if isinstance(devices, str) else ""))
     for d in devices or ():
         check_device(d)
     return num_frames, sizes[0], sizes[1], seed
@@ -82,9 +86,16 @@ def check_device(device) -> None:
 
 def check_fused_ops(fused_ops: bool, device) -> None:
     """The fused Triton kernels run on CUDA; on the CPU only under TRITON_INTERPRET=1 (tests)."""
-    if fused_ops and torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if not fused_ops or torch.device(device).type == "cuda":
+        return
+    if os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"fused_ops=True runs Triton kernels, which need a CUDA device (got {device}); drop fused_ops "
                          f"on the CPU (TRITON_INTERPRET=1 runs them slowly, for tests only)")
+    from engine_kernels import triton_available
+
+    ok, why = triton_available()
+    if not ok:
+        raise ValueError(f"fused_ops=True on {device}: {why}; or drop fused_ops")
 
 
 def check_finite(name: str, tensor, error: type[ValueError] = ValueError) -> None:

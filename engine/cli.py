@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--timesteps", default=None, help="few-step timesteps, comma separated (1000,750,500,250)")
     g.add_argument("--shift", type=float, default=None, help="timestep shift (5)")
     g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1: off)")
-    g.add_argument("--chunk-frames", type=int, default=3, help="latent frames per autoregressive chunk")
+    g.add_argument("--chunk-frames", type=int, default=None, help="latent frames per autoregressive chunk (ar; default 3)")
     g.add_argument("--sink-frames", type=int, default=None)
     g.add_argument("--window-frames", type=int, default=None, help="past latent frames each chunk attends to")
     g.add_argument("--strategy", choices=list(STRATEGIES), default=None, help="default ar (or the recipe's)")

@@ -169,7 +169,7 @@ class PreparedRun:
 
 
 def plan_for(model, *, num_frames: int, height: int | None = None, width: int | None = None, strategy: str = "ar",
-             first_frame_given: bool = False, sampler: SamplerConfig | None = None, chunk_frames: int = 3,
+             first_frame_given: bool = False, sampler: SamplerConfig | None = None, chunk_frames: int | None = None,
              sink_frames: int | None = None, window_frames: int | None = None, options=None,
              prior_frames: int = 0, **strategy_kw) -> Plan:
     """The plan ``generate`` would run for a loaded ``model`` (no VAE, text or weights
@@ -184,10 +184,21 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
         from .plans.mmpl_release import SEGMENT, release_segments
 
         F_lat = SEGMENT * release_segments(num_frames, release)
-    if chunk_frames < 1:
+    flat = {k: v for k, v in (("chunk_frames", chunk_frames), ("sink_frames", sink_frames),
+                              ("window_frames", window_frames)) if v is not None}
+    if "chunk_frames" in flat and chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    if strategy == "ar":
-        strategy_kw = dict(strategy_kw, chunk_frames=chunk_frames, sink_frames=sink_frames, window_frames=window_frames)
+    if flat and strategy != "ar":
+        raise ValueError(f"{sorted(flat)} are options of strategy 'ar', not of {strategy!r}; drop them (its options: "
+                         f"see engine.plans.STRATEGY_OPTIONS[{strategy!r}])")
+    if flat:
+        clash = {k: (v, getattr(options, k)) for k, v in flat.items()
+                 if options is not None and getattr(options, k) is not None and getattr(options, k) != v}
+        if clash:
+            raise ValueError("each option has one value: " + ", ".join(
+                f"{k}={v!r} as a keyword but options.{k}={o!r}" for k, (v, o) in clash.items())
+                + "; give it in one place")
+        strategy_kw = dict(strategy_kw, **flat)
     from .sampling import config_sigmas
 
     if prior_frames:
@@ -269,7 +280,7 @@ def _prepare(
     dtype=None,
     sampler: SamplerConfig | None = None,
     guidance_scale: float | None = None,
-    chunk_frames: int = 3,
+    chunk_frames: int | None = None,
     sink_frames: int | None = None,
     window_frames: int | None = None,
     coarse_model=None,
@@ -325,6 +336,14 @@ def _prepare(
     from .checks import check_fused_ops
 
     check_fused_ops(getattr(model, "fused_ops", False), model.device)
+    if isinstance(getattr(model, "attention_backend", None), str):  # an unavailable backend: refused before any job
+        from .attention import BackendUnavailable, resolve_backend
+
+        try:
+            resolve_backend(model.attention_backend, model.device)
+        except BackendUnavailable as exc:
+            raise ValueError(f"{exc}; choose another (EngineConfig(attention_backend='auto') picks the fastest "
+                             f"available; `python -m engine info` lists them)") from None
     cfg = model.config
     default_h, default_w = default_size(model)
     height = default_h if height is None else height
@@ -652,6 +671,26 @@ def check_output_path(output, suffix: str = ".mp4") -> None:
         raise ValueError(f"output {str(output)!r} is a folder; give a file path ending in .mp4")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"output {str(output)!r} is not writable (permissions of {str(parent)!r})")
+    existed = path.exists()
+    try:  # the permission bits say yes for root everywhere: open it for real (/proc, /sys, a read-only mount)
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output {str(output)!r} cannot be written: {exc.strerror or exc}; choose a path in a "
+                         f"writable folder") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+def _close_writer(writer) -> str | None:
+    """Close an :class:`Mp4Writer` (None: nothing to do); the failure's text, or None."""
+    if writer is None:
+        return None
+    try:
+        writer.close()
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
 def _runtime_frames(it, stats: RunStats | None) -> Iterator[np.ndarray]:
@@ -689,7 +728,7 @@ def generate(
     tiny, 480x832 otherwise). output: an mp4 path written while frames arrive.
     on_frames(frames uint8 [t,H,W,3], first_index): called for every decoded chunk.
     Options: negative_prompt, negative_prompt_embeds, image_embeds, dtype, sampler
-    (:class:`SamplerConfig`), guidance_scale, chunk_frames (3), sink_frames,
+    (:class:`SamplerConfig`), guidance_scale, chunk_frames (ar: 3), sink_frames,
     window_frames (attention window in latent frames; default bounded at 21 in total),
     vae, text_encoder (objects or local folders), vae_dtype (float32 by default), decoder
     (``"full"``: the VAE's :class:`~engine.models.vae.StreamingDecoder`, the default;
@@ -768,13 +807,13 @@ def generate(
             it = run(prepared, stats)
             for frames in it:
                 fps = stats.video_fps
+                start = stats.frames
+                collected.append(frames)  # kept before it is written: a failing write loses nothing
+                stats.frames += len(frames)
                 if output is not None and writer is None:
                     writer = Mp4Writer(output, fps, frames.shape[2], frames.shape[1])
                 if writer is not None:
                     writer.write(frames)
-                start = stats.frames
-                collected.append(frames)
-                stats.frames += len(frames)
                 stats.seconds = time.perf_counter() - t0
                 if bar is not None:
                     bar.update(len(frames))
@@ -786,8 +825,9 @@ def generate(
                     break
         except BaseException as exc:
             partial = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)
-            if writer is not None:
-                writer.close()
+            close_error = _close_writer(writer)
+            if isinstance(exc, OSError):  # the write failed: closing fails the same way, one message is enough
+                close_error = None
             if isinstance(exc, Interrupted):
                 raise GenerationInterrupted(
                     f"{exc} after {len(partial)} of {num_frames} frames" + (
@@ -799,7 +839,8 @@ def generate(
             hint = (" -- lower the resolution, chunk_frames or window_frames, or use dtype='bf16'"
                     if isinstance(exc, torch.OutOfMemoryError) else "")
             kept = f"; the {len(partial)} frames already generated are in err.video" + (
-                f" and saved to {output}" if writer is not None else "")
+                f" and saved to {output}" if writer is not None and not isinstance(exc, OSError) and not close_error
+                else "") + (f" ({close_error})" if close_error else "")
             raise GenerationError(f"generation failed after {len(partial)} of {num_frames} frames: {what}{hint}{kept}",
                                   partial, str(output) if writer is not None else None) from exc
         finally:
@@ -807,8 +848,12 @@ def generate(
                 bar.close()
             if it is not None:
                 it.close()  # stops the workers (after their running job) and finishes the stats
-    if writer is not None:
-        writer.close()
+    close_error = _close_writer(writer)
+    if close_error:
+        video = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)
+        video.stats = stats
+        raise GenerationError(f"all {len(video)} frames were generated but {close_error}; they are in err.video",
+                              video, str(output))
     if stopped is not None:
         partial = Video(np.concatenate(collected) if collected else np.zeros((0, 2, 2, 3), np.uint8), fps)
         partial.stats = stats

@@ -53,7 +53,10 @@ def resolve_model(model, dtype, device, engine_config: EngineConfig | None = Non
         if checkpoint_key is not None:
             kw["checkpoint_key"] = checkpoint_key  # a training checkpoint's dict (other formats have none)
         return load_model(model, dtype=dtype, device=device, **kw)
-    if ec is not None:
+    if ec is not None and (model.attention_backend, model.fused_ops) != (ec.attention_backend, ec.fused_ops):
+        import copy
+
+        model = copy.copy(model)  # the same weights and modules; the caller's model keeps its own settings
         model.attention_backend, model.fused_ops = ec.attention_backend, ec.fused_ops
     if device is not None or dtype is not None:
         from .config import parse_dtype

@@ -184,7 +184,8 @@ def apply_recipe(recipe: str | Recipe, given: dict) -> dict:
     if r.first_frame and out.get("first_frame") is None:
         raise ValueError(f"recipe {r.name!r} starts from an image: pass first_frame (an image path, PIL image or "
                          f"array)")
-    out.setdefault("checkpoint_key", r.checkpoint_key)
+    if out.get("checkpoint_key") is None:  # None (a CLI flag not given) means "the recipe's"
+        out["checkpoint_key"] = r.checkpoint_key
     if out.get("fps") is None:
         out["fps"] = r.fps
     if r.cfg_drop is not None and out.get("cfg_drop") is None:

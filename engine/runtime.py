@@ -1095,8 +1095,9 @@ class Executor:
             else:
                 self._emit_latents(out)
         except BaseException as exc:  # noqa: BLE001
-            out.put(("error", JobError(f"emitting the video failed: {type(exc).__name__}: {exc}", "emit",
-                                       "emitter"), None))
+            err = JobError(f"emitting the video failed: {type(exc).__name__}: {exc}", "emit", "emitter")
+            err.__cause__ = exc
+            out.put(("error", None, err))  # (kind, positions, item): the error is the item
             return
         out.put(("end", None, None))
 

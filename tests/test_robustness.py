@@ -65,6 +65,43 @@ def test_stop_request_in_the_api_keeps_the_frames(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
 
 
+def test_sigkill_keeps_every_frame_but_the_last_one_written(tmp_path):
+    """The mp4 is fragmented: a process killed without warning (the OOM killer) leaves a
+    playable file with what was written (all but the last frame handed to the writer)."""
+    out = tmp_path / "killed.mp4"
+    code = ("import os, signal, sys, engine\n"
+            "seen = []\n"
+            "def on_frames(f, i):\n"
+            "    seen.append(len(f))\n"
+            "    if sum(seen) >= 20:\n"
+            "        print(sum(seen), flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"engine.generate('tiny-random', num_frames=97, height=32, width=32, output={str(out)!r}, "
+            "on_frames=on_frames, progress=False)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    written = int(proc.stdout.split()[-1])
+    frames = read_video_frames(out)
+    assert written >= 20 and frames.shape[0] == written - 1 and frames.shape[1:] == (32, 32, 3)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_a_full_disk_is_a_generation_error_with_the_frames(tmp_path):
+    out = tmp_path / "full.mp4"
+    out.symlink_to("/dev/full")  # every write: ENOSPC
+    with pytest.raises(GenerationError, match=r"No space left on device.*frames already generated are in err.video") \
+            as info:
+        engine.generate("tiny-random", num_frames=33, height=32, width=32, output=out, progress=False)
+    assert len(info.value.video) > 0 and str(out) in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["/proc", "/sys"])
+def test_an_output_that_cannot_be_created_fails_before_any_forward(where):
+    if not Path(where).is_dir():
+        pytest.skip(f"no {where} here")
+    with pytest.raises(ValueError, match=f"output '{where}/x.mp4' cannot be written"):
+        engine.generate("tiny-random", num_frames=9, height=32, width=32, output=f"{where}/x.mp4", progress=False)
+
+
 def _nan_model():
     m = engine.load_model("tiny-random")
     with torch.no_grad():

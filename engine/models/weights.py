@@ -311,7 +311,20 @@ def infer_config(state: dict[str, torch.Tensor], hints: dict | None = None) -> M
                 f"{fields['num_layers']} layers; no preset has this architecture): put a config.json beside the "
                 f"weights or pass config=ModelConfig(..., num_heads=N)"
             )
-        fields["num_heads"] = exact[0].num_heads
+        heads = sorted({p.num_heads for p in exact})
+        if len(heads) > 1:
+            raise CheckpointError(
+                f"cannot tell the number of attention heads of this checkpoint: presets "
+                f"{[p.name for p in exact]} share its shapes with {heads} heads; put a config.json beside the "
+                f"weights or pass config=ModelConfig(..., num_heads=N)")
+        fields["num_heads"] = heads[0]
+        import warnings
+
+        warnings.warn(
+            f"this checkpoint does not say its number of attention heads (no weight shape shows it): assumed "
+            f"num_heads={heads[0]} and the text length / RoPE settings of preset {exact[0].name!r}, whose every other "
+            f"field it matches; if that is wrong every attention is wrong: put a config.json beside the weights or pass "
+            f"config=ModelConfig(..., num_heads=N)", UserWarning, stacklevel=2)
     match = next(
         (n for n, p in PRESETS.items() if all(getattr(p, k) == v for k, v in fields.items() if k != "name")), None
     )
@@ -326,8 +339,8 @@ def infer_config(state: dict[str, torch.Tensor], hints: dict | None = None) -> M
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise one :class:`CheckpointError` listing every missing, unexpected or
-    mis-shaped key of ``state`` against ``model``; return None when all fit."""
+    """Raise one :class:`CheckpointError` listing every missing, unexpected, mis-shaped
+    or non-floating key of ``state`` against ``model``; return None when all fit."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -336,9 +349,15 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         for k in set(expected) & set(state)
         if tuple(state[k].shape) != expected[k]
     )
-    if missing or unexpected or misshaped:
-        parts = [f"{source} does not fit the model ({getattr(model, 'config', None) and model.config.name}):"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):
+    floating = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    mistyped = sorted(f"{k}: {state[k].dtype}" for k in floating & set(state)
+                      if isinstance(state[k], torch.Tensor) and not state[k].is_floating_point())
+    if missing or unexpected or misshaped or mistyped:
+        name = getattr(getattr(model, "config", None), "name", None) or type(model).__name__
+        parts = [f"{source} does not fit the model ({name}):"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped),
+                             ("keys that are not floating point (weights must be float; is this a quantised or "
+                              "index file?)", mistyped)):
             if items:
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 parts.append(f"  {len(items)} {title}: {shown}")

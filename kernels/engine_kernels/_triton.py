@@ -61,6 +61,25 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def interpreter_set_late() -> str | None:
+    """Why the interpreter cannot run our kernels although ``TRITON_INTERPRET=1`` is set now
+    (triton was imported before it was set -- e.g. by ``torch._dynamo`` -- so its own
+    ``tl.sum`` & co. are compiled-mode functions that fail inside an interpreted kernel), or
+    None when it can."""
+    try:
+        import triton.language as tl
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
+    except Exception:  # noqa: BLE001 - another triton layout: nothing to tell
+        return None
+    fn = getattr(tl, "sum", None)
+    if isinstance(fn, JITFunction) and not isinstance(fn, InterpretedFunction):
+        return ("TRITON_INTERPRET=1 was set after triton was imported (by torch._dynamo, diffusers, ...), so triton "
+                "runs its own functions compiled and our kernels cannot run in the interpreter: set "
+                "TRITON_INTERPRET=1 before Python starts")
+    return None
+
+
 def triton_available() -> tuple[bool, str]:
     """Whether the Triton kernels can run here, and a human-readable reason.
 
@@ -70,6 +89,9 @@ def triton_available() -> tuple[bool, str]:
     if _IMPORT_ERROR is not None:
         return False, _IMPORT_ERROR
     if interpreting():
+        late = interpreter_set_late()
+        if late:
+            return False, late
         return True, "interpreter (TRITON_INTERPRET=1, CPU tensors; slow, bfloat16 dot unreliable)"
     if torch.cuda.is_available():
         return True, f"cuda ({torch.cuda.get_device_name()})"

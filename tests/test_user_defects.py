@@ -1,0 +1,128 @@
+"""Defects a new user hit on a fresh machine (issue 27), each pinned by a test that failed
+before its fix: errors keep their message, typed options are honoured, recipes are not
+overridden by unset flags, nothing is guessed without a word, a call never changes the
+caller's model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+from engine.generation import GenerationError, plan_for
+from engine.loading import build_model
+from engine.models.weights import CheckpointError, check_state_dict
+from engine.plans import ArOptions
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(num_frames=9, height=32, width=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return engine.load_model("tiny-random")
+
+
+def test_an_error_while_emitting_keeps_its_message(tiny, monkeypatch):
+    import engine.generation as generation
+
+    def broken(stats):
+        def to_frames(video):
+            raise ValueError("a bad frame")
+        return to_frames
+
+    monkeypatch.setattr(generation, "_frames_with_telemetry", broken)
+    with pytest.raises(GenerationError, match="emitting the video failed: ValueError: a bad frame") as info:
+        engine.generate(tiny, **SMALL)
+    assert isinstance(info.value.__cause__, engine.runtime.JobError)
+
+
+def _chunks(plan):
+    return [tuple(j.generated_positions) for j in plan.jobs if getattr(j, "generated_positions", None)]
+
+
+def test_typed_ar_options_are_not_overridden_by_the_flat_default(tiny):
+    kw = dict(num_frames=33, height=32, width=32)
+    typed = _chunks(plan_for(tiny, options=ArOptions(chunk_frames=2), **kw))
+    assert typed[:2] == [(0, 1), (2, 3)] and {len(c) for c in typed} <= {1, 2}, typed
+    assert _chunks(plan_for(tiny, chunk_frames=2, **kw)) == typed
+    assert _chunks(plan_for(tiny, **kw))[:2] == [(0, 1, 2), (3, 4, 5)]  # the default stays 3
+    with pytest.raises(ValueError, match="chunk_frames=4 as a keyword but options.chunk_frames=2"):
+        plan_for(tiny, chunk_frames=4, options=ArOptions(chunk_frames=2), **kw)
+    with pytest.raises(ValueError, match="options of strategy 'ar', not of 'mmpl'"):
+        plan_for(tiny, strategy="mmpl", chunk_frames=4, **kw)
+    v = engine.generate(tiny, options=ArOptions(chunk_frames=2), **dict(SMALL, num_frames=17))
+    assert len(v) == 17 and [j["id"] for j in v.stats.jobs if j["kind"] == "chunk"] == \
+        ["ar/chunk0", "ar/chunk1", "ar/chunk2"]  # 5 latents: [0,1] [2,3] [4]
+
+
+def test_an_unset_checkpoint_key_flag_keeps_the_recipes():
+    from engine.recipes import apply_recipe
+
+    assert apply_recipe("mmpl-t2v", {"num_frames": 76, "checkpoint_key": None})["checkpoint_key"] == "generator"
+    assert apply_recipe("mmpl-t2v", {"num_frames": 76, "checkpoint_key": "generator_ema"})["checkpoint_key"] == \
+        "generator_ema"
+
+
+def test_a_head_count_taken_from_a_preset_is_said(tmp_path):
+    exact = engine.PRESETS["tiny-random"]
+    torch.save(build_model(exact).state_dict(), tmp_path / "tiny.pt")
+    with pytest.warns(UserWarning, match=r"assumed num_heads=2 .* preset 'tiny-random'.*config\.json"):
+        got = engine.load_model(tmp_path / "tiny.pt")
+    assert got.config.num_heads == exact.num_heads
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a config says it: no warning
+        engine.load_model(tmp_path / "tiny.pt", config=exact)
+
+
+def test_integer_weights_are_one_error_naming_them(tmp_path):
+    sd = build_model(engine.PRESETS["tiny-random"]).state_dict()
+    torch.save({k: (v * 100).long() for k, v in sd.items()}, tmp_path / "int.pt")
+    with pytest.raises(CheckpointError, match="not floating point") as info:
+        engine.load_model(tmp_path / "int.pt", config=engine.PRESETS["tiny-random"])
+    msg = str(info.value)
+    assert "torch.int64" in msg and msg.count("\n") < 5 and "require gradients" not in msg
+
+
+def test_a_mismatch_names_the_model_even_without_a_config_name():
+    with pytest.raises(CheckpointError, match=r"does not fit the model \(Linear\)"):
+        check_state_dict(torch.nn.Linear(2, 2), {"weight": torch.zeros(2, 2)})
+
+
+def test_an_unavailable_backend_is_refused_up_front_and_the_model_is_unchanged(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("the triton backend is available on CUDA")
+    calls = []
+    hook = tiny.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="attention backend 'triton' is unavailable"):
+            engine.generate(tiny, engine_config=engine.EngineConfig(attention_backend="triton"), **SMALL)
+    finally:
+        hook.remove()
+    assert not calls and tiny.attention_backend == "auto"
+    v = engine.generate(tiny, engine_config=engine.EngineConfig(attention_backend="reference"), **SMALL)
+    assert len(v) == 9 and tiny.attention_backend == "auto"  # a successful call leaves it too
+    assert len(engine.generate(tiny, **SMALL)) == 9
+
+
+def test_devices_as_one_string_is_refused_with_the_fix(tiny):
+    with pytest.raises(TypeError, match=r"devices must be a list.*devices=\['cpu'\]"):
+        engine.generate(tiny, devices="cpu", **SMALL)
+
+
+def test_fused_ops_when_the_interpreter_was_set_too_late():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA runs the kernels compiled")
+    code = ("import os, torch, torch._dynamo\n"  # triton is imported here, compiled mode
+            "os.environ['TRITON_INTERPRET'] = '1'\n"
+            "import engine\n"
+            "try:\n    engine.load_model('tiny-random', fused_ops=True)\nexcept ValueError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert "set TRITON_INTERPRET=1 before Python starts" in out.stdout, out.stdout + out.stderr
