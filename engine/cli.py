@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default="", help="text prompt (needs a text encoder for real models)")
     g.add_argument("--prompt-embeds", help="a .safetensors or .pt file holding prompt embeddings [1, L, text_dim]")
     g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--negative-prompt-embeds", default=None,
+                   help="the negative prompt's embeddings (.safetensors with one tensor [1, L, text_dim], or .pt) for "
+                        "classifier-free guidance without a text encoder")
     g.add_argument("--first-frame", help="image to start from (required for image-to-video models)")
     g.add_argument("--first-frames", help="mila: prior condition frames, comma-separated images or a uint8 .npy "
                    "[P, H, W, 3] ([V, P, H, W, 3] with --views)")
@@ -131,18 +134,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_embeds(path: str):
+def _load_embeds(path: str, flag: str = "prompt-embeds"):
     import torch
 
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    if not os.path.isfile(path):
+        raise ValueError(f"--{flag} {path}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        tensors = load_file(path)
+            tensors = load_file(path)
+        else:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - safetensors' / pickle's own errors: say which file and what it wants
+        raise ValueError(f"--{flag} {path} is not a readable embeddings file ({type(exc).__name__}: {exc}); give a "
+                         f".safetensors holding one tensor [1, L, text_dim], or a torch.save'd tensor (.pt)") from None
+    if isinstance(tensors, dict):
         if len(tensors) != 1:
-            raise ValueError(f"--prompt-embeds {path} must hold exactly one tensor (the prompt embeddings), found "
+            raise ValueError(f"--{flag} {path} must hold exactly one tensor (the prompt embeddings), found "
                              f"{sorted(tensors)}")
-        return next(iter(tensors.values()))
-    return torch.load(path, map_location="cpu", weights_only=True)
+        tensors = next(iter(tensors.values()))
+    if not isinstance(tensors, torch.Tensor):
+        raise ValueError(f"--{flag} {path} holds a {type(tensors).__name__}, not a tensor [1, L, text_dim]")
+    return tensors
+
+
+def _negative_embeds(args):
+    """--negative-prompt-embeds loaded (None when not given); with --negative-prompt too: an error."""
+    if not args.negative_prompt_embeds:
+        return None
+    if args.negative_prompt:
+        raise ValueError("give --negative-prompt (encoded by the text encoder) or --negative-prompt-embeds, not both")
+    return _load_embeds(args.negative_prompt_embeds, "negative-prompt-embeds")
 
 
 def _first_frames(text: str | None):
@@ -156,7 +179,7 @@ def _first_frames(text: str | None):
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def _load_array(text: str):
+def _load_array(text: str, flag: str = "trajectory"):
     """A control array from a .npy / .json file, or inline numbers 'a,b;c,d' (rows by ';')."""
     import json
     from pathlib import Path
@@ -168,7 +191,11 @@ def _load_array(text: str):
     if text.endswith(".json"):
         return np.asarray(json.loads(Path(text).read_text()), dtype=np.float64)
     rows = [r for r in text.split(";") if r.strip()]
-    vals = [[float(x) for x in r.split(",")] for r in rows]
+    try:
+        vals = [[float(x) for x in r.split(",")] for r in rows]
+    except ValueError as exc:
+        raise ValueError(f"--{flag} {text!r}: {exc}; write numbers as 'x,z;x,z;...' (rows by ';') or give a "
+                         f".npy / .json file") from None
     return np.asarray(vals[0] if len(vals) == 1 and ";" not in text else vals, dtype=np.float64)
 
 
@@ -176,7 +203,7 @@ def _control_args(args) -> dict:
     out = {}
     for name in ("trajectory", "intrinsics", "waypoints", "cameras"):
         if getattr(args, name):
-            out[name] = _load_array(getattr(args, name))
+            out[name] = _load_array(getattr(args, name), name)
     for name in ("warp_depth", "save_warped", "views"):
         if getattr(args, name) is not None:
             out[name] = getattr(args, name)
@@ -285,12 +312,18 @@ def _world(args) -> int:
     from .video import Video
     from .world import render_clip
 
+    from .generation import check_output_path
+
     try:
+        check_output_path(args.out)
         clip = render_clip(args.seed, args.frames, args.height, args.width, weather=args.weather)
         path = Video(clip.frames, clip.fps).save(args.out)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the disk filled while writing
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {path}: {len(clip)} frames {args.width}x{args.height} @ {clip.fps:g} fps, seed {args.seed}, "
           f"weather {clip.weather} ({clip.prompt!r})")
     return 0
@@ -402,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             prompt=args.prompt,
             prompt_embeds=_load_embeds(args.prompt_embeds) if args.prompt_embeds else None,
             negative_prompt=args.negative_prompt,
+            negative_prompt_embeds=_negative_embeds(args),
             first_frame=args.first_frame,
             first_frames=_first_frames(args.first_frames),
             cfg_drop=tuple(x.strip() for x in args.cfg_drop.split(",") if x.strip()) if args.cfg_drop else None,
@@ -478,7 +512,8 @@ def _longvie(args, sampler) -> int:
         video = generate(
             args.model, recipe="longvie2", num_frames=args.num_frames, prompt=args.prompt or None,
             prompt_embeds=_load_embeds(args.prompt_embeds) if args.prompt_embeds else None,
-            negative_prompt=args.negative_prompt, first_frame=args.first_frame, height=args.height, width=args.width,
+            negative_prompt=args.negative_prompt, negative_prompt_embeds=_negative_embeds(args),
+            first_frame=args.first_frame, height=args.height, width=args.width,
             seed=args.seed, devices=[args.devices or args.device] if (args.devices or args.device) else None,
             dtype=args.dtype, sampler=sampler, vae=args.vae, vae_dtype=args.vae_dtype, text_encoder=args.text_encoder,
             image_encoder=args.image_encoder, control_weights=args.control_weights, overlay=args.overlay,

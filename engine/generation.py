@@ -180,6 +180,12 @@ def plan_for(model, *, num_frames: int, height: int | None = None, width: int | 
     default_h, default_w = default_size(model)
     release = _release_layout(strategy, options, strategy_kw)
     F_lat, _, _ = check_frames(num_frames, height or default_h, width or default_w, model, temporal=release is None)
+    variant = strategy_kw.get("release", getattr(options, "release", None))
+    if variant == "i2v" and image_condition(cfg):
+        raise ValueError(f"the MMPL I2V release runs a text-to-video backbone with the image as a clean latent at "
+                         f"position 0; model {getattr(cfg, 'name', None) or type(model).__name__!r} is an "
+                         f"image-to-video model (it takes the image as a condition): load a T2V checkpoint "
+                         f"(e.g. --model tiny-random or the release's own) for mmpl-i2v")
     if release is not None:  # the MMPL release's own frame rule: whole 81-frame segments, chained
         from .plans.mmpl_release import SEGMENT, release_segments
 
@@ -333,6 +339,10 @@ def _prepare(
 
     model = as_flow_model(resolve_model(model, dtype, device, engine_config, checkpoint_key=checkpoint_key))
     cogvideox = is_cogvideox(model)  # its own VAE, T5 and DDIM schedule (_cogvideox_sampler)
+    if cpu_threads is not None:
+        from .checks import integral
+
+        integral("cpu_threads", cpu_threads, minimum=1)
     from .checks import check_fused_ops
 
     check_fused_ops(getattr(model, "fused_ops", False), model.device)

@@ -392,7 +392,15 @@ def first_frame_tensor(first_frame, height: int, width: int) -> torch.Tensor:
     from PIL import Image
 
     if isinstance(first_frame, (str, Path)):
-        first_frame = Image.open(first_frame).convert("RGB")
+        from PIL import UnidentifiedImageError
+
+        try:
+            first_frame = Image.open(first_frame).convert("RGB")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"first_frame {str(first_frame)!r}: no such file") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"first_frame {str(first_frame)!r} is not an image PIL can read (png, jpg, ...): "
+                             f"{exc}") from None
     if isinstance(first_frame, Image.Image):
         first_frame = np.asarray(first_frame.convert("RGB").resize((width, height), Image.BICUBIC))
     if isinstance(first_frame, np.ndarray):

@@ -303,6 +303,12 @@ def _videos(name: str, value, n_clips: int | None, height: int, width: int) -> l
         if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
             value = np.load(value) if str(value).endswith(".npy") else read_video(value)
         v = np.asarray(value)
+        want = (3, 4) if name == "dense" else (4,)
+        if v.ndim not in want:
+            forms = "a depth map [T, H, W] or a video [T, H, W, 3]" if name == "dense" else "a video [T, H, W, 3]"
+            one = " (one frame? a control is a video)" if v.ndim == 2 else ""
+            raise ValueError(f"the {name} control has shape {tuple(v.shape)}{one}: give {forms} with T = 1 + 80 k "
+                             f"frames (81 per clip), or a list of per-clip videos")
         if name == "dense" and v.ndim == 3:  # raw depth: the release's normalisation, then its chunks
             v = release_depth(v)
         vids = release_chunks(v)

@@ -6,11 +6,13 @@ caller's model."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +128,94 @@ def test_fused_ops_when_the_interpreter_was_set_too_late():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert "set TRITON_INTERPRET=1 before Python starts" in out.stdout, out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------------
+# the command line: every bad input is one line naming the option, before any work
+# ----------------------------------------------------------------------------------
+def _cli(argv, capsys):
+    from engine.cli import main
+
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def _gen_args(tmp_path, *extra):
+    return ["generate", "--model", "tiny-random", "--num-frames", "9", "--height", "32", "--width", "32", "--out",
+            str(tmp_path / "o.mp4"), "--no-progress", *extra]
+
+
+def test_cli_bad_inputs_name_the_option(tmp_path, capsys):
+    (tmp_path / "not.png").write_text("not an image")
+    (tmp_path / "garbage.safetensors").write_bytes(b"garbage")
+    cases = [
+        (["--cpu-threads", "0"], "cpu_threads must be >= 1"),
+        (["--first-frame", str(tmp_path / "not.png")], "is not an image PIL can read"),
+        (["--prompt-embeds", str(tmp_path / "garbage.safetensors")], "--prompt-embeds .* is not a readable embeddings"),
+        (["--prompt-embeds", str(tmp_path / "none.pt")], "--prompt-embeds .*: no such file"),
+        (["--strategy", "longdwm", "--trajectory", "0,0;abc"], r"--trajectory '0,0;abc': could not convert"),
+        (["--stats", "/proc/x.json"], "'/proc/x.json' cannot be written"),
+    ]
+    for extra, match in cases:
+        rc, err = _cli(_gen_args(tmp_path, *extra), capsys)
+        assert rc == 2 and re.search(match, err) and "Traceback" not in err, (extra, err)
+        assert err.count("\n") == 1, err
+
+
+def test_cli_mmpl_i2v_says_it_needs_a_t2v_backbone(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8) + 90).save(tmp_path / "f.png")
+    rc, err = _cli(["generate", "--recipe", "mmpl-i2v", "--model", "tiny-i2v", "--first-frame", str(tmp_path / "f.png"),
+                    "--num-frames", "76", "--height", "32", "--width", "32", "--out", str(tmp_path / "o.mp4"),
+                    "--no-progress"], capsys)
+    assert rc == 2 and "text-to-video backbone" in err and "image-to-video model" in err, err
+
+
+def test_cli_negative_prompt_embeds_are_used(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from engine.video import read_video_frames
+
+    g = torch.Generator().manual_seed(3)
+    for name in ("a", "b"):
+        save_file({"e": torch.randn(1, 6, 32, generator=g)}, str(tmp_path / f"{name}.safetensors"))
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.mp4"
+        rc, err = _cli(["generate", "--model", "tiny-random", "--num-frames", "9", "--height", "32", "--width", "32",
+                        "--guidance-scale", "3", "--negative-prompt-embeds", str(tmp_path / f"{name}.safetensors"),
+                        "--out", str(out), "--no-progress"], capsys)
+        assert rc == 0, err
+        outs.append(read_video_frames(out))
+    assert np.abs(outs[0].astype(int) - outs[1].astype(int)).max() > 0  # the negative row changes the video
+    rc, err = _cli(_gen_args(tmp_path, "--negative-prompt", "x", "--negative-prompt-embeds",
+                             str(tmp_path / "a.safetensors")), capsys)
+    assert rc == 2 and "not both" in err
+
+
+def test_a_missing_negative_embedding_says_what_cfg_needs():
+    from engine.models.text import resolve_prompt_embeds
+
+    with pytest.raises(ValueError, match="needs the negative prompt too.*--negative-prompt-embeds"):
+        resolve_prompt_embeds("", None, None, 1, text_dim=32, max_length=8, name="negative_prompt_embeds")
+
+
+def test_a_2d_depth_map_is_named_as_one_frame():
+    from engine.longvie import _videos
+
+    with pytest.raises(ValueError, match=r"dense control has shape \(72, 48\) \(one frame\?"):
+        _videos("dense", np.ones((72, 48), np.float32), None, 72, 48)
+
+
+def test_export_and_world_refuse_bad_outputs_and_frames(tmp_path, capsys):
+    from engine.cli import main as engine_main
+    from engine_export.__main__ import main as export_main
+
+    assert export_main(["onnx", "--model", "tiny-random", "--out", str(tmp_path / "x"), "--frames", "0"]) == 2
+    assert "frames must be integers >= 1, got [0]" in capsys.readouterr().err
+    if Path("/proc").is_dir():
+        assert export_main(["onnx", "--model", "tiny-random", "--out", "/proc/x"]) == 2
+        assert "'/proc/x' cannot be written" in capsys.readouterr().err
+        assert engine_main(["world", "--out", "/proc/w.mp4", "--frames", "9"]) == 2
+        assert "'/proc/w.mp4' cannot be written" in capsys.readouterr().err

@@ -332,6 +332,11 @@ def resolve_prompt_embeds(
                 f"(expected [{batch}, L, text_dim]{', or [1, L, text_dim] to repeat' if batch > 1 else ''})"
             )
         return prompt_embeds
+    if encoder is None and name == "negative_prompt_embeds":
+        raise ValueError(
+            "classifier-free guidance (guidance_scale != 1) needs the negative prompt too and there is no text "
+            "encoder: pass negative_prompt_embeds=... ([1, L, text_dim]; CLI --negative-prompt-embeds FILE), or "
+            "text_encoder=<folder>, or guidance_scale=1 (no guidance)")
     if encoder is None:
         raise ValueError(
             "No text conditioning: pass prompt_embeds=... ([B, L, text_dim] tensor) "

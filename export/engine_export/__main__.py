@@ -68,10 +68,17 @@ def main(argv: list[str] | None = None) -> int:
             latent.append((h // st[1], w // st[2]))
         frames = tuple(args.frames or (3, 2, 1))
         t0 = time.perf_counter()
-        man = export_model(model, args.out, frames=frames, sizes=latent, batches=tuple(args.batch),
-                           cache_slots=args.cache_frames, chunk_frames=frames[0], opsets=tuple(args.opset),
-                           precision=args.precision, block=args.block, source=getattr(model, "source", None),
-                           progress=lambda line: print(f"export: {line}", file=sys.stderr, flush=True))
+        try:
+            man = export_model(model, args.out, frames=frames, sizes=latent, batches=tuple(args.batch),
+                               cache_slots=args.cache_frames, chunk_frames=frames[0], opsets=tuple(args.opset),
+                               precision=args.precision, block=args.block, source=getattr(model, "source", None),
+                               progress=lambda line: print(f"export: {line}", file=sys.stderr, flush=True))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"error: writing {args.out} failed: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {len(man.graphs)} graphs and {man.directory / 'manifest.json'} in {time.perf_counter() - t0:.1f}s")
         return 0
     if args.cmd == "trt":

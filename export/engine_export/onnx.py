@@ -46,6 +46,7 @@ import contextlib
 import copy
 import io
 import logging
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,8 +406,20 @@ def export_model(model: WanDiT, out_dir: str | Path, *, frames=(3,), sizes=((4, 
     for op in opsets:
         if op not in OPSETS:
             raise ValueError(f"opset {op} is not supported; choose from {OPSETS}")
+    for what, values in (("frames", frames), ("batches", batches), ("sizes", [v for hw in sizes for v in hw]),
+                         ("cache_slots", [cache_slots])):
+        bad = [v for v in values if not isinstance(v, numbers.Integral) or v < 1]
+        if bad or not list(values):
+            raise ValueError(f"{what} must be integers >= 1, got {list(values)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"output folder {str(out)!r} cannot be written: {exc.strerror or exc}; choose a writable "
+                         f"folder") from None
     cfg = model.config
     text_len = text_len or cfg.text_len
     chunk_frames = chunk_frames or max(frames)
