@@ -453,28 +453,35 @@ def _prepare(
         return prompt_context(m, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
                                sampler.guidance_scale, image_embeds, seed, same_uncond=keep_text)
 
-    first_latent = condition = img = None
-    if first_frame is not None:
-        img = first_frame_tensor(first_frame, height, width).to(model.device)
-        check_finite("first_frame", img)
-        if cfg.is_i2v:
-            condition = i2v_condition(comps.vae, img, num_frames, height, width)
-        elif cog_i2v:  # the pipeline draws a posterior sample; the engine takes its mode (deterministic)
-            from .models.cogvideox_vae import i2v_image_latents
+    def encode_inputs():  # the VAE encodes of the given frames, on the runtime's thread count (see run_pinned)
+        first_latent = condition = img = None
+        if first_frame is not None:
+            img = first_frame_tensor(first_frame, height, width).to(model.device)
+            check_finite("first_frame", img)
+            if cfg.is_i2v:
+                condition = i2v_condition(comps.vae, img, num_frames, height, width)
+            elif cog_i2v:  # the pipeline draws a posterior sample; the engine takes its mode (deterministic)
+                from .models.cogvideox_vae import i2v_image_latents
 
-            condition = i2v_image_latents(comps.vae, img, F_lat, sample=False)
-        else:
-            first_latent = encode_frames(comps.vae, img[:, :, None])
-    inputs = {0: first_latent} if first_latent is not None else {}
-    if priors is not None:  # each prior frame encoded alone (an image latent), views side by side
-        from .control.multiview import pack_views
+                condition = i2v_image_latents(comps.vae, img, F_lat, sample=False)
+            else:
+                first_latent = encode_frames(comps.vae, img[:, :, None])
+        inputs = {0: first_latent} if first_latent is not None else {}
+        if priors is not None:  # each prior frame encoded alone (an image latent), views side by side
+            from .control.multiview import pack_views
 
-        z = torch.stack([torch.cat([encode_frames(comps.vae, f[None, :, None].to(model.device)) for f in v], 2)
-                         for v in priors], 1)  # [1, V, C, P, h, w]
-        z = pack_views(z)
-        inputs = {p: z[:, :, p:p + 1] for p in range(P)}
-    if ctl is not None:  # whole-timeline controls beside each DiT; every pass takes its positions' slice
-        condition = ctl.build(comps.vae, img, condition, (h, w))
+            z = torch.stack([torch.cat([encode_frames(comps.vae, f[None, :, None].to(model.device)) for f in v], 2)
+                             for v in priors], 1)  # [1, V, C, P, h, w]
+            z = pack_views(z)
+            inputs = {p: z[:, :, p:p + 1] for p in range(P)}
+        if ctl is not None:  # whole-timeline controls beside each DiT; every pass takes its positions' slice
+            condition = ctl.build(comps.vae, img, condition, (h, w))
+        return condition, inputs
+
+    from .runtime import run_pinned
+
+    condition, inputs = run_pinned(cpu_threads, encode_inputs)
+    if ctl is not None:
         roles = {r: ctl.wrap(m) for r, m in roles.items()}
     if ar_cache and devices is not None and len(devices) > 1:
         import warnings

@@ -1234,6 +1234,30 @@ def pin_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def run_pinned(n: int, fn: Callable, *args):
+    """``fn(*args)`` on a fresh thread pinned to ``n`` torch intra-op threads (as every
+    worker is), returning its result or raising its error: work done before the runtime
+    starts (the first frame's VAE encode) gives the same numbers whatever the caller's
+    thread count is."""
+    box: dict = {}
+    grad = torch.is_grad_enabled()  # thread-local: carried over
+
+    def body():
+        try:
+            pin_threads(n)
+            with torch.set_grad_enabled(grad):
+                box["out"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            box["err"] = exc
+
+    t = threading.Thread(target=body, name="engine-pinned", daemon=True)
+    t.start()
+    t.join()
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
 def reset_peak_memory(devices: list[str]) -> None:
     """Reset the CUDA peak-memory counters of ``devices`` (the run's stats report peaks)."""
     for d in dict.fromkeys(devices):

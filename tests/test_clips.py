@@ -76,9 +76,11 @@ def test_three_clips_same_video_on_any_workers_each_clip_decodes_alone(tiny):
     assert len(clip_decoders) == 3  # hand-off decodes see 3 latents
     from engine.video import to_uint8_frames
 
+    from engine.runtime import run_pinned
+
     alone = []
-    for d in clip_decoders:
-        whole = StreamingDecoder(d.vae).decode_all(torch.cat(d.latents, 2))
+    for d in clip_decoders:  # decoded on the runtime's thread count (cpu_threads=1), whatever the caller's
+        whole = run_pinned(1, StreamingDecoder(d.vae).decode_all, torch.cat(d.latents, 2))
         assert torch.equal(whole, torch.cat(d.frames, 2))
         alone.append(to_uint8_frames(whole)[0])
     alone.sort(key=lambda f: 0 if np.array_equal(f, ref[:17]) else 1)

@@ -47,10 +47,16 @@ def test_streamed_chunks_equal_one_full_decode(tiny):
     from engine.rollout import RolloutPlan, ar_rollout
     from engine.video import to_uint8_frames
 
-    comps = resolve_components(tiny, seed=0)
-    ctx = prompt_context(tiny, comps, "x", None, None, None, 1.0, None, 0)
-    lat = [x0 for _, x0 in ar_rollout(tiny, ctx, RolloutPlan(5, 2), latent_hw=(4, 4), sampler=SamplerConfig(), seed=0)]
-    full = StreamingDecoder(comps.vae).decode_all(torch.cat(lat, 2).float())
+    from engine.runtime import run_pinned
+
+    def reference():  # on the runtime's thread count (cpu_threads=1): equal numbers on any caller's threads
+        comps = resolve_components(tiny, seed=0)
+        ctx = prompt_context(tiny, comps, "x", None, None, None, 1.0, None, 0)
+        lat = [x0 for _, x0 in ar_rollout(tiny, ctx, RolloutPlan(5, 2), latent_hw=(4, 4), sampler=SamplerConfig(),
+                                          seed=0)]
+        return StreamingDecoder(comps.vae).decode_all(torch.cat(lat, 2).float())
+
+    full = run_pinned(1, reference)
     streamed = engine.generate(tiny, num_frames=17, prompt="x", seed=0, chunk_frames=2, progress=False, **SMALL)
     assert np.array_equal(to_uint8_frames(full)[0], streamed.frames)
 
