@@ -235,3 +235,13 @@ def test_a_first_frame_video_does_not_depend_on_the_callers_threads():
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(videos[0], videos[1])
+
+
+def test_the_main_command_prints_no_stray_notices(tmp_path):
+    """diffusers' `accelerate` notice (and its two stray lines) came with every run."""
+    out = subprocess.run([sys.executable, "-m", "engine", "generate", "--model", "tiny", "--num-frames", "9",
+                          "--prompt", "a drive on a sunny day", "--out", str(tmp_path / "v.mp4"), "--no-progress"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "accelerate" not in out.stderr and "```" not in out.stderr, out.stderr
+    assert out.stdout.startswith("wrote ") and out.stderr.strip() == "", out.stderr  # --no-progress: nothing else

@@ -203,7 +203,10 @@ def load_cogvideox_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float
     for c in candidates:
         name = _folder_class(c)
         if name == COGVIDEOX_VAE_CLASS:
-            vae = cogvideox_autoencoder_cls().from_pretrained(c, torch_dtype=dtype, local_files_only=True)
+            from .vae import quiet_low_cpu_mem_usage
+
+            vae = cogvideox_autoencoder_cls().from_pretrained(c, torch_dtype=dtype, local_files_only=True,
+                                                              low_cpu_mem_usage=quiet_low_cpu_mem_usage())
             return vae.to(device=device).eval().requires_grad_(False)
         if name is not None:
             raise ValueError(
