@@ -346,7 +346,9 @@ def _prepare(
     from .checks import check_fused_ops
 
     check_fused_ops(getattr(model, "fused_ops", False), model.device)
-    if isinstance(getattr(model, "attention_backend", None), str):  # an unavailable backend: refused before any job
+    from .attention import BACKENDS
+
+    if getattr(model, "attention_backend", None) in BACKENDS:  # an unavailable backend: refused before any job
         from .attention import BackendUnavailable, resolve_backend
 
         try:

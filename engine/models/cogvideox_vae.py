@@ -203,7 +203,7 @@ def load_cogvideox_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float
     for c in candidates:
         name = _folder_class(c)
         if name == COGVIDEOX_VAE_CLASS:
-            from .vae import quiet_low_cpu_mem_usage
+            from .weights import quiet_low_cpu_mem_usage
 
             vae = cogvideox_autoencoder_cls().from_pretrained(c, torch_dtype=dtype, local_files_only=True,
                                                               low_cpu_mem_usage=quiet_low_cpu_mem_usage())

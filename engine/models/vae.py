@@ -175,15 +175,6 @@ def load_original_vae(path_or_sd, device="cpu", dtype: torch.dtype = torch.float
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def quiet_low_cpu_mem_usage() -> bool:
-    """diffusers' ``low_cpu_mem_usage`` for ``from_pretrained``: True only where
-    ``accelerate`` is installed (asking for it without accelerate prints a notice on every
-    load; the result is the same)."""
-    import importlib.util
-
-    return importlib.util.find_spec("accelerate") is not None
-
-
 def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Load a Wan ``AutoencoderKLWan`` from a LOCAL folder (no downloads).
 
@@ -207,6 +198,8 @@ def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device
             f"({looked}) with its *.safetensors weights. Pass a diffusers VAE folder or a "
             "diffusers pipeline root with a vae/ subfolder."
         )
+    from .weights import quiet_low_cpu_mem_usage
+
     cls = autoencoder_cls()
     vae = cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
                               low_cpu_mem_usage=quiet_low_cpu_mem_usage())

@@ -391,3 +391,12 @@ def save_original_layout(model: torch.nn.Module, folder: str | Path,
              for k, v in model.state_dict().items()}
     save_file(state, str(folder / filename))
     return folder
+
+
+def quiet_low_cpu_mem_usage() -> bool:
+    """diffusers' ``low_cpu_mem_usage`` for ``from_pretrained``: True only where
+    ``accelerate`` is installed (asking for it without accelerate prints a notice on every
+    load; the result is the same)."""
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
