@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .config import PRESETS, SamplerConfig
 from .plans import STRATEGIES, STRATEGY_OPTIONS
@@ -79,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 when available)")
     g.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    g.add_argument("--sampler", choices=["fewstep", "euler", "unipc"], default=None, help="default fewstep")
+    g.add_argument("--sampler", choices=["fewstep", "euler", "unipc", "dpm"], default=None,
+                   help="default: the model's own (fewstep for a plain Wan checkpoint)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (euler/unipc; fewstep uses --timesteps)")
     g.add_argument("--timesteps", default=None, help="few-step timesteps, comma separated (1000,750,500,250)")
     g.add_argument("--shift", type=float, default=None, help="timestep shift (5)")
@@ -294,8 +296,16 @@ def _sampler(args, recipe) -> SamplerConfig | None:
         base = embedded_sampler(tiny_root()) or base
     from .inputs import is_cogvideox_source
 
-    if recipe is None and is_cogvideox_source(getattr(args, "model", None)):  # its own DDIM, flags on top
-        base = SamplerConfig(kind="euler", num_steps=50, schedule="cogvideox", timesteps=None, guidance_scale=6.0)
+    if recipe is None and is_cogvideox_source(getattr(args, "model", None)):  # its own DDIM / DPM, flags on top
+        kind = "euler"
+        root = Path(str(args.model))
+        for cand in (root, root.parent):
+            if (cand / "model_index.json").is_file() and (cand / "scheduler").is_dir():
+                from .models.cogvideox import read_cogvideox_scheduler
+
+                kind = "euler" if read_cogvideox_scheduler(cand)[0] == "ddim" else "dpm"
+                break
+        base = SamplerConfig(kind=kind, num_steps=50, schedule="cogvideox", timesteps=None, guidance_scale=6.0)
     if "num_steps" not in given:
         kind = given.get("kind", base.kind)
         if kind == "fewstep":

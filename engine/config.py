@@ -109,7 +109,9 @@ class SamplerConfig:
     """How a chunk is denoised.
 
     kind: ``"fewstep"`` (Self-Forcing / CausVid: predict x0, re-noise with fresh noise to
-    the next sigma), ``"euler"`` or ``"unipc"`` (multistep flow-matching solvers).
+    the next sigma), ``"euler"`` or ``"unipc"`` (multistep flow-matching solvers), ``"dpm"``
+    (DPM-Solver++(2M) SDE, fresh noise every step: CogVideoX-5b's scheduler,
+    :class:`engine.sampling.DPMSolverSDESampler`).
     ``timesteps`` (0..1000) define the few-step schedule; the multistep solvers use
     ``num_steps`` sigmas from 1 to 0. ``shift`` warps sigmas s' = k s / (1 + (k-1) s).
     ``guidance_scale`` > 1 turns on classifier-free guidance (needs a negative prompt
@@ -117,7 +119,7 @@ class SamplerConfig:
     (sigmas from exactly 1 to 0, model timestep 1000*sigma) or ``"wan"`` (Wan's own
     FlowUniPCMultistepScheduler table from 0.999, int64-truncated model timesteps: what
     the Wan2.1 and MMPL releases run; see :func:`engine.sampling.wan_unipc_schedule`) or
-    ``"cogvideox"`` (kind ``"euler"`` only: CogVideoX's DDIM -- the integer timesteps of
+    ``"cogvideox"`` (kind ``"euler"``: CogVideoX's DDIM, ``"dpm"``: its DPM -- the integer timesteps of
     ``ddpm``, a :class:`engine.sampling.CogVideoXSchedule`, as flow sigmas; Euler on them
     *is* DDIM, see :func:`engine.sampling.cogvideox_flow_sigmas`; ``shift`` is unused;
     ``ddpm=None``: the model's own scheduler config, filled in by ``generate``).
@@ -132,8 +134,8 @@ class SamplerConfig:
     ddpm: object | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fewstep", "euler", "unipc"):
-            raise ValueError(f"SamplerConfig.kind must be 'fewstep', 'euler' or 'unipc', got {self.kind!r}")
+        if self.kind not in ("fewstep", "euler", "unipc", "dpm"):
+            raise ValueError(f"SamplerConfig.kind must be 'fewstep', 'euler', 'unipc' or 'dpm', got {self.kind!r}")
         if self.num_steps < 1:
             raise ValueError(f"SamplerConfig.num_steps must be >= 1, got {self.num_steps}")
         if self.shift <= 0:
@@ -145,9 +147,9 @@ class SamplerConfig:
         if self.schedule not in ("flow", "wan", "cogvideox"):
             raise ValueError(f"SamplerConfig.schedule must be 'flow', 'wan' or 'cogvideox', got {self.schedule!r}")
         if self.schedule == "cogvideox":
-            if self.kind != "euler":
-                raise ValueError(f"SamplerConfig.schedule='cogvideox' is CogVideoX's DDIM, stepped as Euler on its "
-                                 f"flow sigmas: kind must be 'euler', got {self.kind!r}")
+            if self.kind not in ("euler", "dpm"):
+                raise ValueError(f"SamplerConfig.schedule='cogvideox' steps CogVideoX's timesteps as flow sigmas: "
+                                 f"kind 'euler' (= its DDIM) or 'dpm' (= its DPM-Solver++ SDE), got {self.kind!r}")
             if isinstance(self.ddpm, dict):  # a scheduler_config.json's dict
                 from .sampling import CogVideoXSchedule
 

@@ -506,22 +506,18 @@ def _prepare(
 
 
 def _cogvideox_sampler(model, sampler: SamplerConfig | None) -> SamplerConfig:
-    """The sampler of a CogVideoX main model: the one given, else what its pipeline runs --
-    DDIM on its scheduler config's timesteps (50 steps, CFG 6, diffusers' CogVideoXPipeline
-    defaults) as :data:`SamplerConfig(schedule="cogvideox")`. A pipeline whose scheduler is
-    CogVideoXDPMScheduler (CogVideoX-5b) is refused without a sampler: the runtime steps
-    deterministic DDIM only (DPM: :func:`engine.models.cogvideox.cogvideox_sample`)."""
+    """The sampler of a CogVideoX main model: the one given, else what its pipeline runs on
+    its scheduler config's timesteps (50 steps, CFG 6, diffusers' CogVideoXPipeline
+    defaults) as :data:`SamplerConfig(schedule="cogvideox")`: kind ``"euler"`` for
+    CogVideoXDDIMScheduler (Euler on its flow sigmas is DDIM), ``"dpm"`` for
+    CogVideoXDPMScheduler (CogVideoX-5b: :class:`~engine.sampling.DPMSolverSDESampler`)."""
     if sampler is not None:
         return sampler
     from .models.cogvideox import cogvideox_scheduler_for
 
     kind, schedule = cogvideox_scheduler_for(model)
-    if kind != "ddim":
-        raise ValueError(f"model {model.config.name!r}: its pipeline samples with CogVideoXDPMScheduler (stochastic "
-                         f"DPM-Solver++); the runtime steps CogVideoX's DDIM only. Pass sampler=SamplerConfig("
-                         f"kind='euler', schedule='cogvideox', num_steps=50) for DDIM on its timesteps, or sample "
-                         f"one clip with engine.models.cogvideox.cogvideox_sample(..., sampler='dpm')")
-    return SamplerConfig(kind="euler", num_steps=50, schedule="cogvideox", ddpm=schedule, guidance_scale=6.0)
+    return SamplerConfig(kind="euler" if kind == "ddim" else "dpm", num_steps=50, schedule="cogvideox", ddpm=schedule,
+                         guidance_scale=6.0)
 
 
 def check_channel_jobs(plan, roles: dict) -> None:

@@ -67,7 +67,7 @@ from . import noise_streams as ns
 from .config import SamplerConfig
 from .plans import INPUT, Plan
 from .plans.core import DecodeJob, EncodeJob, Job
-from .sampling import FewStepSampler, cfg as apply_cfg, sampler_for
+from .sampling import cfg as apply_cfg, sampler_for
 
 
 class JobError(RuntimeError):
@@ -327,9 +327,10 @@ def _positions_slice(t: torch.Tensor, pos: list[int]) -> torch.Tensor:
 
 
 def _renoise(steps, i: int, job: Job, seed: int, shape: tuple[int, ...], dev) -> torch.Tensor | None:
-    """The fresh noise a few-step sampler re-noises the job's generated frames with after
-    step ``i`` (addressed by (seed, the job's stream, step, position)); None otherwise."""
-    if isinstance(steps, FewStepSampler) and i + 1 < steps.num_steps:
+    """The fresh noise a stochastic sampler (few-step re-noising, DPM's SDE term) takes for
+    the job's generated frames at step ``i`` (addressed by (seed, the job's stream, step,
+    position)); None on the last step and for deterministic samplers."""
+    if steps.stochastic and i + 1 < steps.num_steps:
         from engine_kernels.noise import frame_noise
 
         return frame_noise(seed, list(job.generated_positions), shape,

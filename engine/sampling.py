@@ -67,6 +67,7 @@ __all__ = [
     "EulerSampler",
     "UniPCSampler",
     "FewStepSampler",
+    "DPMSolverSDESampler",
     "make_sampler",
     "config_sigmas",
     "config_timestep_of",
@@ -83,7 +84,7 @@ __all__ = [
 ]
 
 NUM_TRAIN_TIMESTEPS = 1000
-SAMPLER_KINDS = ("euler", "unipc", "fewstep")
+SAMPLER_KINDS = ("euler", "unipc", "fewstep", "dpm")
 
 SigmaLike = Union[float, torch.Tensor]
 NoiseLike = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], None]
@@ -354,6 +355,9 @@ class Sampler(abc.ABC):
 
     strict_sigmas = False
     terminal_zero = False
+    #: whether :meth:`step` takes fresh noise on every step but the last (the runtime then
+    #: draws it from the job's noise stream, addressed by step and position)
+    stochastic = False
 
     def __init__(self, sigmas: Union[torch.Tensor, Sequence[float]], timestep_of: dict[float, float] | None = None):
         self.sigmas = check_sigma_table(sigmas, strict=self.strict_sigmas, terminal_zero=self.terminal_zero)
@@ -448,6 +452,7 @@ class FewStepSampler(Sampler):
     """
 
     terminal_zero = True
+    stochastic = True
 
     def __init__(self, sigmas, noise: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__(sigmas)
@@ -470,6 +475,74 @@ class FewStepSampler(Sampler):
 def _lam(s: torch.Tensor) -> torch.Tensor:
     """Half log-SNR of the flow path, ``log((1 - s) / s)``: -inf at s=1, +inf at s=0."""
     return torch.log1p(-s) - torch.log(s)
+
+
+class DPMSolverSDESampler(Sampler):
+    """DPM-Solver++(2M), SDE variant, on the flow path (CogVideoX-5b's CogVideoXDPMScheduler
+    rewritten in flow variables; any flow schedule works).
+
+    A VP state x = sqrt(a) x0 + sqrt(1 - a) eps is the flow state y = (1 - s) x0 + s eps
+    times 1 / sqrt((1 - s)^2 + s^2), with the same half log-SNR lam = log sqrt(a / (1 - a))
+    = log((1 - s) / s). The VP step x' = m1 x - m2 D + mn eps then reads, with h = lam' - lam:
+
+        y' = (s' / s) e^-h y - expm1(-2h) (1 - s') D + s' sqrt(1 - e^-2h) eps
+
+    D = x0 = y - s v on the first step, on the last (s' = 0: y' = x0) and after a zero-SNR
+    step, else (1 + 1/(2r)) x0 - 1/(2r) x0_prev with r = (lam - lam_prev) / h (lam_prev: the
+    step before). The coefficients are float64 with IEEE infinities as the VP form has them
+    (s = 1: lam = -inf, the first step gives (1 - s') x0 + s' eps). Frames already at s = 0
+    (per-frame tables) stay put. ``noise``: fresh Gaussian noise like x on every step but the
+    last (a tensor or a callable); diffusers draws a second, unused tensor on second-order
+    steps -- a replay must skip those (tests/test_cogvideox_pipeline.py does).
+    """
+
+    terminal_zero = True
+    stochastic = True
+
+    def reset(self) -> None:
+        """Forget the previous step's x0."""
+        super().reset()
+        self._prev_x0: torch.Tensor | None = None
+
+    def __init__(self, sigmas, timestep_of: dict[float, float] | None = None):
+        super().__init__(sigmas, timestep_of)
+        self._prev_x0 = None
+
+    def step(self, i: int, x: torch.Tensor, v: torch.Tensor, noise: NoiseLike = None) -> torch.Tensor:
+        """See :meth:`Sampler.step`. [B, C, F, H, W] -> same; steps run in order (0 restarts)."""
+        self._check_step(i, x, v)
+        if i == 0:
+            self.reset()
+        cd = _compute_dtype(x)
+        xc, vc = x.to(cd), v.to(cd)
+        s0, s1 = self.sigmas[i].double(), self.sigmas[i + 1].double()
+        x0 = x0_from_velocity(xc, vc, s0)
+        lam0, lam1 = _lam(s0), _lam(s1)
+        h = lam1 - lam0
+        done = s0 == 0  # a frame already clean: y' = y
+        with torch.no_grad():
+            e = torch.exp(-h)
+            a = torch.where(done, torch.ones_like(s0), torch.nan_to_num(s1 / s0, nan=0.0) * e)
+            b = torch.where(done, torch.zeros_like(s0), -torch.expm1(-2 * h) * (1 - s1))
+            c = torch.where(done | (s1 == 0), torch.zeros_like(s0), s1 * torch.sqrt(-torch.expm1(-2 * h)))
+        d = x0
+        if self._prev_x0 is not None and bool((s1 > 0).all()):
+            lam_back = _lam(self.sigmas[i - 1].double())
+            r = (lam0 - lam_back) / h
+            k = torch.where(torch.isfinite(r) & (r != 0) & ~done, 1 / (2 * r), torch.zeros_like(r))
+            d = x0 + expand_sigma(k, xc) * (x0 - self._prev_x0)
+        y = expand_sigma(a, xc) * xc + expand_sigma(b, xc) * d
+        if bool((c != 0).any()):
+            if noise is None:
+                raise ValueError("DPMSolverSDESampler is stochastic: pass noise= (a tensor like x, or a callable) "
+                                 "for every step but the last")
+            eps = noise(xc) if callable(noise) else noise
+            if not isinstance(eps, torch.Tensor) or eps.shape != xc.shape:
+                raise ValueError(f"noise must be a tensor of shape {tuple(xc.shape)}")
+            y = y + expand_sigma(c, xc) * eps.to(cd)
+        self._prev_x0 = x0
+        self.last_x0 = x0.to(x.dtype)
+        return y.to(x.dtype)
 
 
 class UniPCSampler(Sampler):
@@ -611,7 +684,7 @@ def make_sampler(
     Returns:
         a :class:`Sampler`.
     """
-    classes = {"euler": EulerSampler, "unipc": UniPCSampler, "fewstep": FewStepSampler}
+    classes = {"euler": EulerSampler, "unipc": UniPCSampler, "fewstep": FewStepSampler, "dpm": DPMSolverSDESampler}
     if kind not in classes:
         raise ValueError(f"unknown sampler kind {kind!r}; expected one of {SAMPLER_KINDS}")
     if sigmas is not None and timesteps is not None:

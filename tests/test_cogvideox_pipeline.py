@@ -202,6 +202,42 @@ def test_samplers_equal_diffusers_schedulers(kind, spacing):
         CogVideoXSchedule.from_config({"trained_betas": [0.1]})
 
 
+@pytest.mark.parametrize("shift", [3.0, 1.0])
+def test_flow_dpm_equals_cogvideox_dpm_step_by_step(shift):
+    """DPMSolverSDESampler on the flow sigmas of CogVideoX's timesteps is its VP DPM-Solver++
+    SDE rewritten: the state y = x / (sqrt(a) + sqrt(1 - a)) after every step, with the flow
+    velocity of the same v-prediction and the noise the VP sampler used (the last of its
+    draws per step)."""
+    from engine.sampling import DPMSolverSDESampler, EulerSampler, cogvideox_flow_sigmas
+
+    sched = CogVideoXSchedule.from_config(dict(SCHEDULER_2B, snr_shift_scale=shift))
+    vp = make_cogvideox_sampler("dpm", 50, sched)
+    sig = cogvideox_flow_sigmas(sched, 50)
+    flow = DPMSolverSDESampler(sig)
+    g = _gen(4)
+    x = torch.randn(1, 4, 3, 4, 4, generator=g, dtype=torch.float64)
+    alpha = torch.cat([vp.alphas_cumprod[vp.timesteps], torch.ones(1, dtype=torch.float64)])
+    scale = alpha.sqrt() + (1 - alpha).sqrt()  # x_vp = scale * y
+    y = x / scale[0]
+    for i in range(50):
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)  # the DiT's v-prediction at x
+        a = float(alpha[i])
+        xv = y * scale[i]
+        v_flow = ((1 - a) ** 0.5 * xv + a ** 0.5 * v) - (a ** 0.5 * xv - (1 - a) ** 0.5 * v)  # eps - x0
+        drawn = []
+
+        def noise(like):
+            drawn.append(torch.randn(like.shape, generator=g, dtype=like.dtype))
+            return drawn[-1]
+
+        x = vp.step(i, x, v, noise=noise)
+        y = flow.step(i, y, v_flow, noise=drawn[-1] if i + 1 < 50 else None)
+        assert rel_err(y * scale[i + 1], x) <= 1e-10, (i, rel_err(y * scale[i + 1], x))
+    assert flow.stochastic and not EulerSampler(sig).stochastic
+    with pytest.raises(ValueError, match="stochastic"):
+        DPMSolverSDESampler(sig).step(1, y, y)
+
+
 # ----------------------------------------------------------------------------------- parity
 B, F_LAT, H, W = 1, 3, 32, 32  # 9 frames -> 3 latents of 4x4
 
@@ -361,6 +397,38 @@ def test_generate_runs_a_cogvideox_pipeline_root_as_diffusers_does(tmp_path):
     assert (frames.astype(int) - to_uint8_frames(video.clamp(-1, 1))[0].astype(int)).__abs__().max() <= 1
 
 
+def test_generate_runs_a_cogvideox_dpm_root_as_diffusers_does(tmp_path, monkeypatch):
+    """CogVideoX-5b's sampler through the runtime: a root whose scheduler is
+    CogVideoXDPMScheduler runs DPM-Solver++(2M) SDE (engine.sampling.DPMSolverSDESampler, in
+    flow variables) and equals CogVideoXPipeline when the runtime's per-step noise is the
+    pipeline's generator draws (diffusers draws twice on second-order steps, the first
+    unused: the replay skips it)."""
+    import engine.runtime as runtime
+    from engine.generation import prepare
+
+    pipe, root = tiny_pipeline(tmp_path, scheduler="dpm")
+    noise = torch.randn(B, F_LAT, 16, H // 8, W // 8, generator=_gen(2))
+    want = pipe(prompt=PROMPTS[0], latents=noise, height=H, width=W, num_frames=9, num_inference_steps=50,
+                guidance_scale=6.0, generator=_gen(3), output_type="latent", return_dict=False)[0].transpose(1, 2)
+    g = _gen(3)
+
+    def replay(steps, i, job, seed, shape, dev):  # the pipeline's draws, in its [B, F, C, h, w] layout
+        if not steps.stochastic or i + 1 >= steps.num_steps:
+            return None
+        for _ in range(1 if i == 0 else 2):
+            eps = torch.randn(B, len(job.generated_positions), 16, H // 8, W // 8, generator=g)
+        return eps.transpose(1, 2)
+
+    monkeypatch.setattr(runtime, "_renoise", replay)
+    pr = prepare(str(root), num_frames=9, height=H, width=W, prompt=PROMPTS[0], chunk_frames=F_LAT,
+                 noise=noise.transpose(1, 2), devices=["cpu"])
+    assert pr.sampler.kind == "dpm" and pr.sampler.schedule == "cogvideox" and pr.sampler.num_steps == 50
+    got, frames = _run_latents(pr)
+    err = rel_err(got, want)
+    print(f"generate on a CogVideoX DPM root vs CogVideoXPipeline: rel err {err:.2e}")
+    assert err <= 1e-5 and frames.shape == (9, H, W, 3)
+
+
 def test_generate_cogvideox_i2v_main_model_and_custom_schedule(tmp_path):
     """A CogVideoX-I2V root: the first frame's latent (posterior mode) on the channels as
     CogVideoXImageToVideoPipeline builds it; 5 DDIM steps given as a SamplerConfig."""
@@ -388,8 +456,8 @@ def test_generate_cogvideox_i2v_main_model_and_custom_schedule(tmp_path):
 
 def test_generate_refuses_what_cogvideox_cannot_decode_or_sample(tmp_path):
     """A clip made by several jobs (a given first frame, then chunks) decodes whole, after its
-    last job; an even latent count (CogVideoX 1.0 decodes it to 4F frames) and a DPM
-    pipeline without a sampler are errors naming the fix."""
+    last job; an even latent count (CogVideoX 1.0 decodes it to 4F frames) and a DDIM step
+    count off its timestep rule are errors naming the fix."""
     from engine.generation import prepare
 
     _, root = tiny_pipeline(tmp_path)
@@ -400,11 +468,20 @@ def test_generate_refuses_what_cogvideox_cannot_decode_or_sample(tmp_path):
     assert frames.shape == (9, H, W, 3)
     with pytest.raises(ValueError, match="even number"):
         prepare(str(root), num_frames=13, height=H, width=W, chunk_frames=4, devices=["cpu"])
-    _, root_dpm = tiny_pipeline(tmp_path / "dpm", scheduler="dpm")
-    with pytest.raises(ValueError, match="CogVideoXDPMScheduler"):
-        prepare(str(root_dpm), num_frames=9, height=H, width=W, chunk_frames=F_LAT, devices=["cpu"])
     from engine.config import SamplerConfig
 
     with pytest.raises(ValueError, match="t - 33"):
         prepare(str(root), num_frames=9, height=H, width=W, chunk_frames=F_LAT, devices=["cpu"],
                 sampler=SamplerConfig(kind="euler", schedule="cogvideox", num_steps=30))
+
+
+def test_cli_steps_flag_keeps_a_dpm_roots_sampler(tmp_path):
+    """`--steps N` on a CogVideoX-5b-style root changes the step count, not the sampler."""
+    import argparse
+
+    from engine.cli import _sampler
+
+    _, root = tiny_pipeline(tmp_path, scheduler="dpm")
+    args = argparse.Namespace(model=str(root), sampler=None, steps=10, shift=None, guidance_scale=None, timesteps=None)
+    smp = _sampler(args, None)
+    assert smp.kind == "dpm" and smp.schedule == "cogvideox" and smp.num_steps == 10
