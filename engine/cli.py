@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the negative prompt's embeddings (.safetensors with one tensor [1, L, text_dim], or .pt) for "
                         "classifier-free guidance without a text encoder")
     g.add_argument("--first-frame", help="image to start from (required for image-to-video models)")
+    g.add_argument("--image-encoder", help="image-to-video (Wan2.1 I2V, LongVie 2): the CLIP image encoder folder "
+                   "(image_encoder/ + image_processor/) that encodes --first-frame (default: the model root's)")
     g.add_argument("--first-frames", help="mila: prior condition frames, comma-separated images or a uint8 .npy "
                    "[P, H, W, 3] ([V, P, H, W, 3] with --views)")
     g.add_argument("--cfg-drop", help="what the CFG unconditional row goes without: comma list of text, waypoints, "
@@ -123,7 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     l_.add_argument("--track", help="sparse control for the whole video: the point-track video (mp4 / .npy uint8)")
     l_.add_argument("--control-weights", help="the release's control.safetensors")
     l_.add_argument("--overlay", help="the release's dit.safetensors (loaded over the base DiT)")
-    l_.add_argument("--image-encoder", help="CLIP image encoder folder (default: the model root's image_encoder/)")
     l_.add_argument("--clip-outputs", help="also write every clip's own 81 frames: a pattern with {clip}, e.g. "
                     "clip_{clip}.mp4")
     g.add_argument("--vae", help="folder of a diffusers AutoencoderKLWan (default: from the model's pipeline)")
@@ -468,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             vae_dtype=args.vae_dtype,
             decoder=args.decoder,
             text_encoder=args.text_encoder,
+            image_encoder=args.image_encoder,
             output=args.out,
             progress=not args.no_progress and rank == 0,
             **extra,

@@ -267,6 +267,41 @@ def prepare(model, *, recipe=None, **options) -> PreparedRun:
     return _prepare(model, **options)
 
 
+def _image_tokens(roles: dict, comps: Components, first_frame, image_embeds, image_encoder):
+    """The CLIP image tokens [1, N, image_dim] the run's image-to-video models cross-attend
+    to: ``image_embeds`` as given, else the first frame through ``image_encoder`` (or the
+    ``image_encoder/`` of the I2V model's diffusers root), as ``WanImageToVideoPipeline``
+    does; None where no model reads them, or for an untrained preset without an encoder (its
+    deterministic random tokens come from :func:`~engine.inputs.prompt_context`). Raises a
+    ValueError, before any job, for an I2V model with neither, for both given, and for an
+    encoder whose width is not the model's image_dim."""
+    from .inputs import first_frame_image_embeds, resolve_image_encoder
+
+    readers = [m for m in roles.values() if getattr(m.config, "image_dim", None) is not None]
+    if not readers:
+        if image_encoder is not None:
+            raise ValueError("image_encoder is for image-to-video models that cross-attend to CLIP image tokens (Wan2.1 "
+                             "I2V); no model of this run does: drop it")
+        return image_embeds
+    if image_embeds is not None:
+        if image_encoder is not None:
+            raise ValueError("give image_embeds (ready CLIP tokens) or image_encoder (to encode first_frame), not both")
+        return image_embeds
+    m = readers[0]
+    enc = resolve_image_encoder(m, image_encoder)
+    if enc is None:
+        if comps.random_weights:
+            return None
+        from .inputs import missing_image_tokens
+
+        raise missing_image_tokens(m.config)
+    if enc.dim != m.config.image_dim:
+        raise ValueError(f"the image encoder gives {enc.dim}-wide tokens but model {m.config.name!r} cross-attends to "
+                         f"image_dim={m.config.image_dim}: pass the CLIP encoder the model was trained with "
+                         f"(Wan2.1 I2V: CLIP ViT-H/14, 1280)")
+    return first_frame_image_embeds(enc, first_frame)
+
+
 def _prepare(
     model,
     *,
@@ -278,6 +313,7 @@ def _prepare(
     first_frame=None,
     first_frames=None,
     image_embeds: torch.Tensor | None = None,
+    image_encoder=None,
     height: int | None = None,
     width: int | None = None,
     strategy: str | None = None,
@@ -448,6 +484,8 @@ def _prepare(
     make_decoder = _decoder_factory(decoder, ctl, default_decoder, comps.vae)  # channel mismatch: an error now
     check_plan_decodes(plan, comps.vae)
 
+    image_embeds = _image_tokens(roles, comps, first_frame, image_embeds, image_encoder)
+
     def make_context(role, m):
         if m.config.text_dim != cfg.text_dim:  # its own text space (e.g. a CogVideoX coarse model beside Wan)
             own = Components(comps.vae, None, getattr(m, "source", None) is None)
@@ -549,7 +587,7 @@ def check_ddpm_schedule(model, sampler: SamplerConfig) -> None:
     table = getattr(model, "alphas_cumprod", None)
     if sampler.ddpm.prediction_type != "v_prediction":
         raise ValueError(f"sampler.ddpm.prediction_type {sampler.ddpm.prediction_type!r}: the runtime steps "
-                         f"v-prediction CogVideoX models only (engine.models.cogvideox.cogvideox_sample does more)")
+                         f"v-prediction CogVideoX models only (the published CogVideoX schedulers are v-prediction)")
     if table is None:
         raise ValueError(f"sampler schedule 'cogvideox' (CogVideoX's DDIM) needs a CogVideoX model; "
                          f"{model.config.name!r} is a flow model: use schedule 'flow' or 'wan'")
@@ -742,6 +780,10 @@ def generate(
     num_frames: 4k+1 video frames; height / width: multiples of 16 (default 128x128 for
     tiny, 480x832 otherwise). output: an mp4 path written while frames arrive.
     on_frames(frames uint8 [t,H,W,3], first_index): called for every decoded chunk.
+    Image-to-video with CLIP tokens (Wan2.1 I2V): image_encoder (an
+    :class:`~engine.models.image.ImageEncoder` or its folder; default the model root's
+    ``image_encoder/``) encodes first_frame as ``WanImageToVideoPipeline`` does, or give
+    image_embeds [1, N, image_dim] ready.
     Options: negative_prompt, negative_prompt_embeds, image_embeds, dtype, sampler
     (:class:`SamplerConfig`), guidance_scale, chunk_frames (ar: 3), sink_frames,
     window_frames (attention window in latent frames; default bounded at 21 in total),

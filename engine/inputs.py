@@ -362,6 +362,55 @@ def text_rows(model, comps, prompt, prompt_embeds, negative_prompt, negative_pro
     return torch.cat(rows, 0)
 
 
+def resolve_image_encoder(model, image_encoder=None):
+    """The CLIP image encoder of an I2V model: ``image_encoder`` as given (an
+    :class:`~engine.models.image.ImageEncoder`, or a folder holding ``image_encoder/`` +
+    ``image_processor/`` or both files), else the ``image_encoder/`` of the diffusers root the
+    model was loaded from (the Wan2.1-I2V-Diffusers layout), else None. A folder loads in the
+    model's dtype on its device."""
+    from .models.image import ImageEncoder
+
+    if image_encoder is None or isinstance(image_encoder, ImageEncoder):
+        if image_encoder is None:
+            src = getattr(model, "source", None)
+            root = next((c for c in ([Path(src), Path(src).parent] if src else []) if (c / "image_encoder").is_dir()),
+                        None)
+            if root is not None:
+                return ImageEncoder.from_folder(root, dtype=model.dtype, device=model.device)
+        return image_encoder
+    if isinstance(image_encoder, (str, Path)):
+        return ImageEncoder.from_folder(image_encoder, dtype=model.dtype, device=model.device)
+    raise TypeError(f"image_encoder must be an ImageEncoder or a folder path, not {type(image_encoder).__name__}")
+
+
+def first_frame_image_embeds(encoder, first_frame) -> torch.Tensor:
+    """CLIP image tokens [1, N, hidden] of the user's first frame, as diffusers'
+    ``WanImageToVideoPipeline.encode_image`` computes them: the ORIGINAL image (not resized
+    to the video) through the CLIP image processor (shortest edge resize + centre crop) and
+    the encoder's penultimate hidden state. first_frame: an image path, PIL image, uint8
+    array [H, W, 3], or a float tensor [3, H, W] / [1, 3, H, W] in [-1, 1] (taken to uint8
+    as the pipeline's post-processing would: (x + 1) * 127.5, rounded)."""
+    from PIL import Image
+
+    if isinstance(first_frame, (str, Path)):
+        first_frame = Image.open(first_frame).convert("RGB")  # readable: first_frame_tensor already opened it
+    if isinstance(first_frame, Image.Image):
+        first_frame = np.asarray(first_frame.convert("RGB"))
+    if isinstance(first_frame, torch.Tensor):
+        x = first_frame.detach().float().cpu().reshape(3, *first_frame.shape[-2:])
+        first_frame = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return encoder.encode(first_frame)
+
+
+def missing_image_tokens(cfg) -> ValueError:
+    """The error for an I2V model (config ``cfg``) run without CLIP image tokens or an encoder."""
+    return ValueError(
+        f"model {cfg.name!r} is image-to-video and cross-attends to CLIP image tokens of the first frame, but no "
+        f"image encoder was found (the model was not loaded from a diffusers root with image_encoder/): pass "
+        f"image_encoder=<folder with image_encoder/ + image_processor/> (e.g. Wan2.1-I2V-14B-480P-Diffusers; CLI "
+        f"--image-encoder), or image_embeds=[1, 257, {cfg.image_dim}] (CLIP ViT-H/14 penultimate-layer tokens)")
+
+
 def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance, image_embeds,
                    seed, same_uncond: bool = False):
     """The model's prepared context (text rows of :func:`text_rows`, plus CLIP image tokens
@@ -376,10 +425,10 @@ def prompt_context(model, comps, prompt, prompt_embeds, negative_prompt, negativ
             g = torch.Generator().manual_seed(seed + 1)
             image_embeds = torch.randn(1, 257, cfg.image_dim, generator=g)
         if image_embeds is None:
-            raise ValueError(
-                f"model {cfg.name!r} is image-to-video: pass image_embeds=[1, 257, {cfg.image_dim}] "
-                f"(CLIP ViT-H/14 penultimate-layer tokens of the first frame)"
-            )
+            raise missing_image_tokens(cfg)
+        if image_embeds.dim() != 3 or image_embeds.shape[0] != 1 or image_embeds.shape[2] != cfg.image_dim:
+            raise ValueError(f"image_embeds must be [1, N, {cfg.image_dim}] for model {cfg.name!r} (its image_dim); "
+                             f"got {tuple(image_embeds.shape)}")
         img = image_embeds.to(dev, dt).expand(text.shape[0], -1, -1)
     if not hasattr(model, "prepare_context"):  # a DiT that embeds its text on every call
         return text
