@@ -150,31 +150,31 @@ class LongVieChain:
 
     @torch.no_grad()
     def sample(self, c: dict) -> torch.Tensor:
-        """The denoising loop over a clip's :meth:`conditions`: its final latents [1, 16, 21, h, w]."""
-        from .sampling import cfg, sampler_for
+        """A clip's :meth:`conditions` through the one denoise loop
+        (:func:`engine.denoise.sample`): its final latents [1, 16, 21, h, w]. The CFG rows
+        run as one forward (``batch_cfg``) or one forward each (the release's order: the
+        model output in float32, then guided)."""
+        from .denoise import check_guidance, guided, sample
+        from .sampling import sampler_for
 
         m = self.model
         dev = m.device
         text = c["text"].to(dev, m.dtype)
         rows = text.shape[0]
-        guided = rows == 2
-        if guided and self.sampler.guidance_scale == 1.0:
-            raise ValueError("two text rows mean classifier-free guidance, but guidance_scale is 1.0")
+        check_guidance(rows, self.sampler.guidance_scale)
         tokens = c["clip_tokens"].to(dev, m.dtype)
-        if self.batch_cfg or not guided:
+        if self.batch_cfg or rows == 1:
             ctxs = [m.prepare_context(text, tokens.expand(rows, -1, -1))]
         else:
             ctxs = [m.prepare_context(text[i:i + 1], tokens) for i in range(rows)]
-        x = c["initial"].clone()
-        steps = sampler_for(self.sampler)
         kw = dict(condition=c["y"], dense=c["dense"], sparse=c["sparse"], history=c["history"])
-        for i in range(steps.num_steps):
-            t = steps.timestep(i).float().reshape(1)
-            v = torch.cat([m(x, t, ctx, **kw).float() for ctx in ctxs], 0)
-            if guided:
-                v = cfg(v[:1], v[1:], self.sampler.guidance_scale)
-            x = steps.step(i, x, v)
-        return x
+
+        def predict(i, t, xs):
+            t = t.float().reshape(1)
+            v = torch.cat([m(xs[0], t, ctx, **kw).float() for ctx in ctxs], 0)
+            return [guided(v, rows, self.sampler.guidance_scale)]
+
+        return sample([sampler_for(self.sampler)], [c["initial"].clone()], predict)[0]
 
     def denoise(self, k: int, image: np.ndarray, history: np.ndarray | None,
                 keep: dict | None = None) -> torch.Tensor:
@@ -379,12 +379,9 @@ def prepare_longvie(model, *, num_frames: int | None = None, first_frame=None, p
     the recipe's, True). on_clip(k, frames uint8 [81, H, W, 3]): every clip's own video, as
     the release saves ``gen_videos/<name>/<k>.mp4``.
     """
-    from pathlib import Path
-
     from .config import parse_dtype
-    from .inputs import resolve_components, text_rows
+    from .inputs import resolve_components, resolve_image_encoder, text_rows
     from .loading import load_longvie
-    from .models.image import ImageEncoder
     from .recipes import WAN_NEGATIVE_PROMPT
 
     ignored = sorted(k for k, v in unused.items() if v is not None and k not in ("strategy", "options", "checkpoint_key",
@@ -403,14 +400,9 @@ def prepare_longvie(model, *, num_frames: int | None = None, first_frame=None, p
     elif control_weights is not None or overlay is not None:
         raise ValueError("model is already a LongVieDiT: drop control_weights / overlay (or pass the base instead)")
     comps = resolve_components(model, vae, text_encoder, seed=seed, vae_dtype=parse_dtype(vae_dtype or "float32"))
-    if isinstance(image_encoder, (str, Path)):
-        image_encoder = ImageEncoder.from_folder(image_encoder, dtype=model.dtype, device=model.device)
+    image_encoder = resolve_image_encoder(model, image_encoder)
     if image_encoder is None:
-        src = getattr(model, "source", None)
-        root = next((c for c in ([Path(src), Path(src).parent] if src else []) if (c / "image_encoder").is_dir()), None)
-        if root is not None:
-            image_encoder = ImageEncoder.from_folder(root, dtype=model.dtype, device=model.device)
-        elif comps.random_weights:
+        if comps.random_weights:
             image_encoder = RandomImageTokens(model.config.image_dim, seed)
         else:
             raise ValueError("LongVie 2 encodes every clip's first frame with CLIP: pass image_encoder=<folder of a "

@@ -5,7 +5,7 @@ The video's latent frames are cut into chunks of ``chunk_frames``; each chunk is
 by the sampler while attending to the clean frames already in the cache, then run once
 more at noise level 0 so the cache holds its clean keys and values ("refresh"). In the
 runtime this is the ``ar`` plan with ``context="cache"``: a chain of jobs pinned to the
-worker that owns the fixed-slot cache (:func:`engine.runtime.denoise_job`). Noise for
+worker that owns the fixed-slot cache (:func:`engine.denoise.denoise_job`). Noise for
 frame position p is drawn from (seed, stream, p), never from a global stream, so the
 output depends only on the plan, the seed and the weights.
 """

@@ -28,10 +28,12 @@ loop is sampler-agnostic::
 Samplers are stateful (UniPC keeps a short history); :meth:`Sampler.reset` (or
 calling ``step(0, ...)``) starts a new trajectory, e.g. for the next chunk.
 
-CogVideoX (v-prediction on a discrete DDPM schedule) has its own samplers at the end
-of this module -- :class:`CogVideoXSchedule`, :class:`CogVideoXDDIMSampler`,
-:class:`CogVideoXDPMSampler`: they step in the variance-preserving space with the
-DiT's raw output and integer timesteps, not with flow sigmas and velocities.
+CogVideoX (v-prediction on a discrete DDPM schedule) runs on these same samplers: its
+:class:`CogVideoXSchedule` gives flow sigmas (:func:`cogvideox_flow_sigmas`), on which
+:class:`EulerSampler` *is* its DDIM and :class:`DPMSolverSDESampler` its DPM-Solver++
+SDE, with the v-prediction turned into a flow velocity by
+:class:`engine.models.adapters.VPredictionAdapter`. The variance-preserving originals
+are the tests' reference (``tests/cogvideox_reference.py``).
 
 The code here is an independent implementation; diffusers' schedulers are only
 used as a numerical reference in the tests.
@@ -74,13 +76,9 @@ __all__ = [
     "sampler_for",
     "COGVIDEOX_SAMPLER_KINDS",
     "CogVideoXSchedule",
-    "CogVideoXDDIMSampler",
-    "CogVideoXDPMSampler",
     "cogvideox_scheduler_kind",
     "cogvideox_flow_sigmas",
     "vp_flow_sigma",
-    "cogvideox_dynamic_guidance",
-    "make_cogvideox_sampler",
 ]
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -851,14 +849,6 @@ def cogvideox_scheduler_kind(config: dict) -> str:
     return _COGVIDEOX_SCHEDULERS[name]
 
 
-def cogvideox_dynamic_guidance(guidance_scale: float, timestep: float, num_steps: int) -> float:
-    """The guidance of CogVideoX's ``use_dynamic_cfg``, as the diffusers pipelines compute it:
-    ``1 + g (1 - cos(pi ((N - t) / N) ** 5)) / 2`` with ``t`` the *DDPM timestep* of the step
-    (0..999, not the step index) and N the number of steps -- so for t > N the base is
-    negative and the cosine's argument large; reproduced as is."""
-    return 1 + guidance_scale * ((1 - math.cos(math.pi * ((num_steps - float(timestep)) / num_steps) ** 5.0)) / 2)
-
-
 def cogvideox_flow_sigmas(schedule: "CogVideoXSchedule", num_steps: int) -> torch.Tensor:
     """CogVideoX's DDIM as a flow schedule: ``[N+1]`` float64 sigmas, N = ``num_steps``.
 
@@ -874,10 +864,10 @@ def cogvideox_flow_sigmas(schedule: "CogVideoXSchedule", num_steps: int) -> torc
     if not schedule.set_alpha_to_one:
         raise ValueError("CogVideoX DDIM with set_alpha_to_one=False ends at alpha_0 < 1, where DDIM returns the VP "
                          "state, not the flow state the runtime keeps: not supported (the published CogVideoX "
-                         "scheduler configs set it to true); use cogvideox_sample")
+                         "scheduler configs set it to true)")
     if schedule.prediction_type != "v_prediction":
         raise ValueError(f"the runtime's CogVideoX DDIM steps v-prediction models (VPredictionAdapter); "
-                         f"prediction_type {schedule.prediction_type!r}: use cogvideox_sample")
+                         f"prediction_type {schedule.prediction_type!r} is not supported")
     ts = schedule.timesteps(num_steps)
     T = schedule.num_train_timesteps
     nxt = ts - T // num_steps
@@ -899,149 +889,3 @@ def vp_flow_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
     return sb / (sa + sb)
 
 
-class CogVideoXDDIMSampler:
-    """Deterministic DDIM (eta 0) on a :class:`CogVideoXSchedule`, as CogVideoXDDIMScheduler.
-
-    Step ``i`` at timestep t = ``timestep(i)`` with a = a_t, a' = a at ``t - T // N`` (or the
-    final value): x0 = sqrt(a) x - sqrt(1 - a) v (v-prediction; epsilon / sample also),
-    x' = c x + (sqrt(a') - sqrt(a) c) x0 with c = sqrt((1 - a') / (1 - a)). At t = 999 on
-    a zero-terminal-SNR table (a = 0) this is x0 = -v, x' = sqrt(1 - a') x + sqrt(a') x0.
-
-    ``step(i, x, model_output)`` takes the DiT's *raw* output (v), not a flow velocity; x
-    and the output are ``[B, C, F, H, W]`` (any shape works: the coefficients are scalars);
-    arithmetic in float32 (float64 for float64 latents), the result in x's dtype.
-    Attributes ``num_steps``, ``timesteps`` (int64 [N]), ``alphas_cumprod`` (float64 [T]),
-    ``last_x0`` (x0 of the last step), ``order`` (1), ``init_noise_sigma`` (1.0).
-    """
-
-    order = 1
-    init_noise_sigma = 1.0
-    stochastic = False
-
-    def __init__(self, num_steps: int, schedule: CogVideoXSchedule | None = None):
-        self.schedule = schedule or CogVideoXSchedule()
-        self.timesteps = self.schedule.timesteps(num_steps)
-        self.num_steps = int(self.timesteps.numel())
-        self.alphas_cumprod = self.schedule.alphas_cumprod()
-        self._final = 1.0 if self.schedule.set_alpha_to_one else float(self.alphas_cumprod[0])
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the trajectory (DPM's previous x0)."""
-        self.last_x0: torch.Tensor | None = None
-        self._old_x0: torch.Tensor | None = None
-
-    def timestep(self, i: int) -> int:
-        """The integer DDPM timestep the model is fed at step i."""
-        if isinstance(i, bool) or not 0 <= int(i) < self.num_steps:
-            raise ValueError(f"step index must be in [0, {self.num_steps - 1}], got {i!r}")
-        return int(self.timesteps[int(i)])
-
-    def _alpha(self, t: int) -> float:
-        return float(self.alphas_cumprod[t]) if t >= 0 else self._final
-
-    def _prev(self, i: int) -> int:
-        return self.timestep(i) - self.schedule.num_train_timesteps // self.num_steps
-
-    def _x0(self, x: torch.Tensor, out: torch.Tensor, a: float) -> torch.Tensor:
-        kind = self.schedule.prediction_type
-        if kind == "v_prediction":
-            return a ** 0.5 * x - (1 - a) ** 0.5 * out
-        if kind == "epsilon":
-            return (x - (1 - a) ** 0.5 * out) / a ** 0.5
-        return out
-
-    def _check(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or x.shape != out.shape:
-            shapes = [tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for v in (x, out)]
-            raise ValueError(f"latents {shapes[0]} and model output {shapes[1]} must be tensors of one shape")
-
-    def step(self, i: int, x: torch.Tensor, model_output: torch.Tensor, noise=None) -> torch.Tensor:
-        """Advance the latents ``x`` (at ``timestep(i)``) by one step; ``noise`` is ignored."""
-        self._check(x, model_output)
-        t = self.timestep(i)
-        a, a_prev = self._alpha(t), self._alpha(self._prev(i))
-        cd = _compute_dtype(x)
-        xc, out = x.to(cd), model_output.to(cd)
-        x0 = self._x0(xc, out, a)
-        c = ((1 - a_prev) / (1 - a)) ** 0.5
-        self.last_x0 = x0.to(x.dtype)
-        return (c * xc + (a_prev ** 0.5 - a ** 0.5 * c) * x0).to(x.dtype)
-
-
-def _draw(noise, like: torch.Tensor) -> torch.Tensor:
-    """Fresh noise like ``like``: from a callable, or a torch.Generator drawn on its own
-    device (diffusers' randn_tensor) and moved to ``like``'s."""
-    if isinstance(noise, torch.Generator):
-        eps = torch.randn(like.shape, generator=noise, device=noise.device, dtype=like.dtype).to(like.device)
-    elif callable(noise):
-        eps = noise(like)
-    else:
-        raise ValueError("CogVideoXDPMSampler is stochastic: pass noise= (a torch.Generator or a callable like -> tensor)")
-    if not isinstance(eps, torch.Tensor) or eps.shape != like.shape:
-        raise ValueError(f"noise must give a tensor of shape {tuple(like.shape)}")
-    return eps.to(like.dtype)
-
-
-class CogVideoXDPMSampler(CogVideoXDDIMSampler):
-    """CogVideoX's DPM-Solver++(2M) SDE variant, as CogVideoXDPMScheduler steps it.
-
-    With half-log-SNRs lam = log sqrt(a / (1 - a)) of t, of t' = ``t - T // N`` and of the
-    previous step's timestep, h = lam' - lam and r = (lam - lam_back) / h:
-    x' = m1 x - m2 D + sqrt(1 - a') sqrt(1 - exp(-2h)) eps, m1 = sqrt((1 - a') / (1 - a))
-    exp(-h), m2 = expm1(-2h) sqrt(a'); D = x0 on the first and the last step, else
-    (1 + 1/(2r)) x0 - 1/(2r) x0_prev. Fresh noise eps is drawn on every step -- twice on the
-    second-order ones, the first draw then unused -- because diffusers draws so: with the
-    same torch.Generator the draws are the same (a Generator draws in the latents' own
-    layout; :func:`engine.models.cogvideox.cogvideox_sample` draws in the pipelines'
-    ``[B, F, C, h, w]``). Zero-SNR entries give infinite log-SNRs;
-    the coefficients are computed in float64 with IEEE infinities exactly as there
-    (first step: x' = sqrt(a') x0 + sqrt(1 - a') eps; last: x' = x0).
-
-    ``step(i, x, model_output, noise)``: ``noise`` a torch.Generator or a callable
-    ``noise(like) -> tensor``. Steps run in order (0 restarts).
-    """
-
-    stochastic = True
-
-    def step(self, i: int, x: torch.Tensor, model_output: torch.Tensor, noise=None) -> torch.Tensor:
-        """Advance ``x`` from ``timestep(i)``; see the class docstring."""
-        self._check(x, model_output)
-        i = int(i)
-        if i == 0:
-            self.reset()
-        t, t_prev = self.timestep(i), self._prev(i)
-        f64 = torch.float64
-
-        def lam(alpha: float) -> torch.Tensor:
-            a_ = torch.tensor(alpha, dtype=f64)
-            return (a_ / (1 - a_)).sqrt().log()
-
-        a, a_prev = self._alpha(t), self._alpha(t_prev)
-        h = lam(a_prev) - lam(a)
-        m1 = float(((1 - a_prev) / (1 - a)) ** 0.5 * (-h).exp())
-        m2 = float((-2 * h).expm1() * a_prev ** 0.5)
-        mn = float((1 - a_prev) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5)
-        cd = _compute_dtype(x)
-        xc, out = x.to(cd), model_output.to(cd)
-        x0 = self._x0(xc, out, a)
-        eps = _draw(noise, xc)
-        x_next = m1 * xc - m2 * x0 + mn * eps
-        if self._old_x0 is not None and t_prev >= 0:
-            r = (lam(a) - lam(self._alpha(self.timestep(i - 1)))) / h
-            m3, m4 = float(1 + 1 / (2 * r)), float(1 / (2 * r))
-            d = m3 * x0 - m4 * self._old_x0
-            eps = _draw(noise, xc)
-            x_next = m1 * xc - m2 * d + mn * eps
-        self._old_x0 = x0
-        self.last_x0 = x0.to(x.dtype)
-        return x_next.to(x.dtype)
-
-
-def make_cogvideox_sampler(kind: str, num_steps: int, schedule: CogVideoXSchedule | None = None):
-    """A CogVideoX sampler: ``kind`` "ddim" (:class:`CogVideoXDDIMSampler`) or "dpm"
-    (:class:`CogVideoXDPMSampler`) over ``schedule`` (default: the CogVideoX-2b config)."""
-    classes = {"ddim": CogVideoXDDIMSampler, "dpm": CogVideoXDPMSampler}
-    if kind not in classes:
-        raise ValueError(f"unknown CogVideoX sampler {kind!r}; expected one of {COGVIDEOX_SAMPLER_KINDS}")
-    return classes[kind](num_steps, schedule)

@@ -1,4 +1,4 @@
-"""Batching like denoise jobs on one worker (engine.runtime.denoise_jobs, execute(batch_jobs=)):
+"""Batching like denoise jobs on one worker (engine.denoise.denoise_jobs, execute(batch_jobs=)):
 one batched forward per step gives every job what it gets alone; the executor batches only
 jobs with equal batch keys, and the video is the same with batching on or off, on any
 worker count.
@@ -7,7 +7,7 @@ CPU float32, tiny models. With CFG (a 2-row context) a job alone is already a ba
 and the batched pass is bit for bit the same. Without CFG a job alone is a batch of ONE,
 which PyTorch's CPU Conv3d (the patch embedding) runs by its slow path (a batch of several
 goes through oneDNN): the last bits differ (~1e-7), so there the direct comparison uses
-rtol 1e-5 and the executor does not batch such jobs (engine.runtime.batchable)."""
+rtol 1e-5 and the executor does not batch such jobs (engine.denoise.batchable)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,8 @@ import torch
 import engine
 from engine.config import SamplerConfig
 from engine.plans import Clip, Plan, build_plan, default_sigmas, make_job
-from engine.runtime import (
-    RuntimeStats,
-    batch_key,
-    batchable,
-    denoise_job,
-    denoise_jobs,
-    execute,
-    stack_context,
-)
+from engine.denoise import batch_key, batchable, denoise_job, denoise_jobs, stack_context
+from engine.runtime import RuntimeStats, execute
 from engine.sampling import config_sigmas
 
 H = W = 4  # latent size of a 32 x 32 video

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from engine.inputs import resolve_components
-from engine.models.cogvideox import cogvideox_sample, cogvideox_scheduler_for, load_cogvideox
+from engine.models.cogvideox import cogvideox_scheduler_for, load_cogvideox
 from engine.models.cogvideox_text import (COGVIDEOX_TEXT_LEN, CogVideoXTextEncoder, make_tiny_cogvideox_text_encoder,
                                           make_tiny_t5_tokenizer)
 from engine.models.cogvideox_vae import (CogVideoXStreamingDecoder, decode_batches, decode_latents, encode_video,
                                          i2v_image_latents, is_cogvideox_vae, load_cogvideox_vae,
                                          make_tiny_cogvideox_vae, num_decoded_frames, scaling_factor)
-from engine.sampling import (CogVideoXSchedule, cogvideox_scheduler_kind,
-                             make_cogvideox_sampler)
+from engine.sampling import CogVideoXSchedule, cogvideox_scheduler_kind
+from cogvideox_reference import cogvideox_sample, make_cogvideox_sampler
 from helpers import randomize_, rel_err
 
 TEXT_DIM = 32
@@ -403,7 +403,7 @@ def test_generate_runs_a_cogvideox_dpm_root_as_diffusers_does(tmp_path, monkeypa
     flow variables) and equals CogVideoXPipeline when the runtime's per-step noise is the
     pipeline's generator draws (diffusers draws twice on second-order steps, the first
     unused: the replay skips it)."""
-    import engine.runtime as runtime
+    import engine.denoise as denoise
     from engine.generation import prepare
 
     pipe, root = tiny_pipeline(tmp_path, scheduler="dpm")
@@ -412,14 +412,14 @@ def test_generate_runs_a_cogvideox_dpm_root_as_diffusers_does(tmp_path, monkeypa
                 guidance_scale=6.0, generator=_gen(3), output_type="latent", return_dict=False)[0].transpose(1, 2)
     g = _gen(3)
 
-    def replay(steps, i, job, seed, shape, dev):  # the pipeline's draws, in its [B, F, C, h, w] layout
-        if not steps.stochastic or i + 1 >= steps.num_steps:
-            return None
-        for _ in range(1 if i == 0 else 2):
-            eps = torch.randn(B, len(job.generated_positions), 16, H // 8, W // 8, generator=g)
-        return eps.transpose(1, 2)
+    def replay(jobs, seed, shape, dev):  # the pipeline's draws, in its [B, F, C, h, w] layout
+        def noise(k, i):  # asked on every step but the last (engine.denoise.sample)
+            for _ in range(1 if i == 0 else 2):
+                eps = torch.randn(B, len(jobs[k].generated_positions), 16, H // 8, W // 8, generator=g)
+            return eps.transpose(1, 2)
+        return noise
 
-    monkeypatch.setattr(runtime, "_renoise", replay)
+    monkeypatch.setattr(denoise, "renoise", replay)
     pr = prepare(str(root), num_frames=9, height=H, width=W, prompt=PROMPTS[0], chunk_frames=F_LAT,
                  noise=noise.transpose(1, 2), devices=["cpu"])
     assert pr.sampler.kind == "dpm" and pr.sampler.schedule == "cogvideox" and pr.sampler.num_steps == 50

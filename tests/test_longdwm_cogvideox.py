@@ -11,8 +11,9 @@ import torch
 import engine
 from engine.config import SamplerConfig
 from engine.generation import prepare, run
-from engine.models.cogvideox import COGVIDEOX_PRESETS, build_cogvideox, cogvideox_sample
+from engine.models.cogvideox import COGVIDEOX_PRESETS, build_cogvideox
 from engine.sampling import CogVideoXSchedule
+from cogvideox_reference import cogvideox_sample
 from helpers import randomize_, rel_err
 
 H = W = 32
@@ -68,7 +69,7 @@ def test_145_frames_keyframes_as_images_and_fine_clips_see_both_ends(models, con
     job = plan.job("longdwm/fine4")
     fine = models["fine_i2v" if cond == "channels" else "fine"]
     ctx = pr.make_context("fine", pr.models["fine"])
-    from engine.runtime import initial_latents
+    from engine.denoise import initial_latents
 
     C = 16
     src = {p: lat[p] for p, _ in plan.reads_of(job)}
@@ -91,7 +92,7 @@ def test_145_frames_keyframes_as_images_and_fine_clips_see_both_ends(models, con
 
 def _sample(model, x, ctx, **kw):
     """CogVideoX DDIM over every frame of ``x`` (no CFG), the model's text context given."""
-    from engine.sampling import CogVideoXDDIMSampler
+    from cogvideox_reference import CogVideoXDDIMSampler
 
     smp = CogVideoXDDIMSampler(STEPS)
     for i in range(STEPS):
@@ -105,7 +106,7 @@ def _sample_with_context(model, full, ctx):
     """DDIM on frames 1 .. n-2 of ``full`` with frames 0 and n-1 clean (timestep 0), every
     frame seeing the clean ends and the generated frames seeing each other."""
     from engine.plans.core import conditioned_visibility
-    from engine.sampling import CogVideoXDDIMSampler
+    from cogvideox_reference import CogVideoXDDIMSampler
 
     n = full.shape[2]
     gen = [False] + [True] * (n - 2) + [False]

@@ -1,6 +1,6 @@
 """MiLA's schedules and anchor re-noising (paper Secs. 3.3, 3.4): TPD's three constraints
 (engine.plans.core.tpd_table) and JDC's variance-kept structured noise with a timestep
-linear in the clip's (engine.runtime.initial_latents, Job.anchor_structure)."""
+linear in the clip's (engine.denoise.initial_latents, Job.anchor_structure)."""
 
 import dataclasses
 import math
@@ -10,7 +10,7 @@ import torch
 
 from engine.plans import PlanError, build_plan, default_sigmas, make_job, tpd_table, uniform_table
 from engine.plans.core import TPD_FAST, TPD_SLOW, Job
-from engine.runtime import initial_latents
+from engine.denoise import initial_latents
 from engine.sampling import flow_sigmas
 from engine_kernels import frame_noise, highpass_reference
 

@@ -162,7 +162,7 @@ def test_initial_latents_kernel_path_equals_reference():
     """The runtime's CUDA path (Triton noise_init: interpolation, fresh share and anchor
     re-noising in one pass) equals its torch reference path -- here under the interpreter."""
     from engine.plans import make_job
-    from engine.runtime import initial_latents
+    from engine.denoise import initial_latents
 
     base = [1.0, 0.6, 0.0]
     frames = {0: (False, "a"), 1: (True, None), 2: (True, "c"), 3: (True, None), 5: (False, "b")}

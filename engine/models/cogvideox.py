@@ -44,12 +44,15 @@ Parameter names follow diffusers' CogVideoXTransformer3DModel except three renam
 (``attn1.to_out.0`` -> ``attn1.to_out``, ``ff.net.0.proj`` -> ``ff.0``, ``ff.net.2`` ->
 ``ff.2``); :func:`load_cogvideox` reads diffusers folders directly.
 
-Sampling as diffusers' pipelines do (:func:`cogvideox_sample`): CogVideoXPipeline
-(text-to-video) and CogVideoXImageToVideoPipeline (the image latents of
-:func:`engine.models.cogvideox_vae.i2v_image_latents` appended on channels, in_channels
-32) with CogVideoX's own DDIM / DPM samplers (:mod:`engine.sampling`), the scheduler
-config of the model's pipeline root (:func:`cogvideox_scheduler_for`), batched CFG and
-optional dynamic CFG. The VAE and T5 encoder live in :mod:`engine.models.cogvideox_vae`
+Sampling runs through the engine's one runtime (``engine.generate`` on a CogVideoX model
+or pipeline root): the DiT wrapped as a flow model
+(:class:`engine.models.adapters.VPredictionAdapter`), CogVideoX's DDIM / DPM as the flow
+Euler / DPM-Solver++ SDE samplers on its timesteps (:mod:`engine.sampling`), the
+scheduler config of the model's pipeline root (:func:`cogvideox_scheduler_for`); equal to
+diffusers' CogVideoXPipeline and CogVideoXImageToVideoPipeline (the image latents of
+:func:`engine.models.cogvideox_vae.i2v_image_latents` on channels, in_channels 32).
+Dynamic CFG (``use_dynamic_cfg``) exists only in the tests' pipeline reference
+(``tests/cogvideox_reference.py``). The VAE and T5 encoder live in :mod:`engine.models.cogvideox_vae`
 and :mod:`engine.models.cogvideox_text`.
 
 Not supported: CogVideoX 1.5 (``patch_size_t``, ``ofs_embed_dim``), KV caches.
@@ -68,8 +71,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import FrameVisibility, attention, resolve_backend
-from ..sampling import (CogVideoXSchedule, cogvideox_dynamic_guidance, cogvideox_scheduler_kind,
-                        make_cogvideox_sampler)
+from ..sampling import CogVideoXSchedule, cogvideox_scheduler_kind
 from .wan import apply_rope, init_random_weights
 from .weights import CheckpointError, check_state_dict, read_state_dict, strip_prefixes
 
@@ -846,125 +848,3 @@ def cogvideox_scheduler_for(model) -> tuple[str, CogVideoXSchedule]:
     return "ddim", default_cogvideox_schedule(model.config)
 
 
-def _rows(x: torch.Tensor | None, batch: int, name: str, last: int | None = None) -> torch.Tensor | None:
-    if x is None:
-        return None
-    if not isinstance(x, torch.Tensor) or x.dim() != 3 or (last is not None and x.shape[-1] != last):
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be [B, L, {last or 'D'}], got {shape}")
-    if x.shape[0] == 1 and batch > 1:
-        x = x.expand(batch, -1, -1)
-    if x.shape[0] != batch:
-        raise ValueError(f"{name} has batch {x.shape[0]} but the latents have batch {batch}")
-    return x
-
-
-@torch.no_grad()
-def cogvideox_sample(
-    model,
-    latents: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    negative_prompt_embeds: torch.Tensor | None = None,
-    *,
-    num_steps: int = 50,
-    guidance_scale: float = 6.0,
-    use_dynamic_cfg: bool = False,
-    image_latents: torch.Tensor | None = None,
-    sampler: str | object | None = None,
-    schedule: CogVideoXSchedule | None = None,
-    noise=None,
-    callback=None,
-    **model_kwargs,
-) -> torch.Tensor:
-    """Denoise ``latents`` as diffusers' CogVideoX pipelines do; returns the final latents
-    (what ``pipe(..., output_type="latent")`` returns, in our ``[B, C, F, H, W]`` layout).
-
-    model: a :class:`CogVideoXDiT` (raw v-prediction; a VPredictionAdapter is unwrapped).
-    latents: the initial noise ``[B, 16, F, h, w]`` (the pipeline's ``latents=``, transposed;
-    ``init_noise_sigma`` is 1). prompt_embeds / negative_prompt_embeds: ``[B or 1, L,
-    text_dim]`` (:meth:`engine.models.cogvideox_text.CogVideoXTextEncoder.encode`; the
-    pipelines encode ``""`` as the negative when none is given -- pass that here).
-    guidance_scale: CFG runs when > 1, as one batched forward of [negative, positive]
-    (the pipelines' order): ``u + g (c - u)``; ``use_dynamic_cfg`` replaces g at every step
-    by :func:`engine.sampling.cogvideox_dynamic_guidance`.
-    image_latents: the I2V condition ``[B, 16, F, h, w]``
-    (:func:`engine.models.cogvideox_vae.i2v_image_latents`), appended to the model input's
-    channels at every step (required when the model's in_channels exceed the latents').
-    sampler: "ddim" | "dpm" | a sampler object of :mod:`engine.sampling` (default: the
-    model's pipeline scheduler, :func:`cogvideox_scheduler_for`); schedule overrides its
-    :class:`~engine.sampling.CogVideoXSchedule`. noise: the DPM sampler's fresh noise: a
-    torch.Generator -- the pipelines' ``generator``; drawn in their ``[B, F, C, h, w]``
-    layout, then transposed, so the same generator gives the same noise -- or a callable
-    ``noise(like) -> tensor``. callback(i, t, x)
-    after every step. model_kwargs (``frame_positions``, ``visibility``) go to the model.
-
-    The model runs on every step in its own dtype; the model output is taken in float32,
-    the step is float32, and the latents are kept in the prompt embeddings' dtype between
-    steps (the pipelines' casts).
-    """
-    if hasattr(model, "alphas_cumprod") and hasattr(model, "model"):  # a VPredictionAdapter: the raw DiT
-        model = model.model
-    if not isinstance(model, CogVideoXDiT):
-        raise ValueError(f"cogvideox_sample needs a CogVideoXDiT, got {type(model).__name__}")
-    cfg = model.config
-    if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or latents.shape[1] != cfg.out_channels:
-        shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-        raise ValueError(f"latents must be [B, {cfg.out_channels}, F, h, w] (the initial noise), got {shape}")
-    B = latents.shape[0]
-    extra = cfg.in_channels - cfg.out_channels
-    if extra and image_latents is None:
-        raise ValueError(f"model {cfg.name!r} takes {cfg.in_channels} input channels: it is image-to-video, "
-                         f"pass image_latents=[B, {extra}, F, h, w] (engine.models.cogvideox_vae.i2v_image_latents)")
-    if image_latents is not None:
-        if not extra:
-            raise ValueError(f"model {cfg.name!r} is text-to-video (in_channels {cfg.in_channels}); it takes no "
-                             f"image_latents")
-        if image_latents.dim() != 5 or image_latents.shape[1] != extra or image_latents.shape[2:] != latents.shape[2:]:
-            raise ValueError(f"image_latents must be [B, {extra}, {', '.join(map(str, latents.shape[2:]))}], "
-                             f"got {tuple(image_latents.shape)}")
-        if image_latents.shape[0] == 1 and B > 1:
-            image_latents = image_latents.expand(B, -1, -1, -1, -1)
-    pos = _rows(prompt_embeds, B, "prompt_embeds", cfg.text_dim)
-    do_cfg = guidance_scale > 1.0
-    neg = _rows(negative_prompt_embeds, B, "negative_prompt_embeds", cfg.text_dim)
-    if do_cfg and neg is None:
-        raise ValueError("guidance_scale > 1 needs negative_prompt_embeds (the pipelines encode the negative "
-                         "prompt, '' by default: CogVideoXTextEncoder.encode(''))")
-    if do_cfg and neg.shape != pos.shape:
-        raise ValueError(f"prompt_embeds {tuple(pos.shape)} and negative_prompt_embeds {tuple(neg.shape)} must "
-                         f"have one shape")
-
-    if sampler is None or isinstance(sampler, str):
-        kind, sched = cogvideox_scheduler_for(model)
-        smp = make_cogvideox_sampler(sampler or kind, num_steps, schedule or sched)
-    else:
-        smp = sampler
-        smp.reset()
-    if isinstance(noise, torch.Generator):  # draw as the pipelines do: in their [B, F, C, h, w] layout
-        gen = noise
-
-        def noise(like: torch.Tensor) -> torch.Tensor:
-            shape = (like.shape[0], like.shape[2], like.shape[1], *like.shape[3:])
-            eps = torch.randn(shape, generator=gen, device=gen.device, dtype=like.dtype)
-            return eps.transpose(1, 2).to(like.device)
-    dt = pos.dtype
-    dev = model.device
-    ctx = model.prepare_context(torch.cat([neg, pos]) if do_cfg else pos)
-    cond = None
-    if image_latents is not None:
-        cond = image_latents.to(dev, dt)
-        cond = torch.cat([cond, cond]) if do_cfg else cond
-    x = latents.to(dev) * smp.init_noise_sigma
-    for i in range(smp.num_steps):
-        t = smp.timestep(i)
-        inp = torch.cat([x, x]) if do_cfg else x
-        tt = torch.full((inp.shape[0],), float(t), device=dev)
-        out = model(inp, tt, ctx, condition=cond, **model_kwargs).float()
-        if do_cfg:
-            g = cogvideox_dynamic_guidance(guidance_scale, t, smp.num_steps) if use_dynamic_cfg else guidance_scale
-            u, c = out.chunk(2)
-            out = u + g * (c - u)
-        x = smp.step(i, x.float(), out, noise=noise).to(dt)
-        if callback is not None:
-            callback(i, t, x)
-    return x

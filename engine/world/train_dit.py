@@ -6,7 +6,7 @@ One model serves every strategy of the engine (``ar``, ``mmpl``, ``longdwm``, ``
 each training batch draws one *frame-role pattern* -- which latent frames of the pass are
 clean context (timestep 0, as the runtime feeds context) and which are generated (noised
 with their own sigma), the frame-level visibility and the RoPE positions -- exactly as
-:func:`engine.runtime.denoise_jobs` / the KV-cache path call :class:`~engine.models.wan.WanDiT`.
+:func:`engine.denoise.denoise_jobs` / the KV-cache path call :class:`~engine.models.wan.WanDiT`.
 
 Shapes (latent size of the 64 x 112 world video: 8 x 14, 28 tokens per latent frame):
 
