@@ -8,7 +8,7 @@ jobs per batched forward) side by side in one run: alternating, best of --repeat
     python bench/batching.py --device cuda:0 --model wan2.1-t2v-1.3b --size 480x832 --dtype bf16
 
 DiT only (latents out, no VAE). CFG is on (a 2-row context): the executor batches only
-jobs whose pass alone already has two rows (engine.runtime.batchable), so batched and
+jobs whose pass alone already has two rows (engine.denoise.batchable), so batched and
 alone are bit for bit the same; the outputs are checked. Writes
 out/bench/batching-<device>-<date>.json (several configurations append to one file;
 ``--out PATH`` elsewhere: the committed result was written with
@@ -141,7 +141,7 @@ def main():
     if args.smoke:
         args.size, args.pairs, args.steps, args.repeats = (32, 32), 4, 2, 1
     if args.cfg == 1.0:
-        p.error("--cfg 1.0: the executor batches only CFG (2-row) jobs (engine.runtime.batchable)")
+        p.error("--cfg 1.0: the executor batches only CFG (2-row) jobs (engine.denoise.batchable)")
     load = list(os.getloadavg())
     row = bench(args)
     row.update({
