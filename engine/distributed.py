@@ -300,7 +300,8 @@ def run_distributed(plan: Plan, models: dict, *, devices: list[str], make_contex
                     vae=None, make_decoder: Callable | None = None, to_frames: Callable | None = None,
                     shuffle: int | None = None, cpu_threads: int = 1, stats: RuntimeStats | None = None,
                     compile_mode: str | None = None, group=None,
-                    noise: torch.Tensor | None = None, batch_jobs: int = 1) -> Iterator[tuple[list[int], object]]:
+                    noise: torch.Tensor | None = None, batch_jobs: int = 1,
+                    encode: Callable | None = None) -> Iterator[tuple[list[int], object]]:
     """:func:`engine.runtime.execute` over the ranks of ``group`` (default: the world).
 
     Every rank calls it with the same plan, seed, sizes and models; ``devices`` are this
@@ -342,4 +343,4 @@ def run_distributed(plan: Plan, models: dict, *, devices: list[str], make_contex
                    latent_hw=latent_hw, inputs=inputs, condition=condition, vae=vae, make_decoder=make_decoder,
                    to_frames=to_frames, cpu_threads=cpu_threads, stats=stats, compile_mode=compile_mode,
                    placement=rank_placement(plan, assignment, rank), worker_prefix=f"r{rank}/",
-                   extra_threads=communicator, noise=noise, batch_jobs=batch_jobs)
+                   extra_threads=communicator, noise=noise, batch_jobs=batch_jobs, encode=encode)

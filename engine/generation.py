@@ -148,6 +148,7 @@ class PreparedRun:
     condition: torch.Tensor | None
     vae: object
     make_decoder: Callable
+    encode: Callable
     compile_mode: str | None
     cpu_threads: int
     shuffle: int | None
@@ -472,17 +473,18 @@ def _prepare(
                                vae_dtype=parse_dtype(vae_dtype or "float32"))
     from dataclasses import replace as _replace
 
-    from .models.cogvideox_vae import CogVideoXClipDecoder, is_cogvideox_vae
+    from .models.codecs import codec_for
 
-    if is_cogvideox_vae(comps.vae):  # its decoder cannot continue a clip: one decode job per clip
+    codec = codec_for(comps.vae)  # how this VAE encodes and decodes (one record per family)
+    if codec.whole_clip:  # its decoder cannot continue a clip: one decode job per clip
         plan = _replace(plan, whole_clip_decodes=True)
     check_memory(model, comps.vae, plan, h, w, model.device,
                  workers=sum(1 for d in (devices or [str(model.device)]) if torch.device(d) == model.device))
-    from .models.vae import StreamingDecoder, encode_frames, i2v_condition
+    from .models.vae import i2v_condition
 
-    default_decoder = CogVideoXClipDecoder if is_cogvideox_vae(comps.vae) else StreamingDecoder
-    make_decoder = _decoder_factory(decoder, ctl, default_decoder, comps.vae)  # channel mismatch: an error now
-    check_plan_decodes(plan, comps.vae)
+    make_decoder = _decoder_factory(decoder, ctl, codec, comps.vae)  # channel mismatch: an error now
+    if codec.check_decodes is not None:
+        codec.check_decodes(plan)
 
     image_embeds = _image_tokens(roles, comps, first_frame, image_embeds, image_encoder)
 
@@ -505,12 +507,12 @@ def _prepare(
 
                 condition = i2v_image_latents(comps.vae, img, F_lat, sample=False)
             else:
-                first_latent = encode_frames(comps.vae, img[:, :, None])
+                first_latent = codec.encode(comps.vae, img[:, :, None])
         inputs = {0: first_latent} if first_latent is not None else {}
         if priors is not None:  # each prior frame encoded alone (an image latent), views side by side
             from .control.multiview import pack_views
 
-            z = torch.stack([torch.cat([encode_frames(comps.vae, f[None, :, None].to(model.device)) for f in v], 2)
+            z = torch.stack([torch.cat([codec.encode(comps.vae, f[None, :, None].to(model.device)) for f in v], 2)
                              for v in priors], 1)  # [1, V, C, P, h, w]
             z = pack_views(z)
             inputs = {p: z[:, :, p:p + 1] for p in range(P)}
@@ -537,7 +539,7 @@ def _prepare(
     return PreparedRun(plan=plan, models=roles, devices=list(devices) if devices else [str(model.device)],
                        make_context=make_context, seed=seed, sampler=sampler, latent_hw=(h, w),
                        inputs=inputs, condition=condition,
-                       vae=comps.vae, make_decoder=make_decoder,
+                       vae=comps.vae, make_decoder=make_decoder, encode=codec.encode,
                        compile_mode=compile_mode, cpu_threads=cpu_threads, shuffle=shuffle, fps=float(fps or cfg.fps),
                        batch_jobs=_batch_jobs(batch_jobs, engine_config),
                        noise=noise)
@@ -597,34 +599,6 @@ def check_ddpm_schedule(model, sampler: SamplerConfig) -> None:
                          f"(its scheduler config, engine.models.cogvideox.cogvideox_scheduler_for); pass that one")
 
 
-def check_plan_decodes(plan, vae) -> None:
-    """A CogVideoX VAE decodes what diffusers' ``vae.decode`` decodes: a whole clip of an odd
-    number of latents (4F - 3 frames) or single image latents; its decoder cannot continue
-    a clip another decode job began (its frame batches and GroupNorms span the clip). A
-    plan decoding a video clip in pieces, or an even-latent clip (CogVideoX 1.0 decodes it
-    to 4F frames, not the plan's 4F - 3), is a ValueError naming the clip and the fix."""
-    from .models.cogvideox_vae import is_cogvideox_vae
-
-    if vae is None or not is_cogvideox_vae(vae):
-        return
-    for d in plan.decodes:  # hand-offs (e.g. MMPL's init + terminal frames) decode as one sequence too
-        if len(d.latents) % 2 == 0:
-            raise ValueError(f"hand-off decode {d.id!r} decodes {len(d.latents)} latents: CogVideoX 1.0's VAE decodes "
-                             f"an even number F of latents to 4F frames, not 4F - 3; this plan's hand-offs do not fit "
-                             f"CogVideoX's VAE")
-    for clip in plan.clips:
-        chain = plan.clip_decodes.get(clip.id, [])
-        if clip.kind == "image" or not chain:
-            continue
-        if clip.length % 2 == 0 and clip.length > 1:
-            raise ValueError(f"clip {clip.id!r} has {clip.length} latents: CogVideoX 1.0's VAE decodes an even number "
-                             f"F of latents to 4F frames, not 4F - 3; use an odd latent count (e.g. 49 frames = 13 "
-                             f"latents) or image-latent clips (longdwm fine_latents='image')")
-        if len(chain) > 1:
-            raise ValueError(f"clip {clip.id!r} ({clip.length} latents) is decoded in {len(chain)} pieces, but CogVideoX's "
-                             f"VAE decodes a clip whole: build the plan with whole_clip_decodes=True (generate does)")
-
-
 def _batch_jobs(batch_jobs, engine_config) -> int:
     """How many like denoise jobs a worker runs as one batched forward (1: off): the
     argument, else the EngineConfig's, else 1; an int >= 1."""
@@ -634,18 +608,17 @@ def _batch_jobs(batch_jobs, engine_config) -> int:
     return n
 
 
-def _decoder_factory(decoder, ctl, default, vae=None):
+def _decoder_factory(decoder, ctl, codec, vae=None):
     """vae -> a fresh streaming decoder: ``decoder`` (resolved by
     :func:`engine.decoders.resolve_decoder`: a light decoder or a callable) if given, the
-    controls' own (multi-view) if any, else ``default``. A light decoder whose latent
-    channels differ from ``vae``'s is refused here, before any work."""
+    controls' own (multi-view) if any, else the ``codec``'s
+    (:class:`~engine.models.codecs.Codec`). A light decoder for a codec that takes none, or
+    whose latent channels differ from ``vae``'s, is refused here, before any work."""
     from .decoders import resolve_decoder
 
     decoder = resolve_decoder(decoder)
     if decoder is not None:
-        from .models.cogvideox_vae import is_cogvideox_vae
-
-        if vae is not None and is_cogvideox_vae(vae):
+        if not codec.light_decoders:
             raise ValueError("light decoders (TAEHV, LightTAE, LightVAE, a custom callable) decode Wan's latent space; "
                              "a CogVideoX model decodes with its own VAE: drop decoder=")
         if vae is not None and hasattr(decoder, "check_vae"):
@@ -653,7 +626,7 @@ def _decoder_factory(decoder, ctl, default, vae=None):
         if ctl is not None and ctl.views > 1:
             raise ValueError("a custom decoder= cannot be combined with multi-view generation (views > 1)")
         return decoder
-    return ctl.decoder if ctl is not None and ctl.views > 1 else default
+    return ctl.decoder if ctl is not None and ctl.views > 1 else codec.decoder
 
 
 def _role_models(strategy, model, coarse_model, fine_model, dtype, device, engine_config) -> dict:
@@ -684,7 +657,7 @@ def run(prepared: PreparedRun, stats: RunStats | None = None, keep_latents: dict
     execute_here = run_distributed if distributed_active() else execute
     it = execute_here(r.plan, r.models, devices=r.devices, make_context=r.make_context, seed=r.seed,
                       sampler=r.sampler, latent_hw=r.latent_hw, inputs=r.inputs, condition=r.condition, vae=r.vae,
-                      make_decoder=r.make_decoder, to_frames=_frames_with_telemetry(stats), shuffle=r.shuffle,
+                      make_decoder=r.make_decoder, encode=r.encode, to_frames=_frames_with_telemetry(stats), shuffle=r.shuffle,
                       cpu_threads=r.cpu_threads, stats=stats.runtime if stats is not None else None,
                       compile_mode=r.compile_mode, noise=r.noise, batch_jobs=r.batch_jobs,
                       **({} if keep_latents is None else {"keep_latents": keep_latents}))

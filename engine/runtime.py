@@ -193,7 +193,7 @@ class Executor:
                  condition: torch.Tensor | None, vae, make_decoder: Callable | None, to_frames: Callable | None,
                  shuffle: int | None, cpu_threads: int, stats: RuntimeStats, placement: Placement | None = None,
                  worker_prefix: str = "", noise: torch.Tensor | None = None, keep_latents: dict | None = None,
-                 batch_jobs: int = 1):
+                 batch_jobs: int = 1, encode: Callable | None = None):
         self.plan = plan
         self.batch_jobs = check_batch_jobs(batch_jobs)
         self.seed = seed
@@ -204,14 +204,16 @@ class Executor:
         self.latent_hw = latent_hw
         self.condition = condition
         self.make_decoder = make_decoder
+        self.encode = encode
         self.to_frames = to_frames
         self.stats = stats
         self.cpu_threads = cpu_threads
         self.placement = placement or Placement()
         self.decoding = make_decoder is not None
-        if not self.decoding and plan.encodes:
+        if plan.encodes and (not self.decoding or encode is None):
             raise ValueError(f"plan {plan.strategy!r} re-encodes decoded frames ({plan.encodes[0].id!r}): it needs "
-                             f"a VAE decoder")
+                             f"a VAE decoder and encoder (make_decoder= and encode=, e.g. the VAE's "
+                             f"engine.models.codecs.codec_for(vae).encode)")
         self.devices = [torch.device(d) for d in devices]
         self.names = [f"{worker_prefix}w{i}:{d}" for i, d in enumerate(devices)]
         self.lanes = {str(d): Lane(d) for d in self.devices}
@@ -633,8 +635,6 @@ class Executor:
                 self.decoders[job.pin] = dec  # the next job of the chain continues this state
             return {(job.id, "px"): torch.cat(parts, 2)}
         if isinstance(job, EncodeJob):
-            from .models.vae import encode_frames
-
             frames = []
             for d, i in self.plan.pixel_reads_of(job):
                 e = pixels[d]
@@ -643,9 +643,9 @@ class Executor:
             vae = self.vaes[key]
             with self.encode_lock:
                 if job.image:
-                    z = torch.cat([encode_frames(vae, video[:, :, k:k + 1]) for k in range(video.shape[2])], 2)
+                    z = torch.cat([self.encode(vae, video[:, :, k:k + 1]) for k in range(video.shape[2])], 2)
                 else:
-                    z = encode_frames(vae, video)
+                    z = self.encode(vae, video)
             check_finite_latents(job, z, job.positions)
             return {(job.id, p): z[:, :, k:k + 1].float() for k, p in enumerate(job.positions)}
         src = {p: lane.fetch(e.tensor, e.event) for p, e in entries.items()}
@@ -868,7 +868,7 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
             placement: Placement | None = None, worker_prefix: str = "",
             extra_threads: Callable[[Executor], list[threading.Thread]] | None = None,
             noise: torch.Tensor | None = None, keep_latents: dict | None = None,
-            batch_jobs: int = 1) -> Iterator[tuple[list[int], object]]:
+            batch_jobs: int = 1, encode: Callable | None = None) -> Iterator[tuple[list[int], object]]:
     """Run ``plan`` and yield (latent positions, output) in video order as prefixes complete:
     decoded frames ``to_frames(video [1, 3, t, H, W])`` when ``make_decoder`` is given, else
     clean latents [1, C, 1, h, w] on the CPU, one position at a time.
@@ -877,8 +877,10 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
     make_context(role, model_on_device) -> the text context that model is called with;
     inputs: {position: clean latent [1, C, 1, h, w]} for the plan's given frames;
     condition: [1, c, F, h, w] over the timeline (I2V channels), sliced per job;
-    vae + make_decoder(vae) -> a fresh streaming decoder (``reset`` / ``decode_chunk``):
-    the decode and encode jobs' VAE (copied once per device);
+    vae + make_decoder(vae) -> a fresh streaming decoder (``reset`` / ``decode_chunk``)
+    + encode(vae, video [1, 3, T, H, W]) -> latents [1, C, F, h, w] (the VAE's codec,
+    :mod:`engine.models.codecs`; needed when the plan has encode jobs): the decode and
+    encode jobs' VAE (copied once per device);
     shuffle: seed to pick ready jobs at random instead of by priority (tests);
     cpu_threads: torch intra-op threads while the run lasts (pinned: results depend on it);
     compile_mode: run every DiT's blocks under ``torch.compile`` (:mod:`engine.compile`);
@@ -899,7 +901,7 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
     stats = start_stats(plan, stats, [f"{worker_prefix}w{i}:{d}" for i, d in enumerate(devices)])
     return _execute(plan, models, list(devices), make_context, seed, sampler or SamplerConfig(), latent_hw,
                     inputs or {}, condition, vae, make_decoder, to_frames, shuffle, cpu_threads, stats, compile_mode,
-                    placement, worker_prefix, extra_threads, noise, keep_latents, batch_jobs)
+                    placement, worker_prefix, extra_threads, noise, keep_latents, batch_jobs, encode)
 
 
 def check_batch_jobs(batch_jobs) -> int:
@@ -925,14 +927,15 @@ def check_noise(plan: Plan, noise: torch.Tensor | None, models: dict, latent_hw:
 
 def _execute(plan, models, devices, make_context, seed, sampler, latent_hw, inputs, condition, vae, make_decoder,
              to_frames, shuffle, cpu_threads, stats, compile_mode, placement, worker_prefix, extra_threads,
-             noise=None, keep_latents=None, batch_jobs=1):
+             noise=None, keep_latents=None, batch_jobs=1, encode=None):
     from .compile import compiled_models
 
     reset_peak_memory(devices)
     run = Executor(plan, models, devices, make_context, seed=seed, sampler=sampler, latent_hw=latent_hw,
                    inputs=inputs, condition=condition, vae=vae, make_decoder=make_decoder, to_frames=to_frames,
                    shuffle=shuffle, cpu_threads=cpu_threads, stats=stats, placement=placement,
-                   worker_prefix=worker_prefix, noise=noise, keep_latents=keep_latents, batch_jobs=batch_jobs)
+                   worker_prefix=worker_prefix, noise=noise, keep_latents=keep_latents, batch_jobs=batch_jobs,
+                   encode=encode)
     distinct = {id(m): m for per in run.models.values() for m in per.values()}
     with compiled_models(list(distinct.values()), compile_mode):
         yield from run.run(extra_threads(run) if extra_threads is not None else ())

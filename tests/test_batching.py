@@ -170,7 +170,7 @@ def run_prepared(prepared, *, devices, batch_jobs, shuffle=None):
     it = execute(r.plan, r.models, devices=devices, make_context=r.make_context, seed=r.seed, sampler=r.sampler,
                  latent_hw=r.latent_hw, inputs=r.inputs, condition=r.condition, vae=r.vae, make_decoder=r.make_decoder,
                  to_frames=lambda v: to_uint8_frames(v)[0], shuffle=shuffle, cpu_threads=r.cpu_threads, stats=stats,
-                 noise=r.noise, keep_latents=kept, batch_jobs=batch_jobs)
+                 noise=r.noise, keep_latents=kept, batch_jobs=batch_jobs, encode=r.encode)
     frames = np.concatenate([f for _, f in it])
     return frames, kept, stats
 

@@ -192,7 +192,7 @@ class ControlSetup:
               ) -> torch.Tensor:
         """Encode the control videos and keep the timeline controls; returns the run's
         condition tensor (the I2V condition, or None) unchanged."""
-        from ..models.vae import encode_frames
+        from ..models.codecs import codec_for
 
         built: dict = {}
         if self.trajectory is not None:
@@ -202,7 +202,7 @@ class ControlSetup:
                 from ..video import Video
 
                 Video.from_tensor(video).save(str(Path(self.save_warped)))
-            built["warp"] = encode_frames(vae, video.to(_vae_device(vae)))
+            built["warp"] = codec_for(vae).encode(vae, video.to(_vae_device(vae)))
         for k, z in built.items():
             if z.shape[2] != self.latent_frames:
                 raise ControlError(f"the {k} control encodes to {z.shape[2]} latent frames, the video has {self.latent_frames}")

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .cogvideox import CogVideoXConfig, CogVideoXDiT, load_cogvideox
-from .wan_control import ControlPass, WarpInjection, share_weights
+from .wan_control import ControlPass, WarpInjection, fitted_layer, share_weights
 
 CONTROL_KINDS = ("warp",)
 
@@ -76,17 +76,9 @@ class ControlledCogVideoXDiT(CogVideoXDiT):
             groups.setdefault(kind, {})[rest] = v
         for kind, sd in groups.items():
             cfg = self.config
-            layer = WarpInjection(cfg.out_channels, cfg.dim, cfg.patch_size)
-            expected = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
-            missing = sorted(set(expected) - set(sd))
-            unexpected = sorted(set(sd) - set(expected))
-            bad = sorted(f"{k}: {tuple(sd[k].shape)} vs {expected[k]}" for k in set(sd) & set(expected)
-                         if tuple(sd[k].shape) != expected[k])
-            if missing or unexpected or bad:
-                raise ValueError(f"{source}: control layer {kind!r} does not fit model {cfg.name!r}: missing "
-                                 f"{missing}, unexpected {unexpected}, mis-shaped {bad}")
-            layer.load_state_dict({k: v.float() for k, v in sd.items()})
-            self.control_layers[kind] = layer.to(device=self.device, dtype=self.dtype).requires_grad_(False)
+            self.control_layers[kind] = fitted_layer(WarpInjection(cfg.out_channels, cfg.dim, cfg.patch_size), sd,
+                                                     f"{source}: control layer {kind!r} of model {cfg.name!r}",
+                                                     self.device, self.dtype)
 
     def forward(self, latents, timesteps, text_embeds, *, image_embeds=None, condition=None, frame_positions=None,
                 visibility=None, kv_cache=None, cache_slots=None, control: ControlPass | None = None) -> torch.Tensor:

@@ -310,6 +310,31 @@ def i2v_image_latents(vae, image: torch.Tensor, num_latent_frames: int, *, gener
 # --------------------------------------------------------------------------- streaming decode
 
 
+def check_plan_decodes(plan) -> None:
+    """The decodes of ``plan`` (an :class:`engine.plans.Plan`) that a CogVideoX VAE can do
+    (its :class:`~engine.models.codecs.Codec` check). It decodes what diffusers' ``vae.decode`` decodes: a whole clip of an odd
+    number of latents (4F - 3 frames) or single image latents; its decoder cannot continue
+    a clip another decode job began (its frame batches and GroupNorms span the clip). A
+    plan decoding a video clip in pieces, or an even-latent clip (CogVideoX 1.0 decodes it
+    to 4F frames, not the plan's 4F - 3), is a ValueError naming the clip and the fix."""
+    for d in plan.decodes:  # hand-offs (e.g. MMPL's init + terminal frames) decode as one sequence too
+        if len(d.latents) % 2 == 0:
+            raise ValueError(f"hand-off decode {d.id!r} decodes {len(d.latents)} latents: CogVideoX 1.0's VAE decodes "
+                             f"an even number F of latents to 4F frames, not 4F - 3; this plan's hand-offs do not fit "
+                             f"CogVideoX's VAE")
+    for clip in plan.clips:
+        chain = plan.clip_decodes.get(clip.id, [])
+        if clip.kind == "image" or not chain:
+            continue
+        if clip.length % 2 == 0 and clip.length > 1:
+            raise ValueError(f"clip {clip.id!r} has {clip.length} latents: CogVideoX 1.0's VAE decodes an even number "
+                             f"F of latents to 4F frames, not 4F - 3; use an odd latent count (e.g. 49 frames = 13 "
+                             f"latents) or image-latent clips (longdwm fine_latents='image')")
+        if len(chain) > 1:
+            raise ValueError(f"clip {clip.id!r} ({clip.length} latents) is decoded in {len(chain)} pieces, but CogVideoX's "
+                             f"VAE decodes a clip whole: build the plan with whole_clip_decodes=True (generate does)")
+
+
 class CogVideoXStreamingDecoder:
     """Per-clip streaming decode with diffusers' own batches and causal-conv cache, equal to
     one ``vae.decode`` of the clip (module docstring).
@@ -438,7 +463,7 @@ class CogVideoXClipDecoder:
     an odd number of latents (4F - 3 frames) or one image latent (1 frame). A second call
     without ``reset`` -- a clip continued by another decode job -- is refused: diffusers'
     decoder batches and normalises over the clip, so a piece cannot be decoded alone
-    (:func:`engine.generation.check_plan_decodes` refuses such plans up front)."""
+    (:func:`check_plan_decodes` refuses such plans up front)."""
 
     whole_clip = True
 
@@ -455,6 +480,6 @@ class CogVideoXClipDecoder:
         """A whole clip's latents ``[B, 16, F, h, w]`` (DiT space) -> ``[B, 3, T, 8h, 8w]`` in [-1, 1]."""
         if self._open:
             raise ValueError("CogVideoX's VAE decodes a clip whole: this clip was continued by a second decode job; "
-                             "plan the clip as one job (engine.generation.check_plan_decodes)")
+                             "plan the clip as one job (engine.models.cogvideox_vae.check_plan_decodes)")
         self._open = True
         return decode_latents(self.vae, latents, scaled=scaled)

@@ -373,18 +373,15 @@ def _check_video(video: torch.Tensor, vae, name: str = "video") -> None:
 
 @torch.no_grad()
 def encode_frames(vae, video: torch.Tensor) -> torch.Tensor:
-    """Encode pixels to NORMALIZED latents, deterministically (posterior mean); a CogVideoX
-    VAE gives its own (scaled) latents (:func:`engine.models.cogvideox_vae.encode_video`).
+    """Encode pixels to NORMALIZED latents with a Wan VAE, deterministically (posterior
+    mean): Wan's codec encode (:mod:`engine.models.codecs`; another family's VAE encodes
+    through its own codec).
 
     Args:
         video: ``[B, 3, T, H, W]`` in ``[-1, 1]`` with ``T = 4k + 1`` and ``H, W`` multiples of 8.
     Returns:
         ``[B, 16, (T - 1) // 4 + 1, H // 8, W // 8]`` normalized latents, float32.
     """
-    from .cogvideox_vae import encode_video, is_cogvideox_vae
-
-    if is_cogvideox_vae(vae):  # CogVideoX's own latent space: the posterior mode times its scaling factor
-        return encode_video(vae, video)
     _check_video(video, vae)
     param = next(vae.parameters())
     x = video.to(device=param.device, dtype=param.dtype)

@@ -128,6 +128,17 @@ def layer_from_state(kind: str, cfg, state: dict[str, torch.Tensor]) -> nn.Modul
 # ----------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------
+def fitted_layer(layer: nn.Module, state: dict, source: str, device, dtype) -> nn.Module:
+    """``layer`` loaded with ``state`` (float tensors by key) after one check that every key
+    fits (a :class:`~engine.models.weights.CheckpointError` naming ``source`` and every
+    missing / unexpected / mis-shaped key otherwise); returned frozen on device / dtype."""
+    from .weights import check_state_dict
+
+    check_state_dict(layer, state, source)
+    layer.load_state_dict({k: v.float() for k, v in state.items()})
+    return layer.to(device=device, dtype=dtype).requires_grad_(False)
+
+
 def share_weights(base: nn.Module, model: nn.Module) -> nn.Module:
     """``model`` (built on the meta device, a superset of ``base``'s modules) given ``base``'s
     very parameter and buffer tensors (shared, not copied), its train/eval mode and
@@ -180,17 +191,9 @@ class ControlledWanDiT(WanDiT):
                 raise ValueError(f"{source}: unknown control layer {kind!r} in key {k!r}; known: {CONTROL_KINDS}")
             groups.setdefault(kind, {})[rest] = v
         for kind, sd in groups.items():
-            layer = layer_from_state(kind, self.config, sd)
-            expected = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
-            missing = sorted(set(expected) - set(sd))
-            unexpected = sorted(set(sd) - set(expected))
-            bad = sorted(f"{k}: {tuple(sd[k].shape)} vs {expected[k]}" for k in set(sd) & set(expected)
-                         if tuple(sd[k].shape) != expected[k])
-            if missing or unexpected or bad:
-                raise ValueError(f"{source}: control layer {kind!r} does not fit model {self.config.name!r}: "
-                                 f"missing {missing[:10]}, unexpected {unexpected[:10]}, mis-shaped {bad[:10]}")
-            layer.load_state_dict({k: v.float() for k, v in sd.items()})
-            self.control_layers[kind] = layer.to(device=self.device, dtype=self.dtype).requires_grad_(False)
+            self.control_layers[kind] = fitted_layer(layer_from_state(kind, self.config, sd), sd,
+                                                     f"{source}: control layer {kind!r} of model {self.config.name!r}",
+                                                     self.device, self.dtype)
 
     def _layer(self, kind: str) -> nn.Module:
         if kind not in self.control_layers:
