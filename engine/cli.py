@@ -94,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--strategy", choices=list(STRATEGIES), default=None, help="default ar (or the recipe's)")
     g.add_argument("--devices", help="comma-separated devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
                    "(overrides --device)")
-    g.add_argument("--cpu-threads", type=int, default=1, help="torch threads while the runtime runs (pinned)")
+    g.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads per worker, pinned for the run (default: the cores shared among the CPU "
+                   "workers, or $ENGINE_CPU_THREADS); float results on CPU depend on it")
     g.add_argument("--batch-jobs", type=int, default=None, help="run up to N ready like denoise jobs (CFG, no KV "
                    "cache) as one batched forward per worker (default 1: off)")
     g.add_argument("--coarse-model", help="longdwm/mila: coarse model (default: --model)")

@@ -298,7 +298,7 @@ def run_distributed(plan: Plan, models: dict, *, devices: list[str], make_contex
                     sampler: SamplerConfig | None = None, latent_hw: tuple[int, int],
                     inputs: dict[int, torch.Tensor] | None = None, condition: torch.Tensor | None = None,
                     vae=None, make_decoder: Callable | None = None, to_frames: Callable | None = None,
-                    shuffle: int | None = None, cpu_threads: int = 1, stats: RuntimeStats | None = None,
+                    shuffle: int | None = None, cpu_threads: int | None = None, stats: RuntimeStats | None = None,
                     compile_mode: str | None = None, group=None,
                     noise: torch.Tensor | None = None, batch_jobs: int = 1,
                     encode: Callable | None = None) -> Iterator[tuple[list[int], object]]:

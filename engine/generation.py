@@ -333,7 +333,7 @@ def _prepare(
     decoder=None,
     text_encoder=None,
     engine_config: EngineConfig | None = None,
-    cpu_threads: int = 1,
+    cpu_threads: int | None = None,
     shuffle: int | None = None,
     options=None,
     checkpoint_key: str | None = None,
@@ -380,6 +380,10 @@ def _prepare(
         from .checks import integral
 
         integral("cpu_threads", cpu_threads, minimum=1)
+    else:  # a share of the cores per CPU worker (ENGINE_CPU_THREADS overrides); pinned for the run
+        from .runtime import default_cpu_threads
+
+        cpu_threads = default_cpu_threads(devices or [str(model.device)])
     from .checks import check_fused_ops
 
     check_fused_ops(getattr(model, "fused_ops", False), model.device)
@@ -791,8 +795,10 @@ def generate(
     as keywords or typed: ``options=MmplOptions(...)``. longdwm and mila take
     ``coarse_model`` / ``fine_model`` (default: ``model`` for both).
     devices: one worker per entry (``["cuda:0", "cuda:1"]``, or CPU threads ``["cpu", "cpu"]``);
-    cpu_threads: torch intra-op threads while the runtime runs (pinned so results do not
-    depend on the worker count); shuffle: a seed to pick ready jobs at random (tests).
+    cpu_threads: torch intra-op threads per worker while the runtime runs (pinned: float
+    results on CPU depend on it; default: the cores this process may use shared among its
+    CPU workers, or ``ENGINE_CPU_THREADS``; give it for the same bits on another worker
+    count); shuffle: a seed to pick ready jobs at random (tests).
     batch_jobs: a worker runs up to this many ready denoise jobs of the same shape and
     schedule as one batched forward (jobs with CFG and no KV cache: longdwm's fine clips,
     mmpl's segment clips; the same video as one by one; default 1, or EngineConfig's).

@@ -36,7 +36,8 @@ out in position order instead (the plan's decode jobs are not run).
 Determinism: a job's result depends only on its inputs (dependency latents, decoded
 frames and noise addressed by (seed, stream, position)), never on the worker, the order
 or the device count. On CPU the intra-op thread count also changes float results, so the
-runtime pins it in every worker thread (``cpu_threads``, default 1 per worker).
+runtime pins it in every worker thread (``cpu_threads``; default: the cores shared among the
+CPU workers, :func:`default_cpu_threads`).
 
 Placement: :class:`Placement` says which jobs run in this process and which latents come
 from or go to other processes; :mod:`engine.distributed` runs the same :class:`Executor`
@@ -99,6 +100,7 @@ class RuntimeStats:
     idle_fraction: dict[str, float] = field(default_factory=dict)
     peak_memory: dict[str, int] = field(default_factory=dict)
     latent_peak_bytes: dict[str, int] = field(default_factory=dict)
+    cpu_threads: int = 0  # torch intra-op threads each worker was pinned to
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -820,6 +822,42 @@ def start_stats(plan: Plan, stats: RuntimeStats | None, workers: list[str]) -> R
     return stats
 
 
+#: Environment variable fixing the torch threads per worker when ``cpu_threads`` is not given.
+CPU_THREADS_ENV = "ENGINE_CPU_THREADS"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def default_cpu_threads(devices: list[str]) -> int:
+    """Torch intra-op threads per worker when ``cpu_threads`` is not given: the
+    ``ENGINE_CPU_THREADS`` environment variable if set (an int >= 1), else the cores this
+    process may use divided among its CPU workers (at least 1): one CPU worker uses the
+    whole machine, two share it. Float results on CPU depend on the count (it is pinned for
+    the run; give ``cpu_threads`` for the same bits on another worker count or machine)."""
+    import os
+
+    env = os.environ.get(CPU_THREADS_ENV)
+    if env not in (None, ""):
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{CPU_THREADS_ENV}={env!r}: torch threads per worker must be an int >= 1 (unset it "
+                             f"for one share of the cores per CPU worker)")
+        return n
+    cpu_workers = sum(1 for d in devices if torch.device(d).type == "cpu")
+    return max(1, available_cores() // max(1, cpu_workers))
+
+
 def pin_threads(n: int) -> None:
     """torch intra-op threads = ``n`` for the calling thread (a per-thread setting: each
     worker pins its own; the caller's thread is never changed, so nothing is restored
@@ -863,7 +901,7 @@ def reset_peak_memory(devices: list[str]) -> None:
 def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Callable, seed: int = 0,
             sampler: SamplerConfig | None = None, latent_hw: tuple[int, int], inputs: dict[int, torch.Tensor] | None = None,
             condition: torch.Tensor | None = None, vae=None, make_decoder: Callable | None = None,
-            to_frames: Callable | None = None, shuffle: int | None = None, cpu_threads: int = 1,
+            to_frames: Callable | None = None, shuffle: int | None = None, cpu_threads: int | None = None,
             stats: RuntimeStats | None = None, compile_mode: str | None = None,
             placement: Placement | None = None, worker_prefix: str = "",
             extra_threads: Callable[[Executor], list[threading.Thread]] | None = None,
@@ -882,7 +920,8 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
     :mod:`engine.models.codecs`; needed when the plan has encode jobs): the decode and
     encode jobs' VAE (copied once per device);
     shuffle: seed to pick ready jobs at random instead of by priority (tests);
-    cpu_threads: torch intra-op threads while the run lasts (pinned: results depend on it);
+    cpu_threads: torch intra-op threads per worker while the run lasts (pinned: float results
+    depend on it; None: :func:`default_cpu_threads`, a share of the cores per CPU worker);
     compile_mode: run every DiT's blocks under ``torch.compile`` (:mod:`engine.compile`);
     placement / worker_prefix / extra_threads: a distributed rank's share of the plan
     (:mod:`engine.distributed`);
@@ -899,6 +938,8 @@ def execute(plan: Plan, models: dict, *, devices: list[str], make_context: Calla
     check_noise(plan, noise, models, latent_hw)
     check_batch_jobs(batch_jobs)
     stats = start_stats(plan, stats, [f"{worker_prefix}w{i}:{d}" for i, d in enumerate(devices)])
+    cpu_threads = default_cpu_threads(devices) if cpu_threads is None else cpu_threads
+    stats.cpu_threads = cpu_threads
     return _execute(plan, models, list(devices), make_context, seed, sampler or SamplerConfig(), latent_hw,
                     inputs or {}, condition, vae, make_decoder, to_frames, shuffle, cpu_threads, stats, compile_mode,
                     placement, worker_prefix, extra_threads, noise, keep_latents, batch_jobs, encode)

@@ -13,6 +13,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The runtime's default torch threads per worker is a share of the cores (engine.runtime.
+# default_cpu_threads): float results would then depend on the worker count and on the
+# machine's cores. The suite compares runs across worker counts bit for bit and records
+# golden videos at one thread per worker, so it fixes the count (tests/test_cpu_threads.py
+# checks the default itself with the variable unset). Subprocesses inherit it.
+os.environ.setdefault("ENGINE_CPU_THREADS", "1")
+
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)

@@ -33,6 +33,7 @@ SMOKE = {
     "kernel_speed": (["--smoke"], "kernels-cpu-check-", ("device", "torch", "date", "command")),
     "longdwm_paths": ([], "longdwm-paths-", ("date", "command")),
     "tpd_plot": ([], "tpd_schedule.png", ()),
+    "cpu_vs_references": (["--smoke"], "cpu-vs-references-smoke-", ("device", "torch", "date", "command")),
 }
 COVERED_ELSEWHERE = {"throughput"}  # tests/test_bench_throughput.py
 NOT_SCRIPTS = {"baseline", "bench_io"}  # modules the scripts import
