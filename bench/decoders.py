@@ -10,7 +10,9 @@ Full VAE: diffusers ``AutoencoderKLWan()`` (default config = the Wan2.1 VAE layo
 TAEHV: the released Wan2.1 architecture (engine/models/taehv.py); both random weights,
 float32, each through the engine's streaming decoder (``StreamingDecoder`` /
 ``TAEHVStreamingDecoder``) on ``--latents`` latent frames (``4F - 3`` video frames).
-Sizes: 480x832 (Wan) and 128x128 (tiny). Per frame = best of ``--repeats`` wall times /
+``full_wan_vae_conv3d``: the same VAE with diffusers' own 3-D causal convolutions (the
+engine's decoder runs them as 2-D convolutions on the CPU; the default ``full_wan_vae``
+is that). Sizes: 480x832 (Wan) and 128x128 (tiny). Per frame = best of ``--repeats`` wall times /
 frames. Also optional: ``--e2e``, the end-to-end ``python -m engine generate --model tiny``
 time with the full decoder and with TAEHV (a random-weight TAEHV file in the release layout).
 """
@@ -66,6 +68,8 @@ def decode_times(device: str, latents: int, repeats: int, sizes) -> list[dict]:
     # LightX2V's Wan2.1 light VAE: the Wan VAE pruned 75 % (base width 24), same layout
     lightvae = AutoencoderKLWan(base_dim=24).to(device).eval().requires_grad_(False)
     decoders = (("full_wan_vae", StreamingDecoder(vae)), ("taehv", TAEHVStreamingDecoder(taehv)),
+                # diffusers' own 3-D causal convolutions (the engine's decoder runs them as 2-D ones on the CPU)
+                ("full_wan_vae_conv3d", StreamingDecoder(vae, conv2d=False)),
                 ("lighttae", TAEHVStreamingDecoder(taehv, vae=vae, raw_latents=True)),  # TAEHV layout, raw latents
                 ("lightvae", StreamingDecoder(lightvae)))
     rows = []

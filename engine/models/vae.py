@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from typing import Any
 
 import torch
@@ -276,6 +277,69 @@ def conv_autotune(device: torch.device):
         torch.backends.cudnn.benchmark = previous
 
 
+_FAST_CONVS = threading.local()  # per thread: workers sharing one VAE module decide for themselves
+
+
+def conv3d_as_conv2d(conv, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' ``WanCausalConv3d.forward(x, cache_x)`` computed with ONE 2-D convolution:
+    the causal padding (with the cached frames) as there, then the kt temporal taps of every
+    output frame stacked on the channel axis ([B * T_out, kt * C, H, W]) against the weights
+    reshaped to [O, kt * C, kh, kw]. The same sums as the 3-D convolution in another order
+    (float32 rounding aside: 1e-6 on the embedded VAE's frames); on the CPU about 2x faster
+    for the Wan VAE's widths. x: [B, C, T, H, W]; returns [B, O, T_out, H', W']."""
+    import torch.nn.functional as F
+
+    padding = list(conv._padding)
+    if cache_x is not None and conv._padding[4] > 0:
+        x = torch.cat([cache_x.to(x.device), x], dim=2)
+        padding[4] -= cache_x.shape[2]
+    x = F.pad(x, padding)
+    b, c, t, h, w = x.shape
+    kt, st = conv.kernel_size[0], conv.stride[0]
+    t_out = (t - kt) // st + 1
+    taps = [x[:, :, k:k + st * (t_out - 1) + 1:st] for k in range(kt)]  # kt x [B, C, T_out, H, W]
+    xs = torch.cat(taps, dim=1) if kt > 1 else taps[0]
+    xs = xs.permute(0, 2, 1, 3, 4).reshape(b * t_out, kt * c, h, w)
+    o = conv.out_channels
+    wt = conv.weight.permute(0, 2, 1, 3, 4).reshape(o, kt * c, *conv.weight.shape[3:])
+    y = F.conv2d(xs, wt, conv.bias, stride=tuple(conv.stride[1:]), dilation=tuple(conv.dilation[1:]))
+    return y.reshape(b, t_out, o, *y.shape[2:]).permute(0, 2, 1, 3, 4)
+
+
+def install_fast_convs() -> None:
+    """Make diffusers' ``WanCausalConv3d.forward`` run :func:`conv3d_as_conv2d` while the
+    calling thread is inside :func:`fast_convs`, and its own code otherwise (so encodes,
+    other threads and code outside the block see diffusers' numbers). One class-level
+    switch, installed once: no module instance is changed (copies, pickles and ``vars``
+    of the user's VAE stay as they were)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    if getattr(WanCausalConv3d.forward, "_engine_switch", False):
+        return
+    own = WanCausalConv3d.forward
+
+    def forward(self, x, cache_x=None):
+        if getattr(_FAST_CONVS, "on", False):
+            return conv3d_as_conv2d(self, x, cache_x)
+        return own(self, x, cache_x)
+
+    forward._engine_switch = True
+    forward.__doc__ = own.__doc__
+    WanCausalConv3d.forward = forward
+
+
+@contextlib.contextmanager
+def fast_convs(on: bool = True):
+    """Within the block, this thread's Wan causal convolutions run as 2-D convolutions
+    (``on=False``: as 3-D ones); :func:`install_fast_convs` must have run."""
+    before = getattr(_FAST_CONVS, "on", False)
+    _FAST_CONVS.on = on
+    try:
+        yield
+    finally:
+        _FAST_CONVS.on = before
+
+
 class StreamingDecoder:
     """Chunked causal decoding with the Wan VAE, carrying the temporal feature cache.
 
@@ -289,11 +353,18 @@ class StreamingDecoder:
 
     Frame counts: the very first latent frame of a video gives 1 pixel frame, every later
     one gives 4, i.e. ``T = 4 * (F - 1) + 1`` over the whole video.
+
+    conv2d (default: on for a VAE on the CPU): the causal 3-D convolutions run as 2-D ones
+    (:func:`conv3d_as_conv2d`; about 2x faster decodes on the CPU, within 1e-6 of the 3-D
+    path in float32); False keeps diffusers' own convolutions.
     """
 
-    def __init__(self, vae, autotune_convs: bool = True):
+    def __init__(self, vae, autotune_convs: bool = True, conv2d: bool | None = None):
         self.vae = vae
         self.autotune_convs = autotune_convs  # cuDNN algorithm search on CUDA (conv_autotune)
+        self.conv2d = next(vae.parameters()).device.type == "cpu" if conv2d is None else bool(conv2d)
+        if self.conv2d:
+            install_fast_convs()
         self.z_dim = vae.config.z_dim
         self._num_convs = count_causal_convs(vae.decoder)
         self.reset()
@@ -324,7 +395,7 @@ class StreamingDecoder:
             z = denormalize_latents(z.float(), vae)
         z = z.to(dtype=param.dtype)
         outs = []
-        with conv_autotune(z.device) if self.autotune_convs else contextlib.nullcontext():
+        with conv_autotune(z.device) if self.autotune_convs else contextlib.nullcontext(), fast_convs(self.conv2d):
             x = vae.post_quant_conv(z)
             for i in range(x.shape[2]):
                 conv_idx = [0]

@@ -172,50 +172,25 @@ def decode_train(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs, dim=2)
 
 
-def _conv3d_as_conv2d(conv, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
-    """``WanCausalConv3d.forward`` computed with ONE 2-D convolution: the causal padding
-    (with the cached frames) as diffusers does it, then the kt temporal taps of every output
-    frame stacked on the channel axis ([B * T_out, kt * C, H, W]) against the weights
-    reshaped to [O, kt * C, kh, kw]. The same sums as the 3-D convolution, in another order
-    (float32 rounding aside); on the CPU 2-4x faster for these small widths."""
-    padding = list(conv._padding)
-    if cache_x is not None and conv._padding[4] > 0:
-        x = torch.cat([cache_x.to(x.device), x], dim=2)
-        padding[4] -= cache_x.shape[2]
-    x = F.pad(x, padding)
-    b, c, t, h, w = x.shape
-    kt = conv.kernel_size[0]
-    st = conv.stride[0]
-    t_out = (t - kt) // st + 1
-    taps = [x[:, :, k:k + st * (t_out - 1) + 1:st] for k in range(kt)]  # kt x [B, C, T_out, H, W]
-    xs = torch.cat(taps, dim=1) if kt > 1 else taps[0]
-    xs = xs.permute(0, 2, 1, 3, 4).reshape(b * t_out, kt * c, h, w)
-    o = conv.out_channels
-    wt = conv.weight.permute(0, 2, 1, 3, 4).reshape(o, kt * c, *conv.weight.shape[3:])
-    y = F.conv2d(xs, wt, conv.bias, stride=tuple(conv.stride[1:]), dilation=tuple(conv.dilation[1:]))
-    return y.reshape(b, t_out, o, *y.shape[2:]).permute(0, 2, 1, 3, 4)
-
-
 class fast_convs:
     """Within the block, every ``WanCausalConv3d`` of ``vae`` runs as
-    :func:`_conv3d_as_conv2d` (training speed on the CPU); afterwards the instances use the
-    class's own forward again. Weights and results are those of the model (up to float32
-    summation order); evaluation always runs outside this block, on diffusers' own code."""
+    :func:`engine.models.vae.conv3d_as_conv2d` (training speed on the CPU; the switch is
+    per thread, :func:`engine.models.vae.install_fast_convs`; ``vae`` is unchanged). Weights and results are those
+    of the model (up to float32 summation order)."""
 
     def __init__(self, vae):
-        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+        from engine.models.vae import fast_convs as switch, install_fast_convs
 
-        self.convs = [m for m in vae.modules() if isinstance(m, WanCausalConv3d)]
+        install_fast_convs()
+        self._switch = switch
 
     def __enter__(self):
-        for m in self.convs:
-            m.forward = (lambda mod: (lambda x, cache_x=None: _conv3d_as_conv2d(mod, x, cache_x)))(m)
+        self._ctx = self._switch(True)
+        self._ctx.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for m in self.convs:
-            del m.forward
-        return False
+        return self._ctx.__exit__(*exc)
 
 
 def _losses(vae, video: torch.Tensor, kl_weight: float, l1_weight: float = 1.0,
