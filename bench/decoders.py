@@ -119,12 +119,13 @@ def main(argv=None) -> int:
     ap.add_argument("--latents", type=int, default=2, help="latent frames decoded per measurement (4F-3 frames)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--e2e", type=int, default=0, help="also time generate --model tiny with this many frames")
+    ap.add_argument("--sizes", default="480x832,128x128", help="HxW sizes, comma-separated")
     ap.add_argument("--smoke", action="store_true", help="seconds, for the tests: 64x64 only, 1 latent, one repeat")
     ap.add_argument("--out", default=None, help="JSON path (default out/bench/decoders-<device>.json)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.latents, args.repeats, args.e2e = 1, 1, 0
-    sizes = [(64, 64)] if args.smoke else [(480, 832), (128, 128)]
+    sizes = [(64, 64)] if args.smoke else [tuple(int(v) for v in hw.split("x")) for hw in args.sizes.split(",")]
     rows = decode_times(args.device, args.latents, args.repeats, sizes)
     result = {"benchmark": "decode time per video frame, full Wan VAE (diffusers AutoencoderKLWan() default "
                            "config) vs TAEHV (Wan2.1 release architecture), random weights, float32",

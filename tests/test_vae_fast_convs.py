@@ -83,3 +83,22 @@ def test_deepcopy_rebinds_to_the_copy():
     ref = StreamingDecoder(twin, conv2d=False).decode_all(z)
     torch.testing.assert_close(b, ref, rtol=0, atol=1e-5)
     assert (a - b).abs().max() > 1e-3
+
+
+def test_wide_or_large_convolutions_keep_the_3d_path():
+    """Inside the block only convolutions where the 2-D form pays switch (conv2d_pays)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    from engine.models.vae import conv2d_pays
+
+    assert conv2d_pays(64, 64, 112) and not conv2d_pays(65, 8, 8) and not conv2d_pays(16, 128, 128)
+    install_fast_convs()
+    torch.manual_seed(1)
+    for c, hw in ((96, (8, 8)), (16, (72, 112))):
+        conv = WanCausalConv3d(c, 8, 3, padding=1).eval()
+        x = torch.randn(1, c, 2, *hw)
+        with torch.no_grad():
+            want = torch.nn.Conv3d.forward(conv, torch.nn.functional.pad(x, list(conv._padding)))
+            with fast_convs():
+                got = conv(x)
+        assert torch.equal(got, want)

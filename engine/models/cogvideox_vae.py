@@ -177,15 +177,9 @@ def make_tiny_cogvideox_vae(seed: int = 0, dtype: torch.dtype = torch.float32, d
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = cogvideox_autoencoder_cls()(**cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
-            elif name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    from .weights import seeded_fan_in_init_
+
+    seeded_fan_in_init_(vae, seed, gain_suffix="weight")
     torch.nn.Module.to(vae, device=device, dtype=dtype)
     return vae.eval().requires_grad_(False)
 

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .streaming import ChunkDecoder
+
 __all__ = ["TAEHV", "TAEHVStreamingDecoder", "load_taehv", "taehv_config_from_state_dict"]
 
 
@@ -222,7 +224,7 @@ class TAEHV(nn.Module):
         return y.view(n, y.shape[0] // n, *y.shape[1:])
 
 
-class TAEHVStreamingDecoder:
+class TAEHVStreamingDecoder(ChunkDecoder):
     """Chunked TAEHV decoding with the temporal state carried: the engine's streaming
     decoder contract (as :class:`engine.models.vae.StreamingDecoder`).
 
@@ -287,14 +289,6 @@ class TAEHVStreamingDecoder:
             drop = min(self._trim, x.shape[1])
             x, self._trim = x[:, drop:], self._trim - drop
         return x.transpose(1, 2).clamp(0, 1).mul(2).sub(1)
-
-    @torch.no_grad()
-    def decode_all(self, latents: torch.Tensor, normalized: bool = True) -> torch.Tensor:
-        """``reset()`` then decode a whole video: ``[B, C, F, h, w]`` -> ``[B, 3, 4F-3, 8h, 8w]``."""
-        self.reset()
-        out = self.decode_chunk(latents, normalized=normalized)
-        self.reset()
-        return out
 
 
 # --------------------------------------------------------------------------- loading

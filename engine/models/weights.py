@@ -400,3 +400,21 @@ def quiet_low_cpu_mem_usage() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("accelerate") is not None
+
+
+def seeded_fan_in_init_(module: torch.nn.Module, seed: int, gain_suffix: str = "weight") -> torch.nn.Module:
+    """Re-draw every parameter of ``module`` in ``named_parameters`` order from
+    ``torch.Generator(seed)`` (independent of the global RNG and of the library's init):
+    tensors of 2+ dims ~ N(0, 1/fan_in), 1-D parameters named ``*<gain_suffix>`` (norm gains)
+    ~ 1 + N(0, 0.1^2), other 1-D ones (biases) ~ N(0, 0.02^2). No parameter is zero.
+    Returns ``module`` (changed in place)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+            elif name.endswith(gain_suffix):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    return module
