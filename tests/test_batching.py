@@ -225,7 +225,7 @@ class Spy(torch.nn.Module):
 def mixed_plan() -> Plan:
     """Independent jobs, each its own clip with RoPE from 0: two like pairs of 3 frames,
     a pair of 2 frames, and a pair of 3 frames on another sigma table."""
-    base, other = default_sigmas(), default_sigmas(shift=2.0)
+    base, other = default_sigmas(), config_sigmas(SamplerConfig(shift=2.0)).tolist()
     spec = [("a0", 3, base), ("b0", 2, base), ("c0", 3, other), ("a1", 3, base), ("b1", 2, base), ("c1", 3, other),
             ("a2", 3, base), ("a3", 3, base)]
     jobs, clips, p = [], [], 0

@@ -138,8 +138,20 @@ def test_visibility_matches_each_method():
     assert vis[3:].all() and not vis[:3, 3:].any()  # chunk sees history + itself, history sees history only
 
 
+def test_default_sigmas_are_the_samplers_default_table():
+    """A plan built without a table uses the sampler's default one (no formula written twice)."""
+    from engine.config import SamplerConfig
+    from engine.sampling import config_sigmas
+
+    assert default_sigmas() == config_sigmas(SamplerConfig()).tolist()
+
+
 def test_mila_tpd_earlier_frames_finish_sooner():
-    plan = build_plan("mila", 9, anchor_stride=4, clip_frames=4, tpd=1.0, sigmas=default_sigmas("euler", 8, 3.0))
+    from engine.config import SamplerConfig
+    from engine.sampling import config_sigmas
+
+    euler = config_sigmas(SamplerConfig(kind="euler", num_steps=8, shift=3.0)).tolist()
+    plan = build_plan("mila", 9, anchor_stride=4, clip_frames=4, tpd=1.0, sigmas=euler)
     j = plan.job("mila/fine1")  # positions 4..7, anchor 4 re-noised
     sig = torch.tensor(j.sigmas)
     assert (sig[-1] == 0).all()

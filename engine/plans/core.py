@@ -724,19 +724,16 @@ class Plan:
 # ----------------------------------------------------------------------------------
 # helpers shared by the strategies
 # ----------------------------------------------------------------------------------
-def default_sigmas(kind: str = "fewstep", num_steps: int = 4, shift: float = 5.0,
-                   timesteps: tuple[float, ...] | None = (1000.0, 750.0, 500.0, 250.0)) -> list[float]:
-    """The sampler's shared sigma schedule [steps+1] as floats (same formulas as
-    :mod:`engine.sampling`: few-step timesteps / 1000 or linspace(1, 0), shifted)."""
-    def sh(s: float) -> float:
-        return shift * s / (1.0 + (shift - 1.0) * s)
+#: The sampler's default sigma table (few-step, Self-Forcing's timesteps 1000/750/500/250 at
+#: shift 5) as plain floats: what ``engine.sampling.config_sigmas(SamplerConfig())`` gives
+#: (tests/test_plans.py checks that they agree). Plans stay torch-free; a run builds its plan
+#: on its own sampler's table (``build_plan(..., sigmas=config_sigmas(sampler))``).
+DEFAULT_SIGMAS = (1.0, 0.9375, 0.8333333333333334, 0.625, 0.0)
 
-    if kind == "fewstep":
-        ts = list(timesteps or (1000.0, 750.0, 500.0, 250.0))
-        return [sh(t / 1000.0) for t in ts] + [0.0]
-    s = [sh(1.0 - i / num_steps) for i in range(num_steps + 1)]
-    s[0], s[-1] = 1.0, 0.0
-    return s
+
+def default_sigmas() -> list[float]:
+    """:data:`DEFAULT_SIGMAS` as a list [steps + 1]: the table of a plan built without one."""
+    return list(DEFAULT_SIGMAS)
 
 
 def uniform_table(base: list[float], n: int, start: list[float] | None = None) -> tuple[tuple[float, ...], ...]:
