@@ -115,6 +115,13 @@ def _pipeline_root(source) -> Path | None:
     return None
 
 
+def _origin(model):
+    """(config, source path or None, random weights?, device, diffusers pipeline root or None)
+    of a DiT: where its components are looked for."""
+    source = getattr(model, "source", None)
+    return model.config, source, source is None, model.device, _pipeline_root(source)
+
+
 def _pipeline_class(path) -> str | None:
     """``_class_name`` of the ``model_index.json`` in ``path`` or its parent (a component folder)."""
     import json
@@ -204,11 +211,7 @@ def _cogvideox_components(model, vae, text_encoder, seed: int, vae_dtype: torch.
     from .models.cogvideox_vae import cogvideox_autoencoder_cls, load_cogvideox_vae, make_tiny_cogvideox_vae
 
     inner = getattr(model, "model", model) if hasattr(model, "alphas_cumprod") else model  # a VPredictionAdapter
-    cfg = inner.config
-    source = getattr(inner, "source", None)
-    random_weights = source is None
-    dev = inner.device
-    root = _pipeline_root(source)
+    cfg, source, random_weights, dev, root = _origin(inner)
     if isinstance(vae, (str, Path)):
         vae = load_cogvideox_vae(vae, dtype=vae_dtype, device=dev)  # refuses a Wan VAE folder
     if vae is None:
@@ -262,11 +265,7 @@ def resolve_components(model: WanDiT, vae=None, text_encoder=None, *, seed: int 
     from .models.text import TextEncoder, make_tiny_text_encoder
     from .models.vae import load_vae, make_tiny_vae
 
-    cfg = model.config
-    source = getattr(model, "source", None)
-    random_weights = source is None
-    dev = model.device
-    root = _pipeline_root(source)
+    cfg, source, random_weights, dev, root = _origin(model)
     if isinstance(vae, (str, Path)):
         vae = load_vae(vae, dtype=vae_dtype, device=dev)
     if vae is None:
