@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..models.streaming import ChunkDecoder
+
 from .validate import ControlError
 
 CROSS_VIEW = ("same_frame", "all")
@@ -91,9 +93,10 @@ def save_views(video, views: int, pattern: str) -> list[str]:
     return paths
 
 
-class MultiViewDecoder:
+class MultiViewDecoder(ChunkDecoder):
     """Decodes packed multi-view latents view by view (one streaming VAE decoder per view,
-    so no view's pixels depend on another's) and returns the 1 x V grid."""
+    so no view's pixels depend on another's) and returns the 1 x V grid (the
+    :class:`~engine.models.streaming.ChunkDecoder` contract)."""
 
     def __init__(self, vae, views: int):
         from ..models.vae import StreamingDecoder

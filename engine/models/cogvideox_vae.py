@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from .streaming import ChunkDecoder
+
 __all__ = [
     "COGVIDEOX_VAE_CLASS",
     "TINY_COGVIDEOX_VAE_CONFIG",
@@ -449,8 +451,9 @@ class CogVideoXStreamingDecoder:
         return torch.cat([out, self.finish()], 2)
 
 
-class CogVideoXClipDecoder:
-    """The runtime's decoder contract (``reset`` / ``decode_chunk``) on CogVideoX's VAE.
+class CogVideoXClipDecoder(ChunkDecoder):
+    """The runtime's decoder contract (:class:`~engine.models.streaming.ChunkDecoder`) on
+    CogVideoX's VAE.
 
     ``whole_clip = True`` tells the runtime to hand a decode job's latents in one call; each
     call after :meth:`reset` is one whole ``vae.decode`` (:func:`decode_latents`): a clip of

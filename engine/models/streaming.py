@@ -1,6 +1,9 @@
-"""The streaming-decoder contract of every latent decoder (the Wan VAE's, TAEHV's, the
-light decoders', the multi-view wrapper's): the runtime's decode jobs call ``reset`` and
-``decode_chunk``; :class:`ChunkDecoder` states it and gives ``decode_all`` once."""
+"""The streaming-decoder contract of the engine's latent decoders (the Wan VAE's
+``StreamingDecoder``, ``TAEHVStreamingDecoder`` -- also behind the light decoders --,
+``CogVideoXClipDecoder``, the multi-view ``MultiViewDecoder``): the runtime's decode jobs
+call ``reset`` and ``decode_chunk``; :class:`ChunkDecoder` states it and gives
+``decode_all`` once. A user's own decoder factory may return any object with those two
+methods (the runtime duck-types it)."""
 
 from __future__ import annotations
 
