@@ -490,7 +490,10 @@ def _prepare(
     if codec.check_decodes is not None:
         codec.check_decodes(plan)
 
-    image_embeds = _image_tokens(roles, comps, first_frame, image_embeds, image_encoder)
+    from .runtime import run_pinned
+
+    # the CLIP encode on the runtime's thread count, like the VAE encodes below (see run_pinned)
+    image_embeds = run_pinned(cpu_threads, _image_tokens, roles, comps, first_frame, image_embeds, image_encoder)
 
     def make_context(role, m):
         if m.config.text_dim != cfg.text_dim:  # its own text space (e.g. a CogVideoX coarse model beside Wan)
@@ -523,8 +526,6 @@ def _prepare(
         if ctl is not None:  # whole-timeline controls beside each DiT; every pass takes its positions' slice
             condition = ctl.build(comps.vae, img, condition, (h, w))
         return condition, inputs
-
-    from .runtime import run_pinned
 
     condition, inputs = run_pinned(cpu_threads, encode_inputs)
     if ctl is not None:

@@ -15,8 +15,8 @@ Samplers
 All samplers take a sigma *table* of shape ``[N+1]`` (one schedule shared by all
 frames), ``[N+1, F]`` (each frame its own schedule) or ``[N+1, B, F]``; row ``i``
 is the noise level of the latents fed to the model at step ``i``, row ``N`` the
-level after the last step. Every sampler has the same interface, so the engine
-loop is sampler-agnostic::
+level after the last step. Every sampler has the same interface, so the engine's
+one loop over steps (:func:`engine.denoise.sample`) is sampler-agnostic; in essence::
 
     sampler = make_sampler("unipc", num_steps=50, shift=5.0)
     x = noise                                     # at sigma = sampler.sigma(0)
